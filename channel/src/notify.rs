@@ -1,0 +1,196 @@
+//! Notification: spin briefly, then sleep on a doorbell word so that an idle side costs no CPU.
+//!
+//! Each side owns one *doorbell* (a counter the peer bumps to wake it) and one *asleep* flag
+//! (which it sets before sleeping):
+//!
+//! ```text
+//!  waiter                                   notifier (after publishing to a ring)
+//!  seen = my_doorbell                       publish index (Release)
+//!  my_asleep = 1                            fence(SeqCst)
+//!  fence(SeqCst)                            if peer_asleep != 0:
+//!  if ready(): my_asleep = 0; done              peer_doorbell += 1
+//!  futex_wait(my_doorbell, seen)                futex_wake(peer_doorbell)
+//!  my_asleep = 0
+//! ```
+//!
+//! The two `SeqCst` fences make it impossible for the waiter to miss the work *and* the
+//! notifier to miss the flag; a wake that lands between `seen` and `futex_wait` makes the wait
+//! return at once. Waits are bounded by a timeout, so a lost wake-up costs latency, never a hang.
+//!
+//! The futex is shared (not `FUTEX_PRIVATE`), so it works across processes that map the same
+//! file. Across a VM boundary a futex cannot be seen by the other side: VMM adapters provide
+//! their own kick path and this type stays the one place that decides how to sleep.
+
+use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::layout::header;
+use crate::region::{Region, RegionError};
+
+/// The side of the channel a [`Notifier`] acts for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Host,
+    Guest,
+}
+
+/// Wakes the peer and waits for work, for one side of a region.
+#[derive(Debug)]
+pub struct Notifier {
+    region: Arc<Region>,
+    my_doorbell: usize,
+    my_asleep: usize,
+    peer_doorbell: usize,
+    peer_asleep: usize,
+    spin: Duration,
+}
+
+/// How long a waiter spins before it sleeps, unless told otherwise.
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
+/// Longest single sleep; a waiter re-checks its condition at least this often.
+const MAX_SLEEP: Duration = Duration::from_millis(100);
+
+impl Notifier {
+    /// A notifier for `side` of `region`, spinning for `spin` before sleeping.
+    pub fn new(region: Arc<Region>, side: Side, spin: Duration) -> Self {
+        let (my_doorbell, my_asleep, peer_doorbell, peer_asleep) = match side {
+            Side::Host => (
+                header::HOST_WAKE,
+                header::HOST_SLEEPING,
+                header::GUEST_WAKE,
+                header::GUEST_SLEEPING,
+            ),
+            Side::Guest => (
+                header::GUEST_WAKE,
+                header::GUEST_SLEEPING,
+                header::HOST_WAKE,
+                header::HOST_SLEEPING,
+            ),
+        };
+        Self { region, my_doorbell, my_asleep, peer_doorbell, peer_asleep, spin }
+    }
+
+    /// Wakes the peer if it said it sleeps. Call after publishing to a ring.
+    pub fn notify_peer(&self) -> Result<(), RegionError> {
+        // SeqCst: orders our ring publication before the read of the peer's flag (see above).
+        fence(Ordering::SeqCst);
+        if self.region.atomic_u32(self.peer_asleep)?.load(Ordering::Relaxed) != 0 {
+            ring(self.region.atomic_u32(self.peer_doorbell)?);
+        }
+        Ok(())
+    }
+
+    /// Wakes this side's own waiter (used to stop it).
+    pub fn wake_self(&self) -> Result<(), RegionError> {
+        ring(self.region.atomic_u32(self.my_doorbell)?);
+        Ok(())
+    }
+
+    /// Waits until `ready` returns `Ok(true)` or `timeout` passes; returns whether it became
+    /// ready. Spins first, then sleeps on the doorbell.
+    pub fn wait<E>(
+        &self,
+        timeout: Duration,
+        mut ready: impl FnMut() -> Result<bool, E>,
+    ) -> Result<bool, E>
+    where
+        E: From<RegionError>,
+    {
+        let start = Instant::now();
+        while start.elapsed() < self.spin.min(timeout) {
+            if ready()? {
+                return Ok(true);
+            }
+            std::hint::spin_loop();
+        }
+        let doorbell = self.region.atomic_u32(self.my_doorbell)?;
+        let asleep = self.region.atomic_u32(self.my_asleep)?;
+        loop {
+            let seen = doorbell.load(Ordering::Acquire);
+            asleep.store(1, Ordering::Relaxed);
+            // SeqCst: our flag is visible before we look for work (pairs with notify_peer).
+            fence(Ordering::SeqCst);
+            if ready()? {
+                asleep.store(0, Ordering::Relaxed);
+                return Ok(true);
+            }
+            let left = timeout.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                asleep.store(0, Ordering::Relaxed);
+                return Ok(false);
+            }
+            futex_wait(doorbell, seen, left.min(MAX_SLEEP));
+            asleep.store(0, Ordering::Relaxed);
+            if ready()? {
+                return Ok(true);
+            }
+        }
+    }
+}
+
+fn ring(doorbell: &AtomicU32) {
+    doorbell.fetch_add(1, Ordering::Release);
+    futex_wake(doorbell);
+}
+
+fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+    };
+    // SAFETY: `word` is a live, aligned u32 inside a shared mapping and `ts` outlives the call;
+    // FUTEX_WAIT only reads both. Spurious returns (EAGAIN, EINTR, timeout) are fine: callers
+    // re-check their condition.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAIT, expected, &ts as *const _);
+    }
+}
+
+fn futex_wake(word: &AtomicU32) {
+    // SAFETY: `word` is a live, aligned u32; FUTEX_WAKE does not touch memory.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::Geometry;
+    use std::sync::atomic::AtomicBool;
+
+    #[test]
+    fn a_sleeping_waiter_is_woken_by_the_peer() {
+        let dir = tempfile::tempdir().unwrap();
+        let geometry = Geometry::new(1 << 20, 64 << 10, 8, 1).unwrap();
+        let region = Arc::new(Region::create(&dir.path().join("r"), &geometry).unwrap());
+        let host = Notifier::new(region.clone(), Side::Host, Duration::ZERO);
+        let guest = Notifier::new(region, Side::Guest, Duration::ZERO);
+        let flag = Arc::new(AtomicBool::new(false));
+        let seen = flag.clone();
+        let waiter = std::thread::spawn(move || {
+            let start = Instant::now();
+            let ok = host
+                .wait::<RegionError>(Duration::from_secs(10), || Ok(seen.load(Ordering::Acquire)))
+                .unwrap();
+            (ok, start.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        flag.store(true, Ordering::Release);
+        guest.notify_peer().unwrap();
+        let (ok, waited) = waiter.join().unwrap();
+        assert!(ok);
+        assert!(waited < Duration::from_secs(5), "waiter slept through the wake: {waited:?}");
+    }
+
+    #[test]
+    fn wait_times_out_when_nothing_happens() {
+        let dir = tempfile::tempdir().unwrap();
+        let geometry = Geometry::new(1 << 20, 64 << 10, 8, 1).unwrap();
+        let region = Arc::new(Region::create(&dir.path().join("r"), &geometry).unwrap());
+        let host = Notifier::new(region, Side::Host, Duration::from_micros(10));
+        let ok = host.wait::<RegionError>(Duration::from_millis(30), || Ok(false)).unwrap();
+        assert!(!ok);
+    }
+}

@@ -1,0 +1,229 @@
+//! A mapped region and the only ways to touch it: bounds-checked atomic words, copies of plain
+//! data in and out, and raw spans for zero-copy readers. No `&`/`&mut` to region bytes is ever
+//! handed out, because the peer may change them at any moment.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::ptr;
+use std::sync::atomic::{AtomicU32, AtomicU64};
+
+use memmap2::{MmapOptions, MmapRaw};
+
+use crate::layout::{header, host_state, Geometry, GeometryError, Header, Plain};
+
+/// Errors from creating, opening or accessing a region.
+#[derive(Debug, thiserror::Error)]
+pub enum RegionError {
+    /// The region file could not be created, opened, sized or mapped.
+    #[error("Cannot map region {path}")]
+    Map {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The region's header is not a valid Nexus header.
+    #[error("Invalid region {path}")]
+    Header {
+        path: PathBuf,
+        #[source]
+        source: GeometryError,
+    },
+    /// An access would leave the mapping.
+    #[error("Access of {len} bytes at offset {offset} is outside the {size}-byte region")]
+    OutOfBounds { offset: usize, len: usize, size: usize },
+    /// An atomic word is not naturally aligned.
+    #[error("Atomic access at offset {0} is misaligned")]
+    Misaligned(usize),
+}
+
+/// A shared-memory region mapped into this process.
+#[derive(Debug)]
+pub struct Region {
+    map: MmapRaw,
+    path: PathBuf,
+}
+
+impl Region {
+    /// Creates (or truncates) the region file at `path`, sizes it, maps it and writes a fresh
+    /// header for `geometry` in the `INIT` host state (host side).
+    pub fn create(path: &Path, geometry: &Geometry) -> Result<Self, RegionError> {
+        let map_err = |source| RegionError::Map { path: path.to_owned(), source };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(map_err)?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(map_err)?;
+        file.set_len(geometry.region_size).map_err(map_err)?;
+        let region = Self::map(&file, path, geometry.region_size)?;
+        let header = Header { geometry: geometry.to_line(), ..Header::default() };
+        region.write(0, &header)?;
+        region.store_u32(header::HOST_STATE, host_state::INIT)?;
+        Ok(region)
+    }
+
+    /// Maps an existing region (guest side: a `/dev/shm` file or a PCI `resource2`) and
+    /// validates the geometry the host published in its header.
+    pub fn open(path: &Path) -> Result<(Self, Geometry), RegionError> {
+        let map_err = |source| RegionError::Map { path: path.to_owned(), source };
+        let file = OpenOptions::new().read(true).write(true).open(path).map_err(map_err)?;
+        let len = file.metadata().map_err(map_err)?.len();
+        let region = Self::map(&file, path, len)?;
+        let header: Header = region.read(0)?;
+        let geometry = Geometry::from_header(&header.geometry, len)
+            .map_err(|source| RegionError::Header { path: path.to_owned(), source })?;
+        Ok((region, geometry))
+    }
+
+    fn map(file: &File, path: &Path, len: u64) -> Result<Self, RegionError> {
+        let map_err = |source| RegionError::Map { path: path.to_owned(), source };
+        let len = usize::try_from(len)
+            .map_err(|_| map_err(io::Error::from(io::ErrorKind::InvalidInput)))?;
+        let map = MmapOptions::new().len(len).map_raw(file).map_err(map_err)?;
+        Ok(Self { map, path: path.to_owned() })
+    }
+
+    /// The file this region was mapped from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Mapped length in bytes.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether the mapping is empty (never true for a valid region).
+    pub fn is_empty(&self) -> bool {
+        self.map.len() == 0
+    }
+
+    /// Returns a pointer to `len` bytes at `offset` after checking they lie inside the mapping.
+    pub fn span(&self, offset: usize, len: usize) -> Result<*mut u8, RegionError> {
+        let size = self.map.len();
+        match offset.checked_add(len) {
+            Some(end) if end <= size => {
+                // SAFETY: `offset + len <= size`, so the result stays inside the mapping.
+                Ok(unsafe { self.map.as_mut_ptr().add(offset) })
+            }
+            _ => Err(RegionError::OutOfBounds { offset, len, size }),
+        }
+    }
+
+    /// The atomic 32-bit word at `offset`.
+    pub fn atomic_u32(&self, offset: usize) -> Result<&AtomicU32, RegionError> {
+        let p = self.typed_span::<AtomicU32>(offset)?;
+        // SAFETY: `p` is in bounds and aligned for `AtomicU32`; the mapping lives as long as
+        // `self`, and an atomic may be shared with other processes, which only race on it
+        // through atomic operations of their own.
+        Ok(unsafe { &*p })
+    }
+
+    /// The atomic 64-bit word at `offset`.
+    pub fn atomic_u64(&self, offset: usize) -> Result<&AtomicU64, RegionError> {
+        let p = self.typed_span::<AtomicU64>(offset)?;
+        // SAFETY: as in `atomic_u32`, for an aligned, in-bounds 8-byte word.
+        Ok(unsafe { &*p })
+    }
+
+    /// Stores a 32-bit word with `Release` ordering.
+    pub fn store_u32(&self, offset: usize, value: u32) -> Result<(), RegionError> {
+        self.atomic_u32(offset)?.store(value, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// Loads a 32-bit word with `Acquire` ordering.
+    pub fn load_u32(&self, offset: usize) -> Result<u32, RegionError> {
+        Ok(self.atomic_u32(offset)?.load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    /// Copies a plain value out of the region (the peer may be writing it: the copy is what
+    /// the caller validates).
+    pub fn read<T: Plain>(&self, offset: usize) -> Result<T, RegionError> {
+        let p = self.typed_span::<T>(offset)?;
+        // SAFETY: the span is in bounds and aligned for `T`, and `T: Plain` accepts any bit
+        // pattern the peer may have written.
+        Ok(unsafe { ptr::read_volatile(p.cast_const()) })
+    }
+
+    /// Copies a plain value into the region.
+    pub fn write<T: Plain>(&self, offset: usize, value: &T) -> Result<(), RegionError> {
+        let p = self.typed_span::<T>(offset)?;
+        // SAFETY: the span is in bounds and aligned for `T`, and `T: Plain` has no padding to
+        // leak; no Rust reference points into the region.
+        unsafe { ptr::write_volatile(p.cast::<T>(), *value) };
+        Ok(())
+    }
+
+    fn typed_span<T>(&self, offset: usize) -> Result<*mut T, RegionError> {
+        let p = self.span(offset, size_of::<T>())?.cast::<T>();
+        if !p.is_aligned() {
+            return Err(RegionError::Misaligned(offset));
+        }
+        Ok(p)
+    }
+
+    /// Copies `dst.len()` bytes at `offset` out of the region.
+    pub fn copy_out(&self, offset: usize, dst: &mut [u8]) -> Result<(), RegionError> {
+        let p = self.span(offset, dst.len())?;
+        // SAFETY: the source span is in bounds and cannot overlap the private `dst`.
+        unsafe { ptr::copy_nonoverlapping(p.cast_const(), dst.as_mut_ptr(), dst.len()) };
+        Ok(())
+    }
+
+    /// Copies `src` into the region at `offset`.
+    pub fn copy_in(&self, offset: usize, src: &[u8]) -> Result<(), RegionError> {
+        let p = self.span(offset, src.len())?;
+        // SAFETY: the destination span is in bounds and cannot overlap the private `src`.
+        unsafe { ptr::copy_nonoverlapping(src.as_ptr(), p, src.len()) };
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::CallDesc;
+
+    fn geometry() -> Geometry {
+        Geometry::new(1 << 20, 64 << 10, 16, 2).unwrap()
+    }
+
+    #[test]
+    fn create_then_open_sees_the_same_geometry() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.region");
+        let host = Region::create(&path, &geometry()).unwrap();
+        let (guest, seen) = Region::open(&path).unwrap();
+        assert_eq!(seen, geometry());
+        host.store_u32(header::GUEST_WAKE, 7).unwrap();
+        assert_eq!(guest.load_u32(header::GUEST_WAKE).unwrap(), 7);
+    }
+
+    #[test]
+    fn accesses_outside_the_mapping_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let region = Region::create(&dir.path().join("r"), &geometry()).unwrap();
+        let end = region.len();
+        assert!(region.span(end, 0).is_ok());
+        assert!(matches!(region.span(end, 1), Err(RegionError::OutOfBounds { .. })));
+        assert!(region.span(usize::MAX, 2).is_err());
+        assert!(region.read::<CallDesc>(end - 63).is_err());
+        assert!(matches!(region.read::<CallDesc>(4), Err(RegionError::Misaligned(4))));
+        assert!(matches!(region.atomic_u32(2), Err(RegionError::Misaligned(2))));
+        assert!(region.copy_in(end - 1, &[1, 2]).is_err());
+    }
+
+    #[test]
+    fn open_rejects_a_file_that_is_not_a_region() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("junk");
+        std::fs::write(&path, vec![0xa5; 1 << 20]).unwrap();
+        assert!(matches!(Region::open(&path), Err(RegionError::Header { .. })));
+    }
+}

@@ -1,0 +1,206 @@
+//! A guest's connection to the backend over one region.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nexus_channel::layout::{header, host_state, RingId};
+use nexus_channel::notify::{Side, DEFAULT_SPIN};
+use nexus_channel::region::RegionError;
+use nexus_channel::ring::RingError;
+use nexus_channel::wire::{Op, Status};
+use nexus_channel::{CallDesc, CompletionDesc, Consumer, Geometry, Notifier, Producer, Region};
+
+/// How long a call may wait for its completion before the client gives up.
+const CALL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Errors of the guest client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The region could not be mapped or is not a Nexus region.
+    #[error(transparent)]
+    Region(#[from] RegionError),
+    /// The rings are in a state the protocol does not allow.
+    #[error(transparent)]
+    Ring(#[from] RingError),
+    /// Every guest buffer is leased.
+    #[error("All {0} channel buffers are in use; close response bodies that are no longer needed")]
+    NoBuffer(u32),
+    /// A buffer index that is not a leased guest buffer.
+    #[error("Buffer {0} is not leased by this client")]
+    NotLeased(u32),
+    /// The backend does not serve this region.
+    #[error("The Nexus backend is not serving this region (state {0})")]
+    BackendGone(u32),
+    /// No completion arrived in time.
+    #[error("No answer from the Nexus backend within {0:?}")]
+    Timeout(Duration),
+    /// The host answered something that does not belong to the call.
+    #[error("Protocol error: {0}")]
+    Protocol(&'static str),
+}
+
+/// One call: the request bytes are already in `buffer` (see `nexus_channel::wire`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Request {
+    pub op: u16,
+    pub flags: u16,
+    pub buffer: u32,
+    pub bucket_len: u16,
+    pub key_len: u16,
+    pub params_len: u32,
+    pub body_len: u64,
+    pub stream: u64,
+}
+
+/// The answer to a call; meta and body sit at the start of the call's buffer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct Reply {
+    pub status: u32,
+    pub flags: u32,
+    pub meta_len: u64,
+    pub body_len: u64,
+    pub object_size: u64,
+    pub stream: u64,
+}
+
+#[derive(Debug)]
+struct Rings {
+    calls: Producer<CallDesc>,
+    completions: Consumer<CompletionDesc>,
+    next_tag: u64,
+}
+
+/// The guest end of a region.
+#[derive(Debug)]
+pub struct Client {
+    region: Arc<Region>,
+    geometry: Geometry,
+    notifier: Notifier,
+    rings: Mutex<Rings>,
+    free: Mutex<Vec<u32>>,
+}
+
+impl Client {
+    /// Maps the region at `path` and attaches to its call rings.
+    pub fn open(path: &Path) -> Result<Self, ClientError> {
+        let (region, geometry) = Region::open(path)?;
+        let region = Arc::new(region);
+        let state = region.load_u32(header::HOST_STATE)?;
+        if state != host_state::READY {
+            return Err(ClientError::BackendGone(state));
+        }
+        let rings = Rings {
+            calls: Producer::attach(region.clone(), &geometry, RingId::Calls)?,
+            completions: Consumer::attach(region.clone(), &geometry, RingId::Completions)?,
+            next_tag: 1,
+        };
+        Ok(Self {
+            notifier: Notifier::new(region.clone(), Side::Guest, DEFAULT_SPIN),
+            free: Mutex::new((0..geometry.guest_buffers).rev().collect()),
+            region,
+            geometry,
+            rings: Mutex::new(rings),
+        })
+    }
+
+    /// The region's geometry.
+    pub fn geometry(&self) -> &Geometry {
+        &self.geometry
+    }
+
+    /// Leases a free guest buffer; returns its index and a pointer to its first byte. The
+    /// pointer stays valid for `geometry().buffer_size` bytes while the client lives.
+    pub fn lease(&self) -> Result<(u32, *mut u8), ClientError> {
+        let index = self
+            .free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .ok_or(ClientError::NoBuffer(self.geometry.guest_buffers))?;
+        Ok((index, self.buffer_ptr(index)?))
+    }
+
+    /// Returns a leased buffer.
+    pub fn release(&self, index: u32) -> Result<(), ClientError> {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.geometry.is_guest_buffer(index) || free.contains(&index) {
+            return Err(ClientError::NotLeased(index));
+        }
+        free.push(index);
+        Ok(())
+    }
+
+    fn buffer_ptr(&self, index: u32) -> Result<*mut u8, ClientError> {
+        let (offset, len) =
+            self.geometry.buffer(index).ok_or(ClientError::NotLeased(index))?;
+        Ok(self.region.span(offset, len)?)
+    }
+
+    /// Sends a call and waits for its completion.
+    pub fn call(&self, request: &Request) -> Result<Reply, ClientError> {
+        let mut rings = self.rings.lock().unwrap_or_else(|e| e.into_inner());
+        let tag = rings.next_tag;
+        rings.next_tag = tag.wrapping_add(1);
+        let desc = CallDesc {
+            tag,
+            op: request.op,
+            flags: request.flags,
+            buffer: request.buffer,
+            bucket_len: request.bucket_len,
+            key_len: request.key_len,
+            params_len: request.params_len,
+            body_len: request.body_len,
+            stream: request.stream,
+            _reserved: [0; 3],
+        };
+        // The ring is private to this (serialised) client, so it is never full here: every call
+        // is answered before the next is sent.
+        rings.calls.push(&desc)?;
+        self.notifier.notify_peer()?;
+        let region = &self.region;
+        let completions = &rings.completions;
+        let ready = self.notifier.wait(CALL_TIMEOUT, || -> Result<bool, ClientError> {
+            if completions.ready()? {
+                return Ok(true);
+            }
+            let state = region.atomic_u32(header::HOST_STATE)?.load(Ordering::Acquire);
+            if state != host_state::READY {
+                return Err(ClientError::BackendGone(state));
+            }
+            Ok(false)
+        })?;
+        if !ready {
+            return Err(ClientError::Timeout(CALL_TIMEOUT));
+        }
+        let done = rings.completions.pop()?.ok_or(ClientError::Protocol("completion vanished"))?;
+        if done.tag != tag || done.buffer != request.buffer {
+            return Err(ClientError::Protocol("completion does not match the call"));
+        }
+        let reply_len = u64::from(done.meta_len).checked_add(done.body_len);
+        if reply_len.is_none_or(|n| n > u64::from(self.geometry.buffer_size)) {
+            return Err(ClientError::Protocol("reply larger than its buffer"));
+        }
+        Ok(Reply {
+            status: u32::from(done.status),
+            flags: u32::from(done.flags),
+            meta_len: u64::from(done.meta_len),
+            body_len: done.body_len,
+            object_size: done.object_size,
+            stream: done.stream,
+        })
+    }
+
+    /// A round trip with no payload; answers whether the backend serves this region.
+    pub fn ping(&self) -> Result<(), ClientError> {
+        let (buffer, _) = self.lease()?;
+        let reply = self.call(&Request { op: Op::Ping as u16, buffer, ..Request::default() });
+        self.release(buffer)?;
+        match reply?.status {
+            s if s == Status::Ok as u32 => Ok(()),
+            _ => Err(ClientError::Protocol("ping refused")),
+        }
+    }
+}

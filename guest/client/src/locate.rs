@@ -1,0 +1,63 @@
+//! Finding the region: an explicit path, or the ivshmem device's BAR2 in sysfs.
+
+use std::path::{Path, PathBuf};
+
+/// PCI vendor and device of an ivshmem device (Red Hat, Inc. · Inter-VM shared memory).
+const IVSHMEM_VENDOR: &str = "0x1af4";
+const IVSHMEM_DEVICE: &str = "0x1110";
+const PCI_DEVICES: &str = "/sys/bus/pci/devices";
+/// Environment variable naming the region file explicitly.
+pub const REGION_ENV: &str = "NEXUS_REGION";
+
+/// Errors while looking for the region.
+#[derive(Debug, thiserror::Error)]
+pub enum LocateError {
+    /// Neither a path nor a device was found.
+    #[error("No Nexus region: set {REGION_ENV} or attach an ivshmem device (PCI 1af4:1110)")]
+    NotFound,
+}
+
+/// The path of the region to map: `$NEXUS_REGION` if set, else the BAR2 of the first ivshmem
+/// PCI device. (A guest kernel module mapping BAR2 write-back would plug in here.)
+pub fn find_region() -> Result<PathBuf, LocateError> {
+    if let Some(path) = std::env::var_os(REGION_ENV) {
+        return Ok(PathBuf::from(path));
+    }
+    find_ivshmem(Path::new(PCI_DEVICES)).ok_or(LocateError::NotFound)
+}
+
+fn find_ivshmem(devices: &Path) -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(devices)
+        .ok()?
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|dev| {
+            let id = |name| std::fs::read_to_string(dev.join(name)).unwrap_or_default();
+            id("vendor").trim() == IVSHMEM_VENDOR && id("device").trim() == IVSHMEM_DEVICE
+        })
+        .map(|dev| dev.join("resource2"))
+        .collect();
+    found.sort();
+    found.into_iter().next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_ivshmem_bar_among_pci_devices() {
+        let sys = tempfile::tempdir().unwrap();
+        for (name, vendor, device) in
+            [("0000:00:01.0", "0x8086", "0x1237"), ("0000:00:03.0", "0x1af4", "0x1110")]
+        {
+            let dev = sys.path().join(name);
+            std::fs::create_dir(&dev).unwrap();
+            std::fs::write(dev.join("vendor"), format!("{vendor}\n")).unwrap();
+            std::fs::write(dev.join("device"), format!("{device}\n")).unwrap();
+        }
+        assert_eq!(find_ivshmem(sys.path()), Some(sys.path().join("0000:00:03.0/resource2")));
+        std::fs::remove_dir_all(sys.path().join("0000:00:03.0")).unwrap();
+        assert_eq!(find_ivshmem(sys.path()), None);
+    }
+}
