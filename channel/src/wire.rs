@@ -17,8 +17,25 @@
 //! | Delete | bucket, key                              | –                                   |
 //! | List   | bucket, params `{Prefix, Delimiter, MaxKeys, ContinuationToken, StartAfter}` | a `ListObjectsV2` result |
 //!
-//! Params and meta use boto3's own field names, so the shim passes them through. An error
-//! completion carries `{"Code", "Message"}` with the S3 error code of its [`Status`].
+//! Params and meta use boto3's own field names and shapes, so the shim passes them through:
+//!
+//! ```text
+//!  Head/Get meta  {"ContentLength", "ContentType", "ETag", "LastModified" (RFC 3339),
+//!                  "Metadata": {..}, "AcceptRanges": "bytes", "ContentRange" (ranged Get only)}
+//!                 ContentLength is the length of what the stream delivers (the range if any).
+//!  Put meta       {"ETag"} once the object is complete; {} for an accepted non-final chunk
+//!  Delete meta    {}
+//!  List meta      a ListObjectsV2 response: {"IsTruncated", "Name", "Prefix", "MaxKeys",
+//!                  "KeyCount", "Contents": [{"Key", "LastModified", "ETag", "Size",
+//!                  "StorageClass"}], "CommonPrefixes": [{"Prefix"}], "Delimiter",
+//!                  "ContinuationToken", "NextContinuationToken", "StartAfter"}
+//!                 (optional keys are omitted when unset, as S3 does; Contents when empty)
+//!  error meta     {"Code", "Message", "HTTPStatusCode"}, Code being the S3 code of [`Status`]
+//! ```
+//!
+//! Streams: a reply with `MORE` names a stream; the guest continues it with `Read` (or `Write`)
+//! in the same buffer, each reply/chunk starting at offset 0, until a reply without `MORE`
+//! (the host then forgets the stream) or a `Close`.
 //!
 //! Parsing is two steps so the host copies only what it needs out of shared memory:
 //! [`Envelope::open`] checks the descriptor against the host's geometry; the host copies

@@ -1,0 +1,4 @@
+//! The Nexus backend.
+pub mod config;
+pub mod metrics;
+pub mod policy;
