@@ -1,4 +1,24 @@
-//! The Nexus backend.
+//! The Nexus backend: one always-on host daemon that serves every function VM's region.
+//!
+//! ```text
+//!  daemon ── api (control: regions, status, /metrics) ── backend (region registry)
+//!                                                          │ one serving thread per region
+//!                                                          ▼
+//!                      serve ── ops (get/put/list/…) ── storage (object_store) · cache
+//!                        │                                policy · metrics
+//!                      served (host end of a region: rings, doorbell, streams)
+//! ```
+
+pub mod api;
+pub mod backend;
+mod cache;
+pub mod client;
 pub mod config;
+pub mod daemon;
 pub mod metrics;
+mod ops;
 pub mod policy;
+mod serve;
+mod served;
+pub mod storage;
+mod streams;

@@ -1,1 +1,97 @@
-fn main() {}
+//! `nexus`: the host binary. `nexus backend` runs the daemon; the other subcommands talk to a
+//! running backend over its control socket.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use nexus_backend::client::request;
+use nexus_backend::config::Config;
+use nexus_backend::storage::error_chain;
+use serde_json::json;
+
+#[derive(Debug, Parser)]
+#[command(name = "nexus", version, about = "Nexus: transparent I/O offloading for function VMs")]
+struct Cli {
+    /// Control socket of the backend.
+    #[arg(long, global = true, env = "NEXUS_SOCKET", default_value = "/run/nexus/nexus.sock")]
+    socket: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the backend daemon.
+    Backend {
+        /// Configuration file (see configs/nexus.yaml).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Manage regions (one per function VM or function process).
+    #[command(subcommand)]
+    Region(RegionCommand),
+    /// Show the backend's status.
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+enum RegionCommand {
+    /// Create a region for FUNCTION; prints the region file's path.
+    Create { function: String },
+    /// List regions.
+    Ls,
+    /// Remove a region.
+    Rm { id: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Backend { config } => backend(&config),
+        Command::Region(command) => region(&cli.socket, command),
+        Command::Status => print(&cli.socket, "GET", "/v1/status", None),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("nexus: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn backend(config: &Path) -> Result<(), String> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("NEXUS_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = Config::load(config).map_err(|e| error_chain(&e))?;
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    runtime.block_on(nexus_backend::daemon::run(config)).map_err(|e| error_chain(&e))
+}
+
+fn region(socket: &Path, command: RegionCommand) -> Result<(), String> {
+    match command {
+        RegionCommand::Create { function } => {
+            let body = request(socket, "POST", "/v1/regions", Some(&json!({ "function": function })))
+                .map_err(|e| error_chain(&e))?;
+            let info: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+            println!("{}", info["path"].as_str().unwrap_or_default());
+            Ok(())
+        }
+        RegionCommand::Ls => print(socket, "GET", "/v1/regions", None),
+        RegionCommand::Rm { id } => print(socket, "DELETE", &format!("/v1/regions/{id}"), None),
+    }
+}
+
+fn print(socket: &Path, method: &str, path: &str, body: Option<&serde_json::Value>) -> Result<(), String> {
+    let answer = request(socket, method, path, body).map_err(|e| error_chain(&e))?;
+    if !answer.is_empty() {
+        println!("{answer}");
+    }
+    Ok(())
+}

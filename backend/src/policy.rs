@@ -1,6 +1,11 @@
-//! Per-function access policy: which buckets and prefixes a function may touch, and how.
+//! Per-function access policy: which buckets and prefixes a function may touch, how, how large
+//! its objects may be, and how many requests per second it may make.
+
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
+
+use crate::config::byte_size;
 
 /// What a call does to an object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -17,28 +22,63 @@ pub enum Access {
 pub enum Denied {
     /// No grant covers the bucket, prefix and access.
     #[error("{access:?} access to {bucket}/{key} is not allowed for this function")]
-    NotGranted { access: Access, bucket: String, key: String },
+    NotGranted {
+        access: Access,
+        bucket: String,
+        key: String,
+    },
     /// The object is larger than the policy allows.
     #[error("Object of {size} bytes exceeds the {max}-byte limit for this function")]
     TooLarge { size: u64, max: u64 },
+    /// The function called faster than its rate limit.
+    #[error("Request rate above {rate} per second for this function")]
+    RateLimited { rate: u32 },
 }
 
-/// A function's policy.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+impl Denied {
+    /// The metrics label of this reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Denied::NotGranted { .. } => "not_granted",
+            Denied::TooLarge { .. } => "too_large",
+            Denied::RateLimited { .. } => "rate_limited",
+        }
+    }
+}
+
+/// A function's policy. The default denies everything.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Policy {
     pub grants: Vec<Grant>,
+    /// Largest object the function may read or write, in bytes.
+    #[serde(deserialize_with = "byte_size::deserialize")]
     pub max_object_size: u64,
+    /// Sustained request rate; `None` is unlimited.
+    pub requests_per_second: Option<u32>,
+    /// Requests allowed at once after a quiet period; `None` is `requests_per_second`.
+    pub burst: Option<u32>,
 }
 
 /// Access to the keys of one bucket that start with `prefix`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Grant {
     pub bucket: String,
     #[serde(default)]
     pub prefix: String,
     pub access: Vec<Access>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            grants: Vec::new(),
+            max_object_size: 5 << 30,
+            requests_per_second: None,
+            burst: None,
+        }
+    }
 }
 
 impl Policy {
@@ -50,15 +90,214 @@ impl Policy {
         if granted {
             Ok(())
         } else {
-            Err(Denied::NotGranted { access, bucket: bucket.into(), key: key.into() })
+            Err(Denied::NotGranted {
+                access,
+                bucket: bucket.into(),
+                key: key.into(),
+            })
         }
     }
 
     /// Checks an object size against the limit.
     pub fn check_size(&self, size: u64) -> Result<(), Denied> {
         if size > self.max_object_size {
-            return Err(Denied::TooLarge { size, max: self.max_object_size });
+            return Err(Denied::TooLarge {
+                size,
+                max: self.max_object_size,
+            });
         }
         Ok(())
+    }
+}
+
+/// A token bucket of `burst` tokens refilled at `requests_per_second`; each request takes one.
+///
+/// The bucket is kept as the instant it will be full again, so refilling is a subtraction and
+/// needs no timer: the tokens missing at `now` are `(full_at - now) / interval`.
+#[derive(Debug, Clone)]
+pub struct RateLimiter {
+    rate: u32,
+    /// Time to earn one token.
+    interval: Duration,
+    /// Time to fill the empty bucket: `burst` intervals.
+    capacity: Duration,
+    /// When the bucket is full again; `None` until the first request.
+    full_at: Option<Instant>,
+}
+
+impl RateLimiter {
+    /// A full bucket for `policy`, or `None` if it has no rate limit (or a zero rate, which
+    /// [`crate::config::Config::parse`] rejects).
+    pub fn new(policy: &Policy) -> Option<Self> {
+        let rate = policy.requests_per_second?;
+        let interval = Duration::from_secs(1).checked_div(rate)?;
+        let burst = policy.burst.unwrap_or(rate);
+        Some(Self {
+            rate,
+            interval,
+            capacity: interval.saturating_mul(burst),
+            full_at: None,
+        })
+    }
+
+    /// Takes a token at `now`, or says the function is over its rate.
+    pub fn try_acquire(&mut self, now: Instant) -> Result<(), Denied> {
+        let full_at = self.full_at.map_or(now, |at| at.max(now));
+        let after = full_at + self.interval;
+        if after.duration_since(now) > self.capacity {
+            return Err(Denied::RateLimited { rate: self.rate });
+        }
+        self.full_at = Some(after);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(grants: &[(&str, &str, &[Access])]) -> Policy {
+        let grants = grants
+            .iter()
+            .map(|(bucket, prefix, access)| Grant {
+                bucket: (*bucket).into(),
+                prefix: (*prefix).into(),
+                access: access.to_vec(),
+            })
+            .collect();
+        Policy {
+            grants,
+            ..Default::default()
+        }
+    }
+
+    fn limited(rate: u32, burst: Option<u32>) -> RateLimiter {
+        let policy = Policy {
+            requests_per_second: Some(rate),
+            burst,
+            ..Default::default()
+        };
+        RateLimiter::new(&policy).unwrap()
+    }
+
+    #[test]
+    fn default_denies_everything() {
+        let policy = Policy::default();
+        let denied = policy.check(Access::Read, "b", "k").unwrap_err();
+        assert_eq!(
+            denied,
+            Denied::NotGranted {
+                access: Access::Read,
+                bucket: "b".into(),
+                key: "k".into()
+            }
+        );
+        assert_eq!(
+            denied.to_string(),
+            "Read access to b/k is not allowed for this function"
+        );
+        assert_eq!(denied.reason(), "not_granted");
+    }
+
+    #[test]
+    fn grants_cover_their_prefix() {
+        let policy = policy(&[("images", "uploads/", &[Access::Read, Access::List])]);
+        assert!(policy
+            .check(Access::Read, "images", "uploads/a.png")
+            .is_ok());
+        assert!(policy.check(Access::List, "images", "uploads/").is_ok());
+        assert!(policy
+            .check(Access::Read, "images", "thumbs/a.png")
+            .is_err());
+        assert!(policy
+            .check(Access::Read, "other", "uploads/a.png")
+            .is_err());
+        // Listing above the prefix would reveal keys outside it.
+        assert!(policy.check(Access::List, "images", "").is_err());
+    }
+
+    #[test]
+    fn grants_cover_their_access_kinds() {
+        let policy = policy(&[
+            ("b", "", &[Access::Write]),
+            ("b", "tmp/", &[Access::Delete]),
+        ]);
+        assert!(policy.check(Access::Write, "b", "x").is_ok());
+        assert!(policy.check(Access::Read, "b", "x").is_err());
+        assert!(policy.check(Access::Delete, "b", "x").is_err());
+        assert!(policy.check(Access::Delete, "b", "tmp/x").is_ok());
+        assert!(policy.check(Access::List, "b", "tmp/").is_err());
+    }
+
+    #[test]
+    fn size_limit() {
+        let policy = Policy {
+            max_object_size: 100,
+            ..Default::default()
+        };
+        assert!(policy.check_size(100).is_ok());
+        let denied = policy.check_size(101).unwrap_err();
+        assert_eq!(
+            denied,
+            Denied::TooLarge {
+                size: 101,
+                max: 100
+            }
+        );
+        assert_eq!(denied.reason(), "too_large");
+        assert_eq!(Policy::default().max_object_size, 5 << 30);
+    }
+
+    #[test]
+    fn no_rate_no_limiter() {
+        assert!(RateLimiter::new(&Policy::default()).is_none());
+        let zero = Policy {
+            requests_per_second: Some(0),
+            ..Default::default()
+        };
+        assert!(RateLimiter::new(&zero).is_none());
+    }
+
+    #[test]
+    fn bucket_allows_a_burst_then_refills() {
+        let start = Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        let mut limiter = limited(10, Some(3));
+        for _ in 0..3 {
+            limiter.try_acquire(at(0)).unwrap();
+        }
+        let denied = limiter.try_acquire(at(0)).unwrap_err();
+        assert_eq!(denied, Denied::RateLimited { rate: 10 });
+        assert_eq!(denied.reason(), "rate_limited");
+        assert_eq!(
+            denied.to_string(),
+            "Request rate above 10 per second for this function"
+        );
+        // One token every 100 ms.
+        assert!(limiter.try_acquire(at(99)).is_err());
+        limiter.try_acquire(at(100)).unwrap();
+        assert!(limiter.try_acquire(at(150)).is_err());
+        limiter.try_acquire(at(200)).unwrap();
+        // A long pause refills the bucket, but never beyond the burst.
+        for _ in 0..3 {
+            limiter.try_acquire(at(10_000)).unwrap();
+        }
+        assert!(limiter.try_acquire(at(10_000)).is_err());
+    }
+
+    #[test]
+    fn burst_defaults_to_the_rate() {
+        let start = Instant::now();
+        let mut limiter = limited(5, None);
+        for _ in 0..5 {
+            limiter.try_acquire(start).unwrap();
+        }
+        assert!(limiter.try_acquire(start).is_err());
+        // A steady 5 per second is always allowed.
+        for i in 1..=50 {
+            limiter
+                .try_acquire(start + Duration::from_millis(200 * i))
+                .unwrap();
+        }
     }
 }

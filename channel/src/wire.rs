@@ -109,9 +109,10 @@ impl Op {
 }
 
 /// Completion status codes of [`crate::CompletionDesc::status`], each an S3 error code.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(u16)]
 pub enum Status {
+    #[default]
     Ok = 0,
     NoSuchKey = 1,
     NoSuchBucket = 2,

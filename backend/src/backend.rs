@@ -1,0 +1,212 @@
+//! The backend: the regions it serves and the services they share.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use nexus_channel::layout::host_state;
+use nexus_channel::region::RegionError;
+use serde::Serialize;
+use tokio::runtime::Handle;
+use tokio::sync::Semaphore;
+
+use crate::cache::ObjectCache;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::ops::Context;
+use crate::serve::{serve, Shared};
+use crate::served::ServedRegion;
+use crate::storage::{Storage, StorageError};
+
+/// Errors of backend operations.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The storage configuration is unusable.
+    #[error("Invalid storage configuration")]
+    Storage(#[from] StorageError),
+    /// A function name that cannot name a region.
+    #[error("Invalid function name {0:?}: use lowercase letters, digits, '-' and '_'")]
+    FunctionName(String),
+    /// No region with this id.
+    #[error("No region {0}")]
+    NoRegion(String),
+    /// The region file could not be set up.
+    #[error("Cannot set up region {id}")]
+    Region {
+        id: String,
+        #[source]
+        source: RegionError,
+    },
+    /// The serving thread could not be started.
+    #[error("Cannot start the serving thread of region {id}")]
+    Thread {
+        id: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A region as the control API reports it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RegionInfo {
+    pub id: String,
+    pub function: String,
+    pub path: PathBuf,
+    pub state: &'static str,
+    pub open_streams: usize,
+}
+
+#[derive(Debug)]
+struct Attached {
+    served: Arc<ServedRegion>,
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Attached {
+    fn info(&self) -> RegionInfo {
+        RegionInfo {
+            id: self.served.id.clone(),
+            function: self.served.function.clone(),
+            path: self.path.clone(),
+            state: if self.served.is_faulted() { "faulted" } else { "serving" },
+            open_streams: self.served.streams.len(),
+        }
+    }
+
+    fn detach(mut self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = self.served.notifier.wake_self();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        let _ = self.served.set_state(host_state::GONE);
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The always-on backend.
+#[derive(Debug)]
+pub struct Backend {
+    config: Config,
+    shared: Arc<Shared>,
+    regions: Mutex<BTreeMap<String, Attached>>,
+    next_id: AtomicU64,
+}
+
+impl Backend {
+    /// A backend for `config` whose I/O runs on `runtime`.
+    pub fn new(config: Config, runtime: Handle) -> Result<Self, BackendError> {
+        let context = Context {
+            storage: Storage::new(&config.storage)?,
+            cache: ObjectCache::new(&config.cache),
+            metrics: Metrics::new(),
+        };
+        if !context.storage.keeps_attributes() {
+            tracing::info!("The local-directory store does not keep ContentType or Metadata");
+        }
+        let shared = Arc::new(Shared {
+            context,
+            runtime,
+            inflight: Arc::new(Semaphore::new(config.limits.max_inflight)),
+            per_region: config.limits.max_inflight_per_region,
+        });
+        Ok(Self { config, shared, regions: Mutex::default(), next_id: AtomicU64::new(1) })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The metrics of every region.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.context.metrics
+    }
+
+    /// Bytes in the object cache.
+    pub fn cache_bytes(&self) -> u64 {
+        self.shared.context.cache.bytes()
+    }
+
+    /// Creates a region for `function`, starts serving it and returns where it is.
+    pub fn create_region(&self, function: &str) -> Result<RegionInfo, BackendError> {
+        let name_ok = !function.is_empty()
+            && function.len() <= 64
+            && function.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !name_ok {
+            return Err(BackendError::FunctionName(function.chars().take(64).collect()));
+        }
+        let id = format!("{function}-{}", self.next_id.fetch_add(1, Ordering::Relaxed));
+        let path = self.config.region.dir.join(format!("{id}.region"));
+        let region_err = |source| BackendError::Region { id: id.clone(), source };
+        let served = Arc::new(
+            ServedRegion::create(
+                id.clone(),
+                function.to_owned(),
+                &path,
+                self.config.region.geometry(),
+                self.config.policy_for(function).clone(),
+                Duration::from_micros(self.config.region.spin_us),
+            )
+            .map_err(region_err)?,
+        );
+        served.set_state(host_state::READY).map_err(region_err)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::Builder::new()
+            .name(format!("nexus-{id}"))
+            .spawn({
+                let (served, shared, stop) = (served.clone(), self.shared.clone(), stop.clone());
+                move || serve(served, shared, stop)
+            })
+            .map_err(|source| BackendError::Thread { id: id.clone(), source })?;
+        let attached = Attached { served, path, stop, thread: Some(thread) };
+        let info = attached.info();
+        let mut regions = self.lock();
+        regions.insert(id, attached);
+        self.metrics().set_regions(regions.len() as i64);
+        tracing::info!(region = %info.id, function, path = %info.path.display(), "Region created");
+        Ok(info)
+    }
+
+    /// Stops serving region `id` and removes its file.
+    pub fn remove_region(&self, id: &str) -> Result<(), BackendError> {
+        let attached = {
+            let mut regions = self.lock();
+            let attached = regions.remove(id).ok_or_else(|| BackendError::NoRegion(id.into()))?;
+            self.metrics().set_regions(regions.len() as i64);
+            attached
+        };
+        attached.detach();
+        tracing::info!(region = id, "Region removed");
+        Ok(())
+    }
+
+    /// Every region.
+    pub fn regions(&self) -> Vec<RegionInfo> {
+        self.lock().values().map(Attached::info).collect()
+    }
+
+    /// Stops serving every region.
+    pub fn shutdown(&self) {
+        let all = std::mem::take(&mut *self.lock());
+        for (_, attached) in all {
+            attached.detach();
+        }
+        self.metrics().set_regions(0);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Attached>> {
+        self.regions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,89 @@
+//! A minimal blocking client of the control API over its unix socket, for the CLI and tests.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+/// Errors talking to the backend.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The socket could not be reached.
+    #[error("Cannot reach the Nexus backend at {path}; is `nexus backend` running?")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The exchange failed midway.
+    #[error("Request to the Nexus backend failed")]
+    Io(#[from] std::io::Error),
+    /// The answer is not HTTP.
+    #[error("Malformed answer from the Nexus backend")]
+    Malformed,
+    /// The backend refused the request.
+    #[error("Nexus backend answered {status}: {message}")]
+    Status { status: u16, message: String },
+}
+
+/// Sends `method path` with an optional JSON body; returns the body of a 2xx answer.
+pub fn request(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<String, ClientError> {
+    let mut stream = UnixStream::connect(socket)
+        .map_err(|source| ClientError::Connect { path: socket.to_owned(), source })?;
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: nexus\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    let text = String::from_utf8_lossy(&answer);
+    let (head, rest) = text.split_once("\r\n\r\n").ok_or(ClientError::Malformed)?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or(ClientError::Malformed)?;
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    let body = if chunked { dechunk(rest)? } else { rest.to_owned() };
+    if !(200..300).contains(&status) {
+        let message = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or(body);
+        return Err(ClientError::Status { status, message });
+    }
+    Ok(body)
+}
+
+fn dechunk(mut rest: &str) -> Result<String, ClientError> {
+    let mut body = String::new();
+    loop {
+        let (size, tail) = rest.split_once("\r\n").ok_or(ClientError::Malformed)?;
+        let size = usize::from_str_radix(size.trim(), 16).map_err(|_| ClientError::Malformed)?;
+        if size == 0 {
+            return Ok(body);
+        }
+        body.push_str(tail.get(..size).ok_or(ClientError::Malformed)?);
+        rest = tail.get(size + 2..).ok_or(ClientError::Malformed)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_chunked_bodies() {
+        assert_eq!(dechunk("3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(), "abcde");
+        assert!(dechunk("zz\r\n").is_err());
+    }
+}

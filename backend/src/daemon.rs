@@ -1,0 +1,81 @@
+//! Running the backend as a daemon: bind the API, serve until SIGINT/SIGTERM, clean up.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, UnixListener};
+
+use crate::api;
+use crate::backend::{Backend, BackendError};
+use crate::config::Config;
+
+/// Errors starting or running the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Another backend answers on the socket.
+    #[error("Another Nexus backend is already serving {0}")]
+    AlreadyRunning(PathBuf),
+    /// A listener could not be bound.
+    #[error("Cannot listen on {0}")]
+    Listen(String, #[source] std::io::Error),
+    /// The backend could not start.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The API server failed.
+    #[error("Control API failed")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Runs the backend until a termination signal.
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    let socket = config.api.socket.clone();
+    let unix = bind_unix(&socket)?;
+    let backend = Arc::new(Backend::new(config, tokio::runtime::Handle::current())?);
+    let app = api::router(backend.clone());
+    if let Some(addr) = backend.config().api.listen {
+        let tcp = TcpListener::bind(addr)
+            .await
+            .map_err(|e| DaemonError::Listen(addr.to_string(), e))?;
+        let app = app.clone();
+        tokio::spawn(async move { axum::serve(tcp, app).await });
+        tracing::info!("Control API and /metrics on http://{addr}");
+    }
+    tracing::info!(
+        socket = %socket.display(),
+        storage = %backend.config().storage.url,
+        regions = %backend.config().region.dir.display(),
+        "Nexus backend ready"
+    );
+    let served = axum::serve(unix, app).with_graceful_shutdown(terminated()).await;
+    let backend_for_stop = backend.clone();
+    let _ = tokio::task::spawn_blocking(move || backend_for_stop.shutdown()).await;
+    let _ = std::fs::remove_file(&socket);
+    tracing::info!("Nexus backend stopped");
+    served.map_err(DaemonError::Serve)
+}
+
+/// Binds the API socket, replacing a stale socket file but never a live backend.
+fn bind_unix(socket: &Path) -> Result<UnixListener, DaemonError> {
+    let listen_err = |e| DaemonError::Listen(socket.display().to_string(), e);
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        return Err(DaemonError::AlreadyRunning(socket.to_owned()));
+    }
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(listen_err)?;
+    }
+    let _ = std::fs::remove_file(socket);
+    UnixListener::bind(socket).map_err(listen_err)
+}
+
+async fn terminated() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

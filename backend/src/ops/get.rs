@@ -1,0 +1,261 @@
+//! `Head`, `Get` and `Read`: object attributes and bytes, straight into the guest's buffer.
+
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use chrono::SecondsFormat;
+use futures::StreamExt;
+use nexus_channel::wire::{flags, ByteRange, ObjectRef, Status};
+use object_store::{Attribute, GetOptions, GetRange, GetResult, ObjectStoreExt};
+use serde_json::{json, Map, Value};
+
+use super::{no_stream, Context, OpError, Out};
+use crate::cache::{Attributes, Cached};
+use crate::policy::Access;
+use crate::served::{Answer, ServedRegion};
+use crate::storage::key_path;
+use crate::streams::{CacheFill, Download, Source, Stream};
+
+/// `Head`: attributes only.
+pub async fn head(
+    ctx: &Context,
+    served: &ServedRegion,
+    object: &ObjectRef,
+    out: Out<'_>,
+) -> Result<Answer, OpError> {
+    served.policy.check(Access::Read, &object.bucket, &object.key)?;
+    let attributes = match ctx.cache.get(&object.bucket, &object.key, Instant::now()) {
+        Some(cached) => cached.attributes,
+        None => {
+            let store = ctx.storage.bucket(&object.bucket)?;
+            let options = GetOptions { head: true, ..GetOptions::default() };
+            attributes(&store.get_opts(&key_path(&object.key)?, options).await?)
+        }
+    };
+    let meta = object_meta(&attributes, attributes.size, None);
+    Ok(Answer { meta_len: out.meta(&meta)?, object_size: attributes.size, ..Answer::default() })
+}
+
+/// `Get`: attributes and the first chunk; a stream for the rest.
+pub async fn get(
+    ctx: &Context,
+    served: &ServedRegion,
+    object: &ObjectRef,
+    range: Option<ByteRange>,
+    out: Out<'_>,
+) -> Result<Answer, OpError> {
+    served.policy.check(Access::Read, &object.bucket, &object.key)?;
+    let (attributes, selected, source, fill) =
+        match ctx.cache.get(&object.bucket, &object.key, Instant::now()) {
+            Some(cached) => {
+                let selected = resolve(range, cached.attributes.size)?;
+                let bytes = cached.bytes.slice(selected.0 as usize..selected.1 as usize);
+                (cached.attributes, selected, Source::Memory(bytes), None)
+            }
+            None => fetch(ctx, object, range).await?,
+        };
+    served.policy.check_size(attributes.size)?;
+    let ranged = range.map(|_| selected);
+    let length = selected.1 - selected.0;
+    let meta_len = out.meta(&object_meta(&attributes, length, ranged))?;
+    let mut download = Download { source, remaining: length, fill };
+    let body_len = fill_buffer(&mut download, &out, meta_len as usize).await?;
+    let mut answer =
+        Answer { meta_len, body_len: body_len as u64, object_size: length, ..Answer::default() };
+    if download.remaining > 0 {
+        answer.stream = served.streams.open(Stream::Download(download), Instant::now())?;
+        answer.flags = flags::MORE;
+    } else {
+        finish_fill(ctx, download.fill);
+    }
+    Ok(answer)
+}
+
+/// `Read`: the next chunk of a download.
+pub async fn read(
+    ctx: &Context,
+    served: &ServedRegion,
+    stream: u64,
+    out: Out<'_>,
+) -> Result<Answer, OpError> {
+    let Some(Stream::Download(mut download)) = served.streams.take(stream) else {
+        return Err(no_stream(stream));
+    };
+    let body_len = fill_buffer(&mut download, &out, 0).await?;
+    let mut answer = Answer { body_len: body_len as u64, stream, ..Answer::default() };
+    if download.remaining > 0 {
+        answer.flags = flags::MORE;
+        served.streams.put_back(stream, Stream::Download(download), Instant::now());
+    } else {
+        finish_fill(ctx, download.fill);
+    }
+    Ok(answer)
+}
+
+/// Fetches from storage: attributes, the selected range, the byte stream and, for a whole
+/// object the cache admits, a collector.
+async fn fetch(
+    ctx: &Context,
+    object: &ObjectRef,
+    range: Option<ByteRange>,
+) -> Result<(Attributes, (u64, u64), Source, Option<CacheFill>), OpError> {
+    let store = ctx.storage.bucket(&object.bucket)?;
+    let path = key_path(&object.key)?;
+    let options = GetOptions { range: range.map(get_range), ..GetOptions::default() };
+    let result = match store.get_opts(&path, options).await {
+        Ok(result) => result,
+        Err(object_store::Error::NotFound { .. }) => {
+            return Err(OpError::new(Status::NoSuchKey, "The specified key does not exist."))
+        }
+        Err(e) => {
+            // A range the object cannot satisfy is S3's InvalidRange, whatever the store said.
+            if let Some(range) = range {
+                let size = store.head(&path).await?.size;
+                resolve(Some(range), size)?;
+            }
+            return Err(e.into());
+        }
+    };
+    let attributes = attributes(&result);
+    let selected = (result.range.start, result.range.end);
+    let fill = (range.is_none() && ctx.cache.admits(attributes.size)).then(|| CacheFill {
+        bucket: object.bucket.clone(),
+        key: object.key.clone(),
+        attributes: attributes.clone(),
+        bytes: BytesMut::with_capacity(attributes.size as usize),
+    });
+    let source = Source::Remote { stream: result.into_stream(), pending: Bytes::new() };
+    Ok((attributes, selected, source, fill))
+}
+
+/// Copies the download's next bytes into the buffer from position `at`; returns how many.
+async fn fill_buffer(download: &mut Download, out: &Out<'_>, at: usize) -> Result<usize, OpError> {
+    let room = out.len().saturating_sub(at) as u64;
+    let want = download.remaining.min(room) as usize;
+    let mut written = 0;
+    while written < want {
+        let chunk = match &mut download.source {
+            Source::Memory(bytes) => bytes,
+            Source::Remote { stream, pending } => {
+                if pending.is_empty() {
+                    *pending = match stream.next().await {
+                        Some(chunk) => chunk?,
+                        None => {
+                            return Err(OpError::new(Status::InternalError, "object ended early"))
+                        }
+                    };
+                }
+                pending
+            }
+        };
+        let n = chunk.len().min(want - written);
+        if n == 0 {
+            return Err(OpError::new(Status::InternalError, "object ended early"));
+        }
+        out.write(at + written, &chunk[..n])?;
+        if let Some(fill) = &mut download.fill {
+            fill.bytes.extend_from_slice(&chunk[..n]);
+        }
+        chunk.advance(n);
+        written += n;
+    }
+    download.remaining -= written as u64;
+    Ok(written)
+}
+
+fn finish_fill(ctx: &Context, fill: Option<CacheFill>) {
+    if let Some(fill) = fill {
+        let object = Cached { attributes: fill.attributes, bytes: fill.bytes.freeze() };
+        ctx.cache.insert(&fill.bucket, &fill.key, object, Instant::now());
+    }
+}
+
+/// The byte span `[start, end)` a range selects in an object of `size` bytes, as S3 decides.
+pub fn resolve(range: Option<ByteRange>, size: u64) -> Result<(u64, u64), OpError> {
+    let invalid = || OpError::new(Status::InvalidRange, "The requested range is not satisfiable");
+    match range {
+        None => Ok((0, size)),
+        Some(ByteRange::Bounded { first, last }) if first < size => {
+            Ok((first, last.saturating_add(1).min(size)))
+        }
+        Some(ByteRange::From(first)) if first < size => Ok((first, size)),
+        Some(ByteRange::Suffix(n)) if n > 0 => Ok((size.saturating_sub(n), size)),
+        Some(_) => Err(invalid()),
+    }
+}
+
+fn get_range(range: ByteRange) -> GetRange {
+    match range {
+        ByteRange::Bounded { first, last } => GetRange::Bounded(first..last.saturating_add(1)),
+        ByteRange::From(first) => GetRange::Offset(first),
+        ByteRange::Suffix(n) => GetRange::Suffix(n),
+    }
+}
+
+fn attributes(result: &GetResult) -> Attributes {
+    let mut content_type = None;
+    let mut metadata = Vec::new();
+    for (attribute, value) in result.attributes.iter() {
+        match attribute {
+            Attribute::ContentType => content_type = Some(value.to_string()),
+            Attribute::Metadata(key) => metadata.push((key.to_string(), value.to_string())),
+            _ => {}
+        }
+    }
+    metadata.sort();
+    Attributes {
+        size: result.meta.size,
+        etag: result.meta.e_tag.as_deref().map(quoted),
+        last_modified: result.meta.last_modified.to_rfc3339_opts(SecondsFormat::Millis, true),
+        content_type,
+        metadata,
+    }
+}
+
+/// S3 ETags are quoted; some stores hand them over bare.
+pub fn quoted(etag: &str) -> String {
+    if etag.starts_with('"') {
+        etag.to_owned()
+    } else {
+        format!("\"{etag}\"")
+    }
+}
+
+/// The `Head`/`Get` meta of an object; `ranged` is the selected span of a ranged `Get`.
+fn object_meta(attributes: &Attributes, length: u64, ranged: Option<(u64, u64)>) -> Value {
+    let metadata: Map<String, Value> =
+        attributes.metadata.iter().map(|(k, v)| (k.clone(), Value::from(v.as_str()))).collect();
+    let mut meta = json!({
+        "ContentLength": length,
+        "ContentType": attributes.content_type.as_deref().unwrap_or("binary/octet-stream"),
+        "LastModified": attributes.last_modified,
+        "Metadata": metadata,
+        "AcceptRanges": "bytes",
+    });
+    if let Some(etag) = &attributes.etag {
+        meta["ETag"] = Value::from(etag.as_str());
+    }
+    if let Some((start, end)) = ranged {
+        let last = end.saturating_sub(1);
+        meta["ContentRange"] = Value::from(format!("bytes {start}-{last}/{}", attributes.size));
+    }
+    meta
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_resolve_like_s3() {
+        let r = |range| resolve(Some(range), 10).map_err(|e| e.status);
+        assert_eq!(r(ByteRange::Bounded { first: 2, last: 5 }), Ok((2, 6)));
+        assert_eq!(r(ByteRange::Bounded { first: 2, last: 500 }), Ok((2, 10)));
+        assert_eq!(r(ByteRange::From(9)), Ok((9, 10)));
+        assert_eq!(r(ByteRange::Suffix(3)), Ok((7, 10)));
+        assert_eq!(r(ByteRange::Suffix(30)), Ok((0, 10)));
+        assert_eq!(r(ByteRange::From(10)), Err(Status::InvalidRange));
+        assert_eq!(r(ByteRange::Suffix(0)), Err(Status::InvalidRange));
+        assert_eq!(resolve(None, 0).map_err(|e| e.status), Ok((0, 0)));
+    }
+}

@@ -1,0 +1,172 @@
+//! The operations a guest can call, each performed with the real storage client.
+//!
+//! An operation receives a decoded [`Call`] and the guest buffer it came in; it writes the
+//! reply (`[meta JSON][body]`) into that buffer through [`Out`], which refuses any write
+//! beyond the buffer, and returns the [`Answer`] to publish.
+
+mod get;
+mod list;
+mod put;
+
+use nexus_channel::region::RegionError;
+use nexus_channel::wire::{Call, Envelope, Status};
+use nexus_channel::Region;
+use object_store::ObjectStoreExt;
+
+use crate::cache::ObjectCache;
+use crate::metrics::Metrics;
+use crate::policy::{Access, Denied};
+use crate::served::{Answer, ServedRegion};
+use crate::storage::{error_chain, key_path, Storage, StorageError};
+use crate::streams::{Stream, StreamError};
+
+/// What every operation needs besides its region.
+#[derive(Debug)]
+pub struct Context {
+    pub storage: Storage,
+    pub cache: ObjectCache,
+    pub metrics: Metrics,
+}
+
+/// A failed operation: the status and message the guest receives.
+#[derive(Debug)]
+pub struct OpError {
+    pub status: Status,
+    pub message: String,
+    /// Metrics label when the call was refused before reaching storage.
+    pub rejected: Option<&'static str>,
+}
+
+impl OpError {
+    pub fn new(status: Status, message: impl Into<String>) -> Self {
+        Self { status, message: message.into(), rejected: None }
+    }
+}
+
+impl From<StorageError> for OpError {
+    fn from(e: StorageError) -> Self {
+        Self::new(e.status(), e.guest_message())
+    }
+}
+
+impl From<object_store::Error> for OpError {
+    fn from(e: object_store::Error) -> Self {
+        StorageError::from(e).into()
+    }
+}
+
+impl From<Denied> for OpError {
+    fn from(e: Denied) -> Self {
+        let status = match e {
+            Denied::NotGranted { .. } => Status::AccessDenied,
+            Denied::TooLarge { .. } => Status::EntityTooLarge,
+            Denied::RateLimited { .. } => Status::SlowDown,
+        };
+        Self { status, message: e.to_string(), rejected: Some(e.reason()) }
+    }
+}
+
+impl From<RegionError> for OpError {
+    fn from(e: RegionError) -> Self {
+        Self::new(Status::InternalError, error_chain(&e))
+    }
+}
+
+impl From<StreamError> for OpError {
+    fn from(e: StreamError) -> Self {
+        Self { status: Status::SlowDown, message: e.to_string(), rejected: Some("streams") }
+    }
+}
+
+/// The guest buffer a reply is written into.
+#[derive(Debug, Clone, Copy)]
+pub struct Out<'a> {
+    region: &'a Region,
+    offset: usize,
+    len: usize,
+}
+
+impl<'a> Out<'a> {
+    pub fn new(region: &'a Region, envelope: &Envelope) -> Self {
+        Self { region, offset: envelope.buffer_offset, len: envelope.buffer_len }
+    }
+
+    /// Capacity in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Copies `bytes` to position `at` of the buffer.
+    pub fn write(&self, at: usize, bytes: &[u8]) -> Result<(), OpError> {
+        match at.checked_add(bytes.len()) {
+            Some(end) if end <= self.len => Ok(self.region.copy_in(self.offset + at, bytes)?),
+            _ => Err(OpError::new(Status::InternalError, "reply larger than the buffer")),
+        }
+    }
+
+    /// Copies `len` bytes at position `at` of the buffer out (a request body).
+    pub fn read(&self, at: usize, len: usize) -> Result<Vec<u8>, OpError> {
+        match at.checked_add(len) {
+            Some(end) if end <= self.len => {
+                let mut bytes = vec![0; len];
+                self.region.copy_out(self.offset + at, &mut bytes)?;
+                Ok(bytes)
+            }
+            _ => Err(OpError::new(Status::InvalidRequest, "body outside the buffer")),
+        }
+    }
+
+    /// Writes `meta` at the start of the buffer; returns its length.
+    pub fn meta(&self, meta: &serde_json::Value) -> Result<u32, OpError> {
+        let bytes = meta.to_string().into_bytes();
+        self.write(0, &bytes)?;
+        Ok(bytes.len() as u32)
+    }
+}
+
+/// Performs `call` for `served`.
+pub async fn run(
+    ctx: &Context,
+    served: &ServedRegion,
+    envelope: &Envelope,
+    call: Call,
+) -> Result<Answer, OpError> {
+    let out = Out::new(&served.region, envelope);
+    match call {
+        Call::Ping => Ok(Answer::default()),
+        Call::Head(object) => get::head(ctx, served, &object, out).await,
+        Call::Get { object, range } => get::get(ctx, served, &object, range, out).await,
+        Call::Read { stream } => get::read(ctx, served, stream, out).await,
+        Call::Put { object, params, more } => {
+            put::put(ctx, served, &object, &params, envelope, more, out).await
+        }
+        Call::Write { stream, more } => put::write(ctx, served, stream, envelope, more, out).await,
+        Call::Close { stream } => close(served, stream).await,
+        Call::Delete(object) => {
+            served.policy.check(Access::Delete, &object.bucket, &object.key)?;
+            let store = ctx.storage.bucket(&object.bucket)?;
+            match store.delete(&key_path(&object.key)?).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            ctx.cache.invalidate(&object.bucket, &object.key);
+            Ok(Answer { meta_len: out.meta(&serde_json::json!({}))?, ..Answer::default() })
+        }
+        Call::List { bucket, params } => list::list(ctx, served, &bucket, &params, out).await,
+    }
+}
+
+/// Abandons a stream: drops a download, aborts an upload.
+async fn close(served: &ServedRegion, stream: u64) -> Result<Answer, OpError> {
+    match served.streams.take(stream) {
+        Some(Stream::Upload(upload)) => upload.writer.abort().await?,
+        Some(Stream::Download(_)) => {}
+        None => return Err(no_stream(stream)),
+    }
+    Ok(Answer::default())
+}
+
+fn no_stream(stream: u64) -> OpError {
+    OpError::new(Status::NoSuchUpload, format!("No open stream {stream}"))
+}
+

@@ -1,0 +1,185 @@
+//! Object storage behind every bucket, through the `object_store` crate.
+//!
+//! `storage.url` picks the kind of store; each bucket a call names becomes one store:
+//!
+//! | url                    | bucket `b` is                                   |
+//! |------------------------|-------------------------------------------------|
+//! | `file:///var/lib/x`    | the directory `/var/lib/x/b` (must exist)        |
+//! | `s3://`, `gs://`, `az://` | `s3://b` etc., configured by `storage.options` |
+//! | `memory://`            | an in-memory store (unit tests only)            |
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use nexus_channel::wire::Status;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::ObjectStore;
+
+use crate::config::StorageConfig;
+
+/// Errors of the storage layer, each with the S3 status a guest sees.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The store URL is not one Nexus supports.
+    #[error("Unsupported storage url {0:?}: use file://DIR, s3://, gs://, az:// or memory://")]
+    Url(String),
+    /// The bucket does not exist.
+    #[error("The specified bucket does not exist: {0}")]
+    NoSuchBucket(String),
+    /// The key cannot be expressed as an object_store path.
+    #[error("Object key {0:?} is not supported (empty, '.' or '..' segments, or control characters)")]
+    Key(String),
+    /// The store could not be built for a bucket.
+    #[error("Cannot open bucket {bucket}")]
+    Open {
+        bucket: String,
+        #[source]
+        source: object_store::Error,
+    },
+    /// The store reported an error.
+    #[error(transparent)]
+    Store(#[from] object_store::Error),
+}
+
+impl StorageError {
+    /// The status a guest receives for this error.
+    pub fn status(&self) -> Status {
+        use object_store::Error as E;
+        match self {
+            StorageError::NoSuchBucket(_) => Status::NoSuchBucket,
+            StorageError::Key(_) => Status::InvalidArgument,
+            StorageError::Url(_) | StorageError::Open { .. } => Status::InternalError,
+            StorageError::Store(e) => match e {
+                E::NotFound { .. } => Status::NoSuchKey,
+                E::PermissionDenied { .. } | E::Unauthenticated { .. } => Status::AccessDenied,
+                E::Precondition { .. } | E::AlreadyExists { .. } => Status::PreconditionFailed,
+                E::NotImplemented { .. } | E::NotSupported { .. } => Status::NotImplemented,
+                E::InvalidPath { .. } => Status::InvalidArgument,
+                _ => Status::InternalError,
+            },
+        }
+    }
+
+    /// The message a guest receives: S3's wording for the common codes.
+    pub fn guest_message(&self) -> String {
+        match self.status() {
+            Status::NoSuchKey => "The specified key does not exist.".into(),
+            Status::NoSuchBucket => "The specified bucket does not exist.".into(),
+            Status::AccessDenied => "Access Denied".into(),
+            _ => error_chain(self),
+        }
+    }
+}
+
+/// Renders an error with its sources, for logs and error completions.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+#[derive(Debug)]
+enum Kind {
+    Local(PathBuf),
+    Memory,
+    Remote { scheme: String, options: Vec<(String, String)> },
+}
+
+/// The stores of all buckets, opened on first use.
+#[derive(Debug)]
+pub struct Storage {
+    kind: Kind,
+    buckets: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+}
+
+impl Storage {
+    /// Storage as configured.
+    pub fn new(config: &StorageConfig) -> Result<Self, StorageError> {
+        let url = url::Url::parse(&config.url).map_err(|_| StorageError::Url(config.url.clone()))?;
+        let kind = match url.scheme() {
+            "file" => Kind::Local(PathBuf::from(url.path())),
+            "memory" => Kind::Memory,
+            scheme @ ("s3" | "gs" | "az") => Kind::Remote {
+                scheme: scheme.into(),
+                options: config.options.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            },
+            _ => return Err(StorageError::Url(config.url.clone())),
+        };
+        Ok(Self { kind, buckets: Mutex::new(HashMap::new()) })
+    }
+
+    /// Whether the store keeps `ContentType` and user metadata (the local directory does not).
+    pub fn keeps_attributes(&self) -> bool {
+        !matches!(self.kind, Kind::Local(_))
+    }
+
+    /// The store of `bucket` (a name already checked by the wire parser).
+    pub fn bucket(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>, StorageError> {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(store) = buckets.get(bucket) {
+            return Ok(store.clone());
+        }
+        let store: Arc<dyn ObjectStore> = match &self.kind {
+            Kind::Local(root) => {
+                let dir = root.join(bucket);
+                if !dir.is_dir() {
+                    return Err(StorageError::NoSuchBucket(bucket.into()));
+                }
+                let open = |source| StorageError::Open { bucket: bucket.into(), source };
+                Arc::new(LocalFileSystem::new_with_prefix(dir).map_err(open)?)
+            }
+            Kind::Memory => Arc::new(InMemory::new()),
+            Kind::Remote { scheme, options } => {
+                let url = url::Url::parse(&format!("{scheme}://{bucket}"))
+                    .map_err(|_| StorageError::NoSuchBucket(bucket.into()))?;
+                let (store, _) = object_store::parse_url_opts(&url, options.iter().cloned())
+                    .map_err(|source| StorageError::Open { bucket: bucket.into(), source })?;
+                Arc::from(store)
+            }
+        };
+        buckets.insert(bucket.into(), store.clone());
+        Ok(store)
+    }
+}
+
+/// The object_store path of an S3 key.
+pub fn key_path(key: &str) -> Result<Path, StorageError> {
+    Path::parse(key).map_err(|_| StorageError::Key(key.chars().take(256).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(url: &str) -> StorageConfig {
+        StorageConfig { url: url.into(), options: Default::default() }
+    }
+
+    #[test]
+    fn local_buckets_are_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("photos")).unwrap();
+        let storage = Storage::new(&config(&format!("file://{}", dir.path().display()))).unwrap();
+        assert!(storage.bucket("photos").is_ok());
+        let missing = storage.bucket("nothere").unwrap_err();
+        assert_eq!(missing.status(), Status::NoSuchBucket);
+        assert!(!storage.keeps_attributes());
+    }
+
+    #[test]
+    fn rejects_unknown_schemes_and_bad_keys() {
+        assert!(matches!(Storage::new(&config("ftp://x")), Err(StorageError::Url(_))));
+        assert!(key_path("a/b.txt").is_ok());
+        for bad in ["a//b", "../x", "a/./b"] {
+            assert_eq!(key_path(bad).unwrap_err().status(), Status::InvalidArgument, "{bad}");
+        }
+    }
+}
