@@ -208,7 +208,7 @@ impl Config {
                 ))
             }
         }
-        if self.cache.max_object_bytes > self.cache.max_bytes {
+        if self.cache.max_bytes > 0 && self.cache.max_object_bytes > self.cache.max_bytes {
             return Err(format!(
                 "cache.max_object_bytes: {} exceeds cache.max_bytes ({})",
                 self.cache.max_object_bytes, self.cache.max_bytes

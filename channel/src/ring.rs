@@ -244,8 +244,8 @@ mod tests {
             let base = geometry.ring_offset(RingId::Calls);
             region.store_u32(base, start).unwrap();
             region.store_u32(base + CACHE_LINE, start).unwrap();
-            let mut p = Producer::attach(region.clone(), &geometry, RingId::Calls).unwrap();
-            let mut c = Consumer::attach(region.clone(), &geometry, RingId::Calls).unwrap();
+            let mut p = Producer::<CallDesc>::attach(region.clone(), &geometry, RingId::Calls).unwrap();
+            let mut c = Consumer::<CallDesc>::attach(region.clone(), &geometry, RingId::Calls).unwrap();
             let mut model = std::collections::VecDeque::new();
             let mut next = 0u64;
             for push in ops {

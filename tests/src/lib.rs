@@ -1,1 +1,12 @@
 //! Harness for the integration tests: starts real servers (Garage, the backend) on loopback.
+//!
+//! Everything here is blocking (`std::process`), so it works from plain `#[test]` functions.
+//! Every process the harness starts is owned by a value that kills it on drop.
+
+mod artifacts;
+mod error;
+mod garage;
+
+pub use artifacts::{guest_lib, nexus_binary};
+pub use error::HarnessError;
+pub use garage::Garage;

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::backend::{Backend, BackendError};
+use crate::metrics::CONTENT_TYPE;
 use crate::storage::error_chain;
 
 /// The route table: (method, path) pairs, also checked against `openapi.yaml`.
@@ -96,8 +97,7 @@ async fn remove_region(
 }
 
 async fn metrics(State(backend): State<Arc<Backend>>) -> Response {
-    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-    ([(header::CONTENT_TYPE, content_type)], backend.metrics().encode()).into_response()
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], backend.metrics().encode()).into_response()
 }
 
 #[cfg(test)]

@@ -39,6 +39,9 @@ pub enum ClientError {
     /// The host answered something that does not belong to the call.
     #[error("Protocol error: {0}")]
     Protocol(&'static str),
+    /// The backend answered with an S3 error.
+    #[error("{code}: {message}")]
+    Status { code: String, message: String },
 }
 
 /// One call: the request bytes are already in `buffer` (see `nexus_channel::wire`).
@@ -131,6 +134,43 @@ impl Client {
         }
         free.push(index);
         Ok(())
+    }
+
+    /// Copies `bytes` into leased buffer `index` at position `at`.
+    pub fn write(&self, index: u32, at: usize, bytes: &[u8]) -> Result<(), ClientError> {
+        let offset = self.span(index, at, bytes.len())?;
+        Ok(self.region.copy_in(offset, bytes)?)
+    }
+
+    /// Runs `f` over `len` bytes of buffer `index` at position `at`, in place (no copy).
+    ///
+    /// Only for a buffer whose call has completed: the host writes a buffer only between
+    /// receiving a call on it and publishing the completion, so the bytes are stable now.
+    pub fn read_in_place<R>(
+        &self,
+        index: u32,
+        at: usize,
+        len: usize,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, ClientError> {
+        let offset = self.span(index, at, len)?;
+        let ptr = self.region.span(offset, len)?;
+        // SAFETY: `span` checked the bytes lie inside this client's mapping, which outlives
+        // the borrow; per the protocol (above) nobody writes them while `f` runs.
+        let bytes = unsafe { std::slice::from_raw_parts(ptr.cast_const(), len) };
+        Ok(f(bytes))
+    }
+
+    /// Region offset of `len` bytes at `at` inside guest buffer `index`.
+    fn span(&self, index: u32, at: usize, len: usize) -> Result<usize, ClientError> {
+        let (offset, size) = match self.geometry.buffer(index) {
+            Some(buffer) if self.geometry.is_guest_buffer(index) => buffer,
+            _ => return Err(ClientError::NotLeased(index)),
+        };
+        match at.checked_add(len) {
+            Some(end) if end <= size => Ok(offset + at),
+            _ => Err(ClientError::Protocol("access beyond the buffer")),
+        }
     }
 
     fn buffer_ptr(&self, index: u32) -> Result<*mut u8, ClientError> {

@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod ffi;
+mod objects;
 mod locate;
 
 pub use client::{Client, ClientError, Reply, Request};
