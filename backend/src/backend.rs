@@ -137,7 +137,9 @@ impl Backend {
     pub fn create_region(&self, function: &str) -> Result<RegionInfo, BackendError> {
         let name_ok = !function.is_empty()
             && function.len() <= 64
-            && function.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+            && function
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
         if !name_ok {
             return Err(BackendError::FunctionName(function.chars().take(64).collect()));
         }

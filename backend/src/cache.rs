@@ -97,7 +97,8 @@ impl ObjectCache {
         let id = (bucket.to_owned(), key.to_owned());
         state.remove(&id);
         while state.bytes + size > self.max_bytes {
-            let Some(oldest) = state.entries.iter().min_by_key(|(_, e)| e.used).map(|(k, _)| k.clone())
+            let Some(oldest) =
+                state.entries.iter().min_by_key(|(_, e)| e.used).map(|(k, _)| k.clone())
             else {
                 break;
             };

@@ -50,9 +50,9 @@ pub fn request(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or(ClientError::Malformed)?;
-    let chunked = head.lines().any(|l| {
-        l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.contains("chunked")
-    });
+    let chunked = head
+        .lines()
+        .any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.contains("chunked"));
     let body = if chunked { dechunk(rest)? } else { rest.to_owned() };
     if !(200..300).contains(&status) {
         let message = serde_json::from_str::<serde_json::Value>(&body)

@@ -111,19 +111,13 @@ pub struct FunctionConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self {
-            socket: "/run/nexus/nexus.sock".into(),
-            listen: None,
-        }
+        Self { socket: "/run/nexus/nexus.sock".into(), listen: None }
     }
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self {
-            url: "file:///var/lib/nexus/objects".into(),
-            options: BTreeMap::new(),
-        }
+        Self { url: "file:///var/lib/nexus/objects".into(), options: BTreeMap::new() }
     }
 }
 
@@ -142,39 +136,27 @@ impl Default for RegionConfig {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_inflight: 256,
-            max_inflight_per_region: 16,
-        }
+        Self { max_inflight: 256, max_inflight_per_region: 16 }
     }
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        Self {
-            max_bytes: 256 * MIB,
-            max_object_bytes: 64 * MIB,
-            ttl_secs: 30,
-        }
+        Self { max_bytes: 256 * MIB, max_object_bytes: 64 * MIB, ttl_secs: 30 }
     }
 }
 
 impl Config {
     /// Loads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::parse(&text, &path.display().to_string())
     }
 
     /// Parses and validates YAML text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let invalid = |message| ConfigError::Invalid {
-            origin: origin.into(),
-            message,
-        };
+        let invalid = |message| ConfigError::Invalid { origin: origin.into(), message };
         let config: Self = serde_norway::from_str(text).map_err(|e| invalid(syntax_message(&e)))?;
         config.validate().map_err(invalid)?;
         Ok(config)
@@ -182,16 +164,12 @@ impl Config {
 
     /// The policy for `function`: its own, or the default.
     pub fn policy_for(&self, function: &str) -> &Policy {
-        self.functions
-            .get(function)
-            .map_or(&self.default_policy, |f| &f.policy)
+        self.functions.get(function).map_or(&self.default_policy, |f| &f.policy)
     }
 
     /// Checks what the types cannot; the error is `field: reason`.
     fn validate(&self) -> Result<(), String> {
-        self.region
-            .checked_geometry()
-            .map_err(|e| self.region.explain(e))?;
+        self.region.checked_geometry().map_err(|e| self.region.explain(e))?;
         if self.limits.max_inflight == 0 {
             return Err("limits.max_inflight: must be at least 1".into());
         }
@@ -234,17 +212,11 @@ impl RegionConfig {
     /// # Panics
     /// If the geometry is invalid, which [`Config::parse`] rejects.
     pub fn geometry(&self) -> Geometry {
-        self.checked_geometry()
-            .expect("region geometry is validated by Config::parse")
+        self.checked_geometry().expect("region geometry is validated by Config::parse")
     }
 
     fn checked_geometry(&self) -> Result<Geometry, GeometryError> {
-        Geometry::new(
-            self.size,
-            self.buffer_size,
-            self.ring_capacity,
-            self.host_buffers,
-        )
+        Geometry::new(self.size, self.buffer_size, self.ring_capacity, self.host_buffers)
     }
 
     /// Names the field behind a geometry error.
@@ -310,9 +282,7 @@ pub(crate) mod byte_size {
     /// Parses `4096`, `4096B`, `512KiB`, `2 MiB`...; `None` if malformed or above `u64::MAX`.
     pub fn parse(text: &str) -> Option<u64> {
         let text = text.trim();
-        let split = text
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len());
+        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
         let (digits, unit) = text.split_at(split);
         let shift = match unit.trim_start() {
             "" | "B" => 0,
@@ -365,27 +335,16 @@ default_policy:
 "#;
 
     fn error(text: &str) -> String {
-        Config::parse(text, "configs/x.yaml")
-            .unwrap_err()
-            .to_string()
+        Config::parse(text, "configs/x.yaml").unwrap_err().to_string()
     }
 
     #[test]
     fn minimal_file_takes_defaults() {
         let config = Config::parse(MINIMAL, "minimal").unwrap();
         let expected = Config {
-            api: ApiConfig {
-                socket: "/tmp/x/nexus.sock".into(),
-                listen: None,
-            },
-            storage: StorageConfig {
-                url: "file:///tmp/x/objects".into(),
-                ..Default::default()
-            },
-            region: RegionConfig {
-                dir: "/tmp/x/regions".into(),
-                ..Default::default()
-            },
+            api: ApiConfig { socket: "/tmp/x/nexus.sock".into(), listen: None },
+            storage: StorageConfig { url: "file:///tmp/x/objects".into(), ..Default::default() },
+            region: RegionConfig { dir: "/tmp/x/regions".into(), ..Default::default() },
             default_policy: Policy {
                 grants: vec![Grant {
                     bucket: "test-bucket".into(),
@@ -398,10 +357,7 @@ default_policy:
         };
         assert_eq!(config, expected);
         assert_eq!(config.default_policy.max_object_size, 5 * GIB);
-        assert_eq!(
-            config.region.geometry(),
-            Geometry::new(64 * MIB, 2 * MIB, 64, 4).unwrap()
-        );
+        assert_eq!(config.region.geometry(), Geometry::new(64 * MIB, 2 * MIB, 64, 4).unwrap());
     }
 
     #[test]
@@ -414,22 +370,13 @@ default_policy:
     fn example_config_documents_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/nexus.yaml");
         let config = Config::load(&path).unwrap();
-        let thumbnailer = config
-            .functions
-            .get("thumbnailer")
-            .expect("example function");
+        let thumbnailer = config.functions.get("thumbnailer").expect("example function");
         assert_eq!(thumbnailer.policy.requests_per_second, Some(200));
         assert_eq!(thumbnailer.policy.burst, Some(400));
         assert_eq!(thumbnailer.policy.max_object_size, 512 * MIB);
         assert_eq!(thumbnailer.policy.grants.len(), 2);
         // Everything else in the example is the default, as its comments say.
-        assert_eq!(
-            Config {
-                functions: BTreeMap::new(),
-                ..config
-            },
-            Config::default()
-        );
+        assert_eq!(Config { functions: BTreeMap::new(), ..config }, Config::default());
     }
 
     #[test]
@@ -445,20 +392,13 @@ default_policy:
         ] {
             let yaml = format!("max_bytes: {text}\nmax_object_bytes: \"{text}\"");
             let cache: CacheConfig = serde_norway::from_str(&yaml).unwrap();
-            assert_eq!(
-                (cache.max_bytes, cache.max_object_bytes),
-                (bytes, bytes),
-                "{text}"
-            );
+            assert_eq!((cache.max_bytes, cache.max_object_bytes), (bytes, bytes), "{text}");
         }
         for bad in ["", "MiB", "2 MB", "2mib", "1.5GiB", "-1", "99999999999TiB"] {
             assert_eq!(byte_size::parse(bad), None, "{bad}");
         }
         let message = error("cache: { max_bytes: 2MB }");
-        assert!(
-            message.contains("invalid value: string \"2MB\""),
-            "{message}"
-        );
+        assert!(message.contains("invalid value: string \"2MB\""), "{message}");
         assert!(message.contains("line 1 column 21"), "{message}");
         assert!(error("cache: { max_bytes: -1 }").contains("invalid value: integer `-1`"));
     }
@@ -486,46 +426,22 @@ default_policy:
                 "region: { size: 3000000 }",
                 "region.size: 3000000 is not a power of two of at least 1 MiB",
             ),
-            (
-                "region: { buffer_size: 5000 }",
-                "region.buffer_size: 5000 is not a power of two",
-            ),
-            (
-                "region: { ring_capacity: 3 }",
-                "region.ring_capacity: 3 is not a power of two",
-            ),
+            ("region: { buffer_size: 5000 }", "region.buffer_size: 5000 is not a power of two"),
+            ("region: { ring_capacity: 3 }", "region.ring_capacity: 3 is not a power of two"),
             (
                 "region: { size: 4MiB, host_buffers: 2 }",
                 "region.host_buffers: 2 leaves no guest buffer",
             ),
-            (
-                "limits: { max_inflight: 0 }",
-                "limits.max_inflight: must be at least 1",
-            ),
-            (
-                "limits: { max_inflight_per_region: 0 }",
-                "limits.max_inflight_per_region: must be",
-            ),
-            (
-                "storage: { url: /var/objects }",
-                "storage.url: \"/var/objects\" has no supported",
-            ),
-            (
-                "storage: { url: \"ftp://x\" }",
-                "storage.url: \"ftp://x\" has no supported",
-            ),
+            ("limits: { max_inflight: 0 }", "limits.max_inflight: must be at least 1"),
+            ("limits: { max_inflight_per_region: 0 }", "limits.max_inflight_per_region: must be"),
+            ("storage: { url: /var/objects }", "storage.url: \"/var/objects\" has no supported"),
+            ("storage: { url: \"ftp://x\" }", "storage.url: \"ftp://x\" has no supported"),
             (
                 "cache: { max_bytes: 1MiB }",
                 "cache.max_object_bytes: 67108864 exceeds cache.max_bytes",
             ),
-            (
-                "functions: { Thumb: {} }",
-                "functions: \"Thumb\" is not a function name",
-            ),
-            (
-                "functions: { \"\": {} }",
-                "functions: \"\" is not a function name",
-            ),
+            ("functions: { Thumb: {} }", "functions: \"Thumb\" is not a function name"),
+            ("functions: { \"\": {} }", "functions: \"\" is not a function name"),
             (
                 "functions: { f: { policy: { grants: [{ bucket: '', access: [] }] } } }",
                 "functions.f.policy.grants[0].bucket: must not be empty",
@@ -534,32 +450,17 @@ default_policy:
                 "default_policy: { requests_per_second: 0 }",
                 "default_policy.requests_per_second: must",
             ),
-            (
-                "default_policy: { requests_per_second: 5, burst: 0 }",
-                "default_policy.burst: must",
-            ),
-            (
-                "default_policy: { burst: 5 }",
-                "default_policy.burst: is set without",
-            ),
+            ("default_policy: { requests_per_second: 5, burst: 0 }", "default_policy.burst: must"),
+            ("default_policy: { burst: 5 }", "default_policy.burst: is set without"),
         ] {
             let message = error(yaml);
-            assert!(
-                message.starts_with(&format!("configs/x.yaml: {expected}")),
-                "{message}"
-            );
+            assert!(message.starts_with(&format!("configs/x.yaml: {expected}")), "{message}");
         }
     }
 
     #[test]
     fn storage_schemes() {
-        for url in [
-            "file:///srv",
-            "s3://bucket",
-            "gs://bucket",
-            "az://container",
-            "memory://",
-        ] {
+        for url in ["file:///srv", "s3://bucket", "gs://bucket", "az://container", "memory://"] {
             Config::parse(&format!("storage: {{ url: \"{url}\" }}"), "t").unwrap();
         }
     }
@@ -575,9 +476,6 @@ default_policy:
     #[test]
     fn unreadable_file() {
         let error = Config::load(Path::new("/nonexistent/nexus.yaml")).unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            "Cannot read config /nonexistent/nexus.yaml"
-        );
+        assert_eq!(error.to_string(), "Cannot read config /nonexistent/nexus.yaml");
     }
 }

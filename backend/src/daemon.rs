@@ -33,9 +33,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let backend = Arc::new(Backend::new(config, tokio::runtime::Handle::current())?);
     let app = api::router(backend.clone());
     if let Some(addr) = backend.config().api.listen {
-        let tcp = TcpListener::bind(addr)
-            .await
-            .map_err(|e| DaemonError::Listen(addr.to_string(), e))?;
+        let tcp =
+            TcpListener::bind(addr).await.map_err(|e| DaemonError::Listen(addr.to_string(), e))?;
         let app = app.clone();
         tokio::spawn(async move { axum::serve(tcp, app).await });
         tracing::info!("Control API and /metrics on http://{addr}");

@@ -77,8 +77,9 @@ fn backend(config: &Path) -> Result<(), String> {
 fn region(socket: &Path, command: RegionCommand) -> Result<(), String> {
     match command {
         RegionCommand::Create { function } => {
-            let body = request(socket, "POST", "/v1/regions", Some(&json!({ "function": function })))
-                .map_err(|e| error_chain(&e))?;
+            let body =
+                request(socket, "POST", "/v1/regions", Some(&json!({ "function": function })))
+                    .map_err(|e| error_chain(&e))?;
             let info: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
             println!("{}", info["path"].as_str().unwrap_or_default());
             Ok(())
@@ -88,7 +89,12 @@ fn region(socket: &Path, command: RegionCommand) -> Result<(), String> {
     }
 }
 
-fn print(socket: &Path, method: &str, path: &str, body: Option<&serde_json::Value>) -> Result<(), String> {
+fn print(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<(), String> {
     let answer = request(socket, method, path, body).map_err(|e| error_chain(&e))?;
     if !answer.is_empty() {
         println!("{answer}");

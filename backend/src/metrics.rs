@@ -113,16 +113,8 @@ impl Metrics {
             "Regions no longer served because their guest corrupted them",
             metrics.faulted.clone(),
         );
-        registry.register(
-            "regions",
-            "Regions currently served",
-            metrics.regions.clone(),
-        );
-        registry.register(
-            "inflight_calls",
-            "Calls currently in flight",
-            metrics.inflight.clone(),
-        );
+        registry.register("regions", "Regions currently served", metrics.regions.clone());
+        registry.register("inflight_calls", "Calls currently in flight", metrics.inflight.clone());
         drop(registry);
         metrics
     }
@@ -140,19 +132,10 @@ impl Metrics {
         let function = function.to_owned();
         let op = op.name();
         self.calls
-            .get_or_create(&CallLabels {
-                function: function.clone(),
-                op,
-                status: status.code(),
-            })
+            .get_or_create(&CallLabels { function: function.clone(), op, status: status.code() })
             .inc();
-        self.durations
-            .get_or_create(&OpLabels { op })
-            .observe(took.as_secs_f64());
-        let mut labels = BytesLabels {
-            function,
-            direction: "to_guest",
-        };
+        self.durations.get_or_create(&OpLabels { op }).observe(took.as_secs_f64());
+        let mut labels = BytesLabels { function, direction: "to_guest" };
         self.bytes.get_or_create(&labels).inc_by(to_guest);
         labels.direction = "from_guest";
         self.bytes.get_or_create(&labels).inc_by(from_guest);
@@ -161,20 +144,13 @@ impl Metrics {
     /// A call rejected before it reached storage (bad descriptor, policy, rate).
     pub fn rejected(&self, function: &str, reason: &'static str) {
         self.rejected
-            .get_or_create(&RejectedLabels {
-                function: function.to_owned(),
-                reason,
-            })
+            .get_or_create(&RejectedLabels { function: function.to_owned(), reason })
             .inc();
     }
 
     /// A region stopped being served because its guest corrupted it.
     pub fn region_faulted(&self, function: &str) {
-        self.faulted
-            .get_or_create(&FunctionLabels {
-                function: function.to_owned(),
-            })
-            .inc();
+        self.faulted.get_or_create(&FunctionLabels { function: function.to_owned() }).inc();
     }
 
     /// Number of regions currently served.
@@ -216,30 +192,9 @@ mod tests {
     #[test]
     fn calls_are_counted() {
         let metrics = Metrics::new();
-        metrics.call(
-            "thumb",
-            Op::Get,
-            Status::Ok,
-            Duration::from_micros(3),
-            300,
-            0,
-        );
-        metrics.call(
-            "thumb",
-            Op::Get,
-            Status::Ok,
-            Duration::from_millis(2),
-            200,
-            0,
-        );
-        metrics.call(
-            "thumb",
-            Op::Put,
-            Status::AccessDenied,
-            Duration::from_micros(1),
-            0,
-            10,
-        );
+        metrics.call("thumb", Op::Get, Status::Ok, Duration::from_micros(3), 300, 0);
+        metrics.call("thumb", Op::Get, Status::Ok, Duration::from_millis(2), 200, 0);
+        metrics.call("thumb", Op::Put, Status::AccessDenied, Duration::from_micros(1), 0, 10);
         metrics.rejected("thumb", "rate_limited");
         metrics.region_faulted("evil");
         metrics.set_regions(3);

@@ -22,11 +22,7 @@ pub enum Access {
 pub enum Denied {
     /// No grant covers the bucket, prefix and access.
     #[error("{access:?} access to {bucket}/{key} is not allowed for this function")]
-    NotGranted {
-        access: Access,
-        bucket: String,
-        key: String,
-    },
+    NotGranted { access: Access, bucket: String, key: String },
     /// The object is larger than the policy allows.
     #[error("Object of {size} bytes exceeds the {max}-byte limit for this function")]
     TooLarge { size: u64, max: u64 },
@@ -90,21 +86,14 @@ impl Policy {
         if granted {
             Ok(())
         } else {
-            Err(Denied::NotGranted {
-                access,
-                bucket: bucket.into(),
-                key: key.into(),
-            })
+            Err(Denied::NotGranted { access, bucket: bucket.into(), key: key.into() })
         }
     }
 
     /// Checks an object size against the limit.
     pub fn check_size(&self, size: u64) -> Result<(), Denied> {
         if size > self.max_object_size {
-            return Err(Denied::TooLarge {
-                size,
-                max: self.max_object_size,
-            });
+            return Err(Denied::TooLarge { size, max: self.max_object_size });
         }
         Ok(())
     }
@@ -132,12 +121,7 @@ impl RateLimiter {
         let rate = policy.requests_per_second?;
         let interval = Duration::from_secs(1).checked_div(rate)?;
         let burst = policy.burst.unwrap_or(rate);
-        Some(Self {
-            rate,
-            interval,
-            capacity: interval.saturating_mul(burst),
-            full_at: None,
-        })
+        Some(Self { rate, interval, capacity: interval.saturating_mul(burst), full_at: None })
     }
 
     /// Takes a token at `now`, or says the function is over its rate.
@@ -165,18 +149,11 @@ mod tests {
                 access: access.to_vec(),
             })
             .collect();
-        Policy {
-            grants,
-            ..Default::default()
-        }
+        Policy { grants, ..Default::default() }
     }
 
     fn limited(rate: u32, burst: Option<u32>) -> RateLimiter {
-        let policy = Policy {
-            requests_per_second: Some(rate),
-            burst,
-            ..Default::default()
-        };
+        let policy = Policy { requests_per_second: Some(rate), burst, ..Default::default() };
         RateLimiter::new(&policy).unwrap()
     }
 
@@ -186,42 +163,26 @@ mod tests {
         let denied = policy.check(Access::Read, "b", "k").unwrap_err();
         assert_eq!(
             denied,
-            Denied::NotGranted {
-                access: Access::Read,
-                bucket: "b".into(),
-                key: "k".into()
-            }
+            Denied::NotGranted { access: Access::Read, bucket: "b".into(), key: "k".into() }
         );
-        assert_eq!(
-            denied.to_string(),
-            "Read access to b/k is not allowed for this function"
-        );
+        assert_eq!(denied.to_string(), "Read access to b/k is not allowed for this function");
         assert_eq!(denied.reason(), "not_granted");
     }
 
     #[test]
     fn grants_cover_their_prefix() {
         let policy = policy(&[("images", "uploads/", &[Access::Read, Access::List])]);
-        assert!(policy
-            .check(Access::Read, "images", "uploads/a.png")
-            .is_ok());
+        assert!(policy.check(Access::Read, "images", "uploads/a.png").is_ok());
         assert!(policy.check(Access::List, "images", "uploads/").is_ok());
-        assert!(policy
-            .check(Access::Read, "images", "thumbs/a.png")
-            .is_err());
-        assert!(policy
-            .check(Access::Read, "other", "uploads/a.png")
-            .is_err());
+        assert!(policy.check(Access::Read, "images", "thumbs/a.png").is_err());
+        assert!(policy.check(Access::Read, "other", "uploads/a.png").is_err());
         // Listing above the prefix would reveal keys outside it.
         assert!(policy.check(Access::List, "images", "").is_err());
     }
 
     #[test]
     fn grants_cover_their_access_kinds() {
-        let policy = policy(&[
-            ("b", "", &[Access::Write]),
-            ("b", "tmp/", &[Access::Delete]),
-        ]);
+        let policy = policy(&[("b", "", &[Access::Write]), ("b", "tmp/", &[Access::Delete])]);
         assert!(policy.check(Access::Write, "b", "x").is_ok());
         assert!(policy.check(Access::Read, "b", "x").is_err());
         assert!(policy.check(Access::Delete, "b", "x").is_err());
@@ -231,19 +192,10 @@ mod tests {
 
     #[test]
     fn size_limit() {
-        let policy = Policy {
-            max_object_size: 100,
-            ..Default::default()
-        };
+        let policy = Policy { max_object_size: 100, ..Default::default() };
         assert!(policy.check_size(100).is_ok());
         let denied = policy.check_size(101).unwrap_err();
-        assert_eq!(
-            denied,
-            Denied::TooLarge {
-                size: 101,
-                max: 100
-            }
-        );
+        assert_eq!(denied, Denied::TooLarge { size: 101, max: 100 });
         assert_eq!(denied.reason(), "too_large");
         assert_eq!(Policy::default().max_object_size, 5 << 30);
     }
@@ -251,10 +203,7 @@ mod tests {
     #[test]
     fn no_rate_no_limiter() {
         assert!(RateLimiter::new(&Policy::default()).is_none());
-        let zero = Policy {
-            requests_per_second: Some(0),
-            ..Default::default()
-        };
+        let zero = Policy { requests_per_second: Some(0), ..Default::default() };
         assert!(RateLimiter::new(&zero).is_none());
     }
 
@@ -269,10 +218,7 @@ mod tests {
         let denied = limiter.try_acquire(at(0)).unwrap_err();
         assert_eq!(denied, Denied::RateLimited { rate: 10 });
         assert_eq!(denied.reason(), "rate_limited");
-        assert_eq!(
-            denied.to_string(),
-            "Request rate above 10 per second for this function"
-        );
+        assert_eq!(denied.to_string(), "Request rate above 10 per second for this function");
         // One token every 100 ms.
         assert!(limiter.try_acquire(at(99)).is_err());
         limiter.try_acquire(at(100)).unwrap();
@@ -295,9 +241,7 @@ mod tests {
         assert!(limiter.try_acquire(start).is_err());
         // A steady 5 per second is always allowed.
         for i in 1..=50 {
-            limiter
-                .try_acquire(start + Duration::from_millis(200 * i))
-                .unwrap();
+            limiter.try_acquire(start + Duration::from_millis(200 * i)).unwrap();
         }
     }
 }

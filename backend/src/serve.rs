@@ -45,7 +45,8 @@ pub struct Shared {
 
 /// Serves `served` until `stop` is set (and the loop woken) or the guest corrupts the region.
 pub fn serve(served: Arc<ServedRegion>, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
-    let mut calls = Consumer::<CallDesc>::new(served.region.clone(), &served.geometry, RingId::Calls);
+    let mut calls =
+        Consumer::<CallDesc>::new(served.region.clone(), &served.geometry, RingId::Calls);
     let region_permits = Arc::new(Semaphore::new(shared.per_region));
     let result = loop {
         let ready = served.notifier.wait(Duration::from_secs(1), || {
@@ -80,7 +81,15 @@ fn drain(
         let envelope = match Envelope::open(&desc, &served.geometry) {
             Ok(envelope) => envelope,
             Err(e) => {
-                reject(served, shared, desc.tag, desc.buffer, e.status(), &e.to_string(), "malformed")?;
+                reject(
+                    served,
+                    shared,
+                    desc.tag,
+                    desc.buffer,
+                    e.status(),
+                    &e.to_string(),
+                    "malformed",
+                )?;
                 continue;
             }
         };
@@ -88,13 +97,28 @@ fn drain(
             Ok(call) => call,
             Err(e) => {
                 let reason = e.rejected.unwrap_or("malformed");
-                reject(served, shared, envelope.tag, envelope.buffer, e.status, &e.message, reason)?;
+                reject(
+                    served,
+                    shared,
+                    envelope.tag,
+                    envelope.buffer,
+                    e.status,
+                    &e.message,
+                    reason,
+                )?;
                 continue;
             }
         };
         if matches!(call, Call::Ping) {
-            served.complete(envelope.tag, envelope.buffer, &Answer::default())?;
-            shared.context.metrics.call(&served.function, Op::Ping, Status::Ok, Duration::ZERO, 0, 0);
+            publish_now(served, envelope.tag, envelope.buffer, &Answer::default())?;
+            shared.context.metrics.call(
+                &served.function,
+                Op::Ping,
+                Status::Ok,
+                Duration::ZERO,
+                0,
+                0,
+            );
             continue;
         }
         // Blocks this region's thread, and so its ring, when it has too many calls in flight.
@@ -153,7 +177,26 @@ fn reject(
     reason: &'static str,
 ) -> Result<(), RingError> {
     shared.context.metrics.rejected(&served.function, reason);
-    served.complete(tag, buffer, &served.error_answer(buffer, status, message))
+    publish_now(served, tag, buffer, &served.error_answer(buffer, status, message))
+}
+
+/// Publishes from the serving thread, waiting a while for a guest that is slow to drain its
+/// completions; a guest that never does faults its region (the caller's error path).
+fn publish_now(
+    served: &ServedRegion,
+    tag: u64,
+    buffer: u32,
+    answer: &Answer,
+) -> Result<(), RingError> {
+    let deadline = Instant::now() + COMPLETION_PATIENCE;
+    loop {
+        match served.complete(tag, buffer, answer) {
+            Err(RingError::Full) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            done => return done,
+        }
+    }
 }
 
 /// Publishes a completion, waiting a while for a guest that is slow to drain its ring.

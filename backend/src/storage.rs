@@ -30,7 +30,9 @@ pub enum StorageError {
     #[error("The specified bucket does not exist: {0}")]
     NoSuchBucket(String),
     /// The key cannot be expressed as an object_store path.
-    #[error("Object key {0:?} is not supported (empty, '.' or '..' segments, or control characters)")]
+    #[error(
+        "Object key {0:?} is not supported (empty, '.' or '..' segments, or control characters)"
+    )]
     Key(String),
     /// The store could not be built for a bucket.
     #[error("Cannot open bucket {bucket}")]
@@ -103,7 +105,8 @@ pub struct Storage {
 impl Storage {
     /// Storage as configured.
     pub fn new(config: &StorageConfig) -> Result<Self, StorageError> {
-        let url = url::Url::parse(&config.url).map_err(|_| StorageError::Url(config.url.clone()))?;
+        let url =
+            url::Url::parse(&config.url).map_err(|_| StorageError::Url(config.url.clone()))?;
         let kind = match url.scheme() {
             "file" => Kind::Local(PathBuf::from(url.path())),
             "memory" => Kind::Memory,

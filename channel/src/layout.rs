@@ -394,9 +394,15 @@ mod tests {
     fn header_round_trip() {
         let g = Geometry::new(16 << 20, 1 << 20, 32, 2).unwrap();
         assert_eq!(Geometry::from_header(&g.to_line(), 16 << 20), Ok(g));
-        assert_eq!(Geometry::from_header(&g.to_line(), 8 << 20), Err(GeometryError::Mismatch(8 << 20)));
+        assert_eq!(
+            Geometry::from_header(&g.to_line(), 8 << 20),
+            Err(GeometryError::Mismatch(8 << 20))
+        );
         let mut bad = g.to_line();
         bad.magic = 7;
-        assert!(matches!(Geometry::from_header(&bad, 16 << 20), Err(GeometryError::Foreign { .. })));
+        assert!(matches!(
+            Geometry::from_header(&bad, 16 << 20),
+            Err(GeometryError::Foreign { .. })
+        ));
     }
 }

@@ -26,7 +26,9 @@ pub enum RingError {
     #[error("Ring is full")]
     Full,
     /// The peer published an index that cannot be right.
-    #[error("Ring indices are corrupt: producer {producer}, consumer {consumer}, capacity {capacity}")]
+    #[error(
+        "Ring indices are corrupt: producer {producer}, consumer {consumer}, capacity {capacity}"
+    )]
     Corrupt { producer: u32, consumer: u32, capacity: u32 },
     /// The ring does not fit the region.
     #[error(transparent)]
@@ -82,7 +84,11 @@ impl<T: Plain> Producer<T> {
 
     /// A producer that continues from the index already published in the region (used by a
     /// guest attaching to a region the host created; the guest trusts the host's initial state).
-    pub fn attach(region: Arc<Region>, geometry: &Geometry, ring: RingId) -> Result<Self, RingError> {
+    pub fn attach(
+        region: Arc<Region>,
+        geometry: &Geometry,
+        ring: RingId,
+    ) -> Result<Self, RingError> {
         let layout = RingLayout::new(geometry, ring);
         let tail = region.atomic_u32(layout.producer)?.load(Ordering::Acquire);
         Ok(Self { region, layout, tail, _desc: PhantomData })
@@ -125,7 +131,11 @@ impl<T: Plain> Consumer<T> {
     }
 
     /// A consumer that continues from the index already published in the region (guest side).
-    pub fn attach(region: Arc<Region>, geometry: &Geometry, ring: RingId) -> Result<Self, RingError> {
+    pub fn attach(
+        region: Arc<Region>,
+        geometry: &Geometry,
+        ring: RingId,
+    ) -> Result<Self, RingError> {
         let layout = RingLayout::new(geometry, ring);
         let head = region.atomic_u32(layout.consumer)?.load(Ordering::Acquire);
         Ok(Self { region, layout, head, _desc: PhantomData })
@@ -162,7 +172,9 @@ mod tests {
     use crate::layout::CallDesc;
     use proptest::prelude::*;
 
-    fn pair(capacity: u32) -> (tempfile::TempDir, Producer<CallDesc>, Consumer<CallDesc>, Arc<Region>) {
+    fn pair(
+        capacity: u32,
+    ) -> (tempfile::TempDir, Producer<CallDesc>, Consumer<CallDesc>, Arc<Region>) {
         let dir = tempfile::tempdir().unwrap();
         let geometry = Geometry::new(1 << 20, 64 << 10, capacity, 1).unwrap();
         let region = Arc::new(Region::create(&dir.path().join("r"), &geometry).unwrap());

@@ -266,7 +266,11 @@ impl Envelope {
             geometry.buffer(desc.buffer).ok_or(WireError::Buffer(desc.buffer))?;
         let params_len = desc.params_len as usize;
         if params_len > MAX_PARAMS_LEN {
-            return Err(WireError::TooLong { field: "params", len: params_len, max: MAX_PARAMS_LEN });
+            return Err(WireError::TooLong {
+                field: "params",
+                len: params_len,
+                max: MAX_PARAMS_LEN,
+            });
         }
         let key_len = usize::from(desc.key_len);
         if key_len > MAX_KEY_LEN {
@@ -309,7 +313,10 @@ impl Envelope {
     /// Decodes the `args_len` bytes the host copied from the start of the buffer.
     pub fn parse(&self, args: &[u8]) -> Result<Call, WireError> {
         if args.len() != self.args_len {
-            return Err(WireError::Overflow { len: args.len() as u64, capacity: self.args_len as u64 });
+            return Err(WireError::Overflow {
+                len: args.len() as u64,
+                capacity: self.args_len as u64,
+            });
         }
         let (bucket, rest) = args.split_at(self.bucket_len);
         let (key, params) = rest.split_at(self.key_len);
@@ -453,7 +460,13 @@ mod tests {
         Geometry::new(1 << 20, 64 << 10, 8, 2).unwrap()
     }
 
-    fn request(op: Op, bucket: &str, key: &str, params: &str, body_len: u64) -> (CallDesc, Vec<u8>) {
+    fn request(
+        op: Op,
+        bucket: &str,
+        key: &str,
+        params: &str,
+        body_len: u64,
+    ) -> (CallDesc, Vec<u8>) {
         let desc = CallDesc {
             tag: 42,
             op: op as u16,
@@ -474,7 +487,8 @@ mod tests {
 
     #[test]
     fn parses_a_ranged_get() {
-        let (desc, args) = request(Op::Get, "photos", "in/cat.jpg", r#"{"Range":"bytes=10-19"}"#, 0);
+        let (desc, args) =
+            request(Op::Get, "photos", "in/cat.jpg", r#"{"Range":"bytes=10-19"}"#, 0);
         assert_eq!(
             parse(&desc, &args),
             Ok(Call::Get {

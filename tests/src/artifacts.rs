@@ -21,13 +21,8 @@ const BUILD_LOG_LINES: usize = 60;
 /// If the build fails; the message carries the tail of cargo's output.
 pub fn nexus_binary() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
-    let artifact = Artifact {
-        package: "nexus-backend",
-        target: "nexus",
-        kind: Kind::Bin,
-    };
-    PATH.get_or_init(|| artifact.build().unwrap_or_else(|e| panic!("{e}")))
-        .clone()
+    let artifact = Artifact { package: "nexus-backend", target: "nexus", kind: Kind::Bin };
+    PATH.get_or_init(|| artifact.build().unwrap_or_else(|e| panic!("{e}"))).clone()
 }
 
 /// The guest library, `target/debug/libnexus_guest.so`, built on first use.
@@ -36,13 +31,8 @@ pub fn nexus_binary() -> PathBuf {
 /// If the build fails; the message carries the tail of cargo's output.
 pub fn guest_lib() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
-    let artifact = Artifact {
-        package: "nexus-guest",
-        target: "nexus_guest",
-        kind: Kind::Cdylib,
-    };
-    PATH.get_or_init(|| artifact.build().unwrap_or_else(|e| panic!("{e}")))
-        .clone()
+    let artifact = Artifact { package: "nexus-guest", target: "nexus_guest", kind: Kind::Cdylib };
+    PATH.get_or_init(|| artifact.build().unwrap_or_else(|e| panic!("{e}"))).clone()
 }
 
 /// One build target of a workspace package.
@@ -73,9 +63,8 @@ impl Artifact {
             Kind::Cdylib => cmd.arg("--lib"),
         };
         let what = format!("{} ({})", self.package, self.target);
-        let output = cmd
-            .output()
-            .map_err(HarnessError::io(format!("run cargo to build {what}")))?;
+        let output =
+            cmd.output().map_err(HarnessError::io(format!("run cargo to build {what}")))?;
         if !output.status.success() {
             let stderr = String::from_utf8_lossy(&output.stderr);
             let tail = crate::error::tail(&stderr, BUILD_LOG_LINES);
@@ -109,7 +98,5 @@ impl Artifact {
 
 /// The workspace root: the parent of this crate's folder.
 fn workspace_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ lives inside the workspace")
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ lives inside the workspace")
 }

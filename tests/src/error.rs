@@ -19,22 +19,19 @@ pub enum HarnessError {
     },
     /// A `garage` admin command exited with an error.
     #[error("`garage {args}` failed ({status}): {stderr}\n--- garage log (tail) ---\n{log}")]
-    GarageCommand {
-        args: String,
-        status: ExitStatus,
-        stderr: String,
-        log: String,
-    },
+    GarageCommand { args: String, status: ExitStatus, stderr: String, log: String },
     /// The Garage server exited on its own.
     #[error("Garage exited during start-up ({status})\n--- garage log (tail) ---\n{log}")]
     GarageExited { status: ExitStatus, log: String },
     /// The Garage server did not become ready in time.
     #[error("Garage not ready after {secs} s: {last}\n--- garage log (tail) ---\n{log}")]
-    GarageNotReady {
-        secs: u64,
-        last: String,
-        log: String,
-    },
+    GarageNotReady { secs: u64, last: String, log: String },
+    /// The Nexus backend exited or never opened its socket.
+    #[error("Nexus backend did not come up: {why}\n--- backend log (tail) ---\n{log}")]
+    BackendNotReady { why: String, log: String },
+    /// The backend's control API refused a request.
+    #[error("Nexus control API: {0}")]
+    Api(String),
     /// `cargo build` of a workspace artifact failed.
     #[error("Cannot build {what}: {detail}")]
     Build { what: String, detail: String },

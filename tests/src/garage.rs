@@ -79,9 +79,7 @@ impl Garage {
 
         let log = dir.path().join("garage.log");
         let log_file = File::create(&log).map_err(HarnessError::io("create the Garage log"))?;
-        let log_clone = log_file
-            .try_clone()
-            .map_err(HarnessError::io("open the Garage log"))?;
+        let log_clone = log_file.try_clone().map_err(HarnessError::io("open the Garage log"))?;
         let server = Command::new(&binary)
             .arg("-c")
             .arg(&config)
@@ -114,9 +112,7 @@ impl Garage {
     pub fn create_bucket(&self, name: &str) -> Result<(), HarnessError> {
         self.garage(&["bucket", "create", name])?;
         let key = self.access_key.as_str();
-        self.garage(&[
-            "bucket", "allow", "--read", "--write", "--owner", name, "--key", key,
-        ])?;
+        self.garage(&["bucket", "allow", "--read", "--write", "--owner", name, "--key", key])?;
         Ok(())
     }
 
@@ -155,24 +151,13 @@ impl Garage {
                 Ok(()) => return Ok(()),
                 Err(why) => why,
             };
-            if let Some(status) = self
-                .server
-                .as_mut()
-                .and_then(|s| s.try_wait().ok().flatten())
-            {
-                return Err(HarnessError::GarageExited {
-                    status,
-                    log: self.log_tail(),
-                });
+            if let Some(status) = self.server.as_mut().and_then(|s| s.try_wait().ok().flatten()) {
+                return Err(HarnessError::GarageExited { status, log: self.log_tail() });
             }
             if start.elapsed() > READY_TIMEOUT {
                 let secs = READY_TIMEOUT.as_secs();
                 let last = format!("waiting until {what}: {last}");
-                return Err(HarnessError::GarageNotReady {
-                    secs,
-                    last,
-                    log: self.log_tail(),
-                });
+                return Err(HarnessError::GarageNotReady { secs, last, log: self.log_tail() });
             }
             thread::sleep(POLL_INTERVAL);
         }
@@ -207,11 +192,7 @@ impl Garage {
 
     fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(&self.binary);
-        command
-            .arg("-c")
-            .arg(&self.config)
-            .args(args)
-            .stdin(Stdio::null());
+        command.arg("-c").arg(&self.config).args(args).stdin(Stdio::null());
         command
     }
 
@@ -220,9 +201,7 @@ impl Garage {
         let timeout = Duration::from_secs(1);
         let mut stream =
             TcpStream::connect_timeout(&self.s3_addr, timeout).map_err(|e| e.to_string())?;
-        stream
-            .set_read_timeout(Some(timeout))
-            .map_err(|e| e.to_string())?;
+        stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
         stream
             .write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             .map_err(|e| e.to_string())?;
@@ -231,10 +210,7 @@ impl Garage {
         if &head == b"HTTP/1." {
             Ok(())
         } else {
-            Err(format!(
-                "not an HTTP answer: {:?}",
-                String::from_utf8_lossy(&head)
-            ))
+            Err(format!("not an HTTP answer: {:?}", String::from_utf8_lossy(&head)))
         }
     }
 
@@ -286,9 +262,7 @@ fn free_ports() -> Result<[u16; 3], HarnessError> {
     let mut ports = [0; 3];
     for (port, listener) in ports.iter_mut().zip(held) {
         let addr = listener.and_then(|l| l.local_addr());
-        *port = addr
-            .map_err(HarnessError::io("pick a free loopback port"))?
-            .port();
+        *port = addr.map_err(HarnessError::io("pick a free loopback port"))?.port();
     }
     Ok(ports)
 }

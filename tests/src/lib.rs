@@ -4,9 +4,11 @@
 //! Every process the harness starts is owned by a value that kills it on drop.
 
 mod artifacts;
+mod backend;
 mod error;
 mod garage;
 
 pub use artifacts::{guest_lib, nexus_binary};
+pub use backend::Backend;
 pub use error::HarnessError;
 pub use garage::Garage;

@@ -11,10 +11,7 @@ const ELF_MAGIC: &[u8] = b"\x7fELF";
 fn nexus_binary_is_an_executable() {
     let path = nexus_binary();
     assert_eq!(path.file_name().and_then(|n| n.to_str()), Some("nexus"));
-    let mode = fs::metadata(&path)
-        .expect("stat nexus")
-        .permissions()
-        .mode();
+    let mode = fs::metadata(&path).expect("stat nexus").permissions().mode();
     assert_ne!(mode & 0o111, 0, "{} is not executable", path.display());
     assert!(fs::read(&path).expect("read nexus").starts_with(ELF_MAGIC));
     assert_eq!(nexus_binary(), path, "a second call gives another path");
@@ -23,11 +20,6 @@ fn nexus_binary_is_an_executable() {
 #[test]
 fn guest_lib_is_a_shared_object() {
     let path = guest_lib();
-    assert_eq!(
-        path.file_name().and_then(|n| n.to_str()),
-        Some("libnexus_guest.so")
-    );
-    assert!(fs::read(&path)
-        .expect("read guest lib")
-        .starts_with(ELF_MAGIC));
+    assert_eq!(path.file_name().and_then(|n| n.to_str()), Some("libnexus_guest.so"));
+    assert!(fs::read(&path).expect("read guest lib").starts_with(ELF_MAGIC));
 }

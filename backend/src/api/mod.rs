@@ -109,10 +109,7 @@ mod tests {
         let spec: serde_json::Value =
             serde_norway::from_str(include_str!("openapi.yaml")).expect("openapi.yaml parses");
         for (method, path) in ROUTES {
-            assert!(
-                spec["paths"][path][method].is_object(),
-                "openapi.yaml lacks {method} {path}"
-            );
+            assert!(spec["paths"][path][method].is_object(), "openapi.yaml lacks {method} {path}");
         }
         let documented: usize = spec["paths"]
             .as_object()

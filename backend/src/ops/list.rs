@@ -72,7 +72,12 @@ pub async fn list(
 }
 
 /// Folds sorted keys into entries, grouping keys that continue past the delimiter.
-fn fold(objects: Vec<ObjectMeta>, prefix: &str, delimiter: Option<&str>, after: Option<&str>) -> Vec<Entry> {
+fn fold(
+    objects: Vec<ObjectMeta>,
+    prefix: &str,
+    delimiter: Option<&str>,
+    after: Option<&str>,
+) -> Vec<Entry> {
     let mut entries = Vec::new();
     let mut seen = BTreeSet::new();
     for object in objects {
@@ -95,7 +100,13 @@ fn fold(objects: Vec<ObjectMeta>, prefix: &str, delimiter: Option<&str>, after: 
     entries
 }
 
-fn page_meta(bucket: &str, params: &ListParams, max_keys: u32, page: &[Entry], truncated: bool) -> Value {
+fn page_meta(
+    bucket: &str,
+    params: &ListParams,
+    max_keys: u32,
+    page: &[Entry],
+    truncated: bool,
+) -> Value {
     let mut contents = Vec::new();
     let mut prefixes = Vec::new();
     for entry in page {

@@ -169,4 +169,3 @@ async fn close(served: &ServedRegion, stream: u64) -> Result<Answer, OpError> {
 fn no_stream(stream: u64) -> OpError {
     OpError::new(Status::NoSuchUpload, format!("No open stream {stream}"))
 }
-

@@ -5,8 +5,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use nexus_channel::wire::{Envelope, ObjectRef, PutParams, Status};
 use object_store::{
-    Attribute, Attributes, PutMultipartOptions, PutOptions, PutPayload,
-    WriteMultipart,
+    Attribute, Attributes, PutMultipartOptions, PutOptions, PutPayload, WriteMultipart,
 };
 use serde_json::json;
 
@@ -49,8 +48,7 @@ pub async fn put(
     let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
     let written = body.len() as u64;
     writer.put(body);
-    let upload =
-        Upload { bucket: object.bucket.clone(), key: object.key.clone(), writer, written };
+    let upload = Upload { bucket: object.bucket.clone(), key: object.key.clone(), writer, written };
     let stream = match served.streams.open(Stream::Upload(upload), Instant::now()) {
         Ok(stream) => stream,
         Err(e) => return Err(e.into()),

@@ -1,5 +1,5 @@
-//! Fuzzes the host's ring consumer against a region a hostile guest has scribbled over:
-//! arbitrary bytes in the header and rings must yield descriptors or errors, never a panic or
+//! Fuzzes the host's ring consumer against a calls ring a hostile guest has scribbled over:
+//! arbitrary indices and descriptors must yield descriptors or errors, never a panic or
 //! an access outside the region.
 #![no_main]
 
@@ -24,11 +24,13 @@ fn region() -> &'static (tempfile::TempDir, Arc<Region>, Geometry) {
 fuzz_target!(|input: &[u8]| {
     let (_, region, geometry) = region();
     let geometry = *geometry;
-    // The guest can write everything after the geometry line: replace all of it with the input.
-    let mut scribble = vec![0; geometry.data_offset as usize - 64];
+    // The input is what the guest wrote over the calls ring: its producer index (bytes 0..4),
+    // its consumer line (which the host never reads) and its descriptors.
+    let ring = geometry.ring_offset(RingId::Calls);
+    let mut scribble = vec![0; geometry.ring_offset(RingId::Completions) - ring];
     let span = input.len().min(scribble.len());
     scribble[..span].copy_from_slice(&input[..span]);
-    region.copy_in(64, &scribble).unwrap();
+    region.copy_in(ring, &scribble).unwrap();
     let mut calls = Consumer::<CallDesc>::new(region.clone(), &geometry, RingId::Calls);
     for _ in 0..64 {
         match calls.pop() {

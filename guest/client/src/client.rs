@@ -174,8 +174,7 @@ impl Client {
     }
 
     fn buffer_ptr(&self, index: u32) -> Result<*mut u8, ClientError> {
-        let (offset, len) =
-            self.geometry.buffer(index).ok_or(ClientError::NotLeased(index))?;
+        let (offset, len) = self.geometry.buffer(index).ok_or(ClientError::NotLeased(index))?;
         Ok(self.region.span(offset, len)?)
     }
 

@@ -105,7 +105,11 @@ pub unsafe extern "C" fn nexus_buffer_size(client: *const Client) -> u64 {
 /// # Safety
 /// `client` came from `nexus_open`; `index` and `ptr` are writable.
 #[no_mangle]
-pub unsafe extern "C" fn nexus_lease(client: *const Client, index: *mut u32, ptr: *mut *mut u8) -> c_int {
+pub unsafe extern "C" fn nexus_lease(
+    client: *const Client,
+    index: *mut u32,
+    ptr: *mut *mut u8,
+) -> c_int {
     // SAFETY: the caller passes a live client.
     match unsafe { &*client }.lease() {
         Ok((i, p)) => {

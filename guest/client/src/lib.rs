@@ -10,8 +10,8 @@
 
 pub mod client;
 pub mod ffi;
-mod objects;
 mod locate;
+mod objects;
 
 pub use client::{Client, ClientError, Reply, Request};
 pub use locate::{find_region, LocateError};

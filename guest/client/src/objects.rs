@@ -14,7 +14,13 @@ impl Client {
         result
     }
 
-    fn put_in(&self, buffer: u32, bucket: &str, key: &str, body: &[u8]) -> Result<String, ClientError> {
+    fn put_in(
+        &self,
+        buffer: u32,
+        bucket: &str,
+        key: &str,
+        body: &[u8],
+    ) -> Result<String, ClientError> {
         let args_len = bucket.len() + key.len();
         let first_room = (self.geometry().buffer_size as usize).saturating_sub(args_len);
         let (first, mut rest) = body.split_at(body.len().min(first_room));
@@ -70,9 +76,19 @@ impl Client {
             };
             let mut reply = self.checked_call(&request)?;
             let size = reply.object_size;
-            self.read_in_place(buffer, reply.meta_len as usize, reply.body_len as usize, &mut consume)?;
+            self.read_in_place(
+                buffer,
+                reply.meta_len as usize,
+                reply.body_len as usize,
+                &mut consume,
+            )?;
             while reply.flags & u32::from(flags::MORE) != 0 {
-                request = Request { op: Op::Read as u16, buffer, stream: reply.stream, ..Request::default() };
+                request = Request {
+                    op: Op::Read as u16,
+                    buffer,
+                    stream: reply.stream,
+                    ..Request::default()
+                };
                 reply = self.checked_call(&request)?;
                 self.read_in_place(buffer, 0, reply.body_len as usize, &mut consume)?;
             }
@@ -100,7 +116,8 @@ impl Client {
             return Ok(serde_json::Value::Null);
         }
         self.read_in_place(buffer, 0, reply.meta_len as usize, |bytes| {
-            serde_json::from_slice(bytes).map_err(|_| ClientError::Protocol("reply meta is not JSON"))
+            serde_json::from_slice(bytes)
+                .map_err(|_| ClientError::Protocol("reply meta is not JSON"))
         })?
     }
 }

@@ -1,0 +1,171 @@
+//! A real `nexus backend` process with its own config, socket, regions and log in a tempdir.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nexus_backend::client::request;
+use tempfile::TempDir;
+
+use crate::error::tail;
+use crate::HarnessError;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+const LOG_LINES: usize = 40;
+
+/// A running backend, stopped (SIGTERM, then SIGKILL) on drop.
+#[derive(Debug)]
+pub struct Backend {
+    pub socket: PathBuf,
+    /// The tempdir holding config, socket, regions, log (and a local store, if used).
+    pub dir: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    _dir: TempDir,
+}
+
+impl Backend {
+    /// Starts `binary` with `settings` (YAML for `storage`, `cache`, `default_policy`,
+    /// `functions`, ...; `{dir}` stands for the backend's tempdir). `local_buckets` are created
+    /// as directories under `{dir}/objects`, the local store's buckets.
+    pub fn start(
+        binary: &Path,
+        settings: &str,
+        local_buckets: &[&str],
+    ) -> Result<Self, HarnessError> {
+        let tmp = tempfile::tempdir().map_err(HarnessError::io("create a backend tempdir"))?;
+        let dir = tmp.path().to_owned();
+        for bucket in local_buckets {
+            fs::create_dir_all(dir.join("objects").join(bucket))
+                .map_err(HarnessError::io("create a local bucket"))?;
+        }
+        let socket = dir.join("nexus.sock");
+        let config = format!(
+            "api: {{ socket: {sock} }}\nregion: {{ dir: {dir}/regions, size: 16MiB, buffer_size: 1MiB }}\n{settings}",
+            sock = socket.display(),
+            dir = dir.display(),
+            settings = settings.replace("{dir}", &dir.display().to_string()),
+        );
+        let config_path = dir.join("nexus.yaml");
+        fs::write(&config_path, config).map_err(HarnessError::io("write the backend config"))?;
+        let log = dir.join("backend.log");
+        let log_file = File::create(&log).map_err(HarnessError::io("create the backend log"))?;
+        let child = Command::new(binary)
+            .args(["backend", "--config"])
+            .arg(&config_path)
+            .env("NEXUS_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().map_err(HarnessError::io("open the backend log"))?)
+            .stderr(log_file)
+            .spawn()
+            .map_err(HarnessError::io(format!("start {}", binary.display())))?;
+        let mut backend = Self { socket, dir, log, child: Some(child), _dir: tmp };
+        backend.wait_ready()?;
+        Ok(backend)
+    }
+
+    fn wait_ready(&mut self) -> Result<(), HarnessError> {
+        let start = Instant::now();
+        loop {
+            if request(&self.socket, "GET", "/v1/status", None).is_ok() {
+                return Ok(());
+            }
+            let why = match self.child.as_mut().map(|c| c.try_wait()) {
+                Some(Ok(Some(status))) => Some(format!("exited ({status})")),
+                _ if start.elapsed() > READY_TIMEOUT => Some("no answer on its socket".into()),
+                _ => None,
+            };
+            if let Some(why) = why {
+                return Err(HarnessError::BackendNotReady { why, log: self.log_tail() });
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Creates a region for `function`; returns its file.
+    pub fn create_region(&self, function: &str) -> Result<PathBuf, HarnessError> {
+        let body = serde_json::json!({ "function": function });
+        let answer = self.api("POST", "/v1/regions", Some(&body))?;
+        answer["path"]
+            .as_str()
+            .map(PathBuf::from)
+            .ok_or_else(|| HarnessError::Api(format!("no path in {answer}")))
+    }
+
+    /// Calls the control API; the JSON answer (`null` for an empty one).
+    pub fn api(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value, HarnessError> {
+        let text = request(&self.socket, method, path, body)
+            .map_err(|e| HarnessError::Api(e.to_string()))?;
+        if text.is_empty() {
+            return Ok(serde_json::Value::Null);
+        }
+        serde_json::from_str(&text).map_err(|e| HarnessError::Api(format!("{e}: {text}")))
+    }
+
+    /// The `/metrics` text.
+    pub fn metrics(&self) -> Result<String, HarnessError> {
+        request(&self.socket, "GET", "/metrics", None).map_err(|e| HarnessError::Api(e.to_string()))
+    }
+
+    /// The sum of every sample of `name` whose labels contain all of `labels`.
+    pub fn metric(&self, name: &str, labels: &[&str]) -> Result<f64, HarnessError> {
+        Ok(self
+            .metrics()?
+            .lines()
+            .filter(|l| l.starts_with(name) && labels.iter().all(|want| l.contains(want)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
+    /// The backend's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The last lines of the backend's log.
+    pub fn log_tail(&self) -> String {
+        match fs::read(&self.log) {
+            Ok(log) => tail(&String::from_utf8_lossy(&log), LOG_LINES),
+            Err(e) => format!("(cannot read {}: {e})", self.log.display()),
+        }
+    }
+
+    /// Stops the backend gracefully (SIGTERM), killing it if it does not exit in time; returns
+    /// whether it exited cleanly.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else { return false };
+        if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+            // SAFETY: plain kill(2) on our own child, which has not been reaped yet.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let start = Instant::now();
+        while start.elapsed() < STOP_TIMEOUT {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
