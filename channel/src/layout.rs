@@ -137,7 +137,8 @@ pub struct CompletionDesc {
     pub meta_len: u32,
     pub _pad: u32,
     pub body_len: u64,
-    /// Total size of the object (or of the selected range) the stream delivers.
+    /// Total size of the object (or of the selected range) a `Head`/`Get` delivers; set in
+    /// the first reply of a stream only.
     pub object_size: u64,
     /// Stream to continue with `Read`/`Write`/`Close`; 0 when there is none.
     pub stream: u64,

@@ -35,7 +35,9 @@
 //!
 //! Streams: a reply with `MORE` names a stream; the guest continues it with `Read` (or `Write`)
 //! in the same buffer, each reply/chunk starting at offset 0, until a reply without `MORE`
-//! (the host then forgets the stream) or a `Close`.
+//! (the host then forgets the stream) or a `Close`. The first reply's `object_size` is the
+//! total the stream delivers. An error reply ends its stream (an upload is aborted), and a
+//! stream left untouched for 5 minutes is dropped: the next call on it gets `NoSuchUpload`.
 //!
 //! Parsing is two steps so the host copies only what it needs out of shared memory:
 //! [`Envelope::open`] checks the descriptor against the host's geometry; the host copies
