@@ -15,7 +15,7 @@ use crate::config::CacheConfig;
 
 /// What a `Head` or `Get` reports about an object.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Attributes {
+pub struct ObjectInfo {
     pub size: u64,
     pub etag: Option<String>,
     /// RFC 3339, millisecond precision, UTC.
@@ -27,7 +27,7 @@ pub struct Attributes {
 /// A cached object.
 #[derive(Debug, Clone)]
 pub struct Cached {
-    pub attributes: Attributes,
+    pub info: ObjectInfo,
     pub bytes: Bytes,
 }
 
@@ -142,14 +142,14 @@ mod tests {
     }
 
     fn object(len: usize) -> Cached {
-        let attributes = Attributes {
+        let info = ObjectInfo {
             size: len as u64,
             etag: None,
             last_modified: String::new(),
             content_type: None,
             metadata: vec![],
         };
-        Cached { attributes, bytes: Bytes::from(vec![7; len]) }
+        Cached { info, bytes: Bytes::from(vec![7; len]) }
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //!  wait for calls (spin, then sleep on doorbell)
 //!  pop descriptor (copied) ─ Envelope::open ─╴bad╶─► error completion
 //!  copy args out ─ parse ─ rate limit ───────╴bad╶─► error completion
-//!  Ping ─────────────────────────────────────────► completion, inline
+//!  no I/O needed (Ping, cached Get/Head, read ───► completion, inline
+//!  from memory)
 //!  acquire region permit (blocks: backpressure)
 //!  spawn ────────────────────────────────────────► acquire global permit
 //!                                                  ops::run (storage I/O)
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use nexus_channel::layout::RingId;
 use nexus_channel::ring::RingError;
-use nexus_channel::wire::{Call, Envelope, Op, Status};
+use nexus_channel::wire::{Call, Envelope, Status};
 use nexus_channel::{CallDesc, Consumer};
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
@@ -49,7 +50,7 @@ pub fn serve(served: Arc<ServedRegion>, shared: Arc<Shared>, stop: Arc<AtomicBoo
         Consumer::<CallDesc>::new(served.region.clone(), &served.geometry, RingId::Calls);
     let region_permits = Arc::new(Semaphore::new(shared.per_region));
     let result = loop {
-        let ready = served.notifier.wait(Duration::from_secs(1), || {
+        let ready = served.notifier.wait(Duration::from_secs(60), || {
             Ok::<_, RingError>(stop.load(Ordering::Acquire) || calls.ready()?)
         });
         if let Err(e) = ready {
@@ -109,16 +110,10 @@ fn drain(
                 continue;
             }
         };
-        if matches!(call, Call::Ping) {
-            publish_now(served, envelope.tag, envelope.buffer, &Answer::default())?;
-            shared.context.metrics.call(
-                &served.function,
-                Op::Ping,
-                Status::Ok,
-                Duration::ZERO,
-                0,
-                0,
-            );
+        let started = Instant::now();
+        if let Some(result) = ops::run_inline(&shared.context, served, &envelope, &call) {
+            let answer = account(served, shared, &envelope, result, started);
+            publish_now(served, envelope.tag, envelope.buffer, &answer)?;
             continue;
         }
         // Blocks this region's thread, and so its ring, when it has too many calls in flight.
@@ -128,30 +123,41 @@ fn drain(
         let (served, shared) = (served.clone(), shared.clone());
         shared.runtime.clone().spawn(async move {
             let _global = shared.inflight.acquire().await;
-            let started = Instant::now();
-            let answer = match ops::run(&shared.context, &served, &envelope, call).await {
-                Ok(answer) => answer,
-                Err(e) => {
-                    if let Some(reason) = e.rejected {
-                        shared.context.metrics.rejected(&served.function, reason);
-                    }
-                    served.error_answer(envelope.buffer, e.status, &e.message)
-                }
-            };
-            let to_guest = answer.body_len + u64::from(answer.meta_len);
-            shared.context.metrics.call(
-                &served.function,
-                envelope.op,
-                answer.status,
-                started.elapsed(),
-                to_guest,
-                envelope.body_len as u64,
-            );
+            let result = ops::run(&shared.context, &served, &envelope, call).await;
+            let answer = account(&served, &shared, &envelope, result, started);
             publish(&served, &shared, envelope.tag, envelope.buffer, answer).await;
             drop(permit);
         });
     }
     Ok(())
+}
+
+/// Turns an operation's result into the answer to publish, and counts it.
+fn account(
+    served: &ServedRegion,
+    shared: &Shared,
+    envelope: &Envelope,
+    result: Result<Answer, OpError>,
+    started: Instant,
+) -> Answer {
+    let answer = match result {
+        Ok(answer) => answer,
+        Err(e) => {
+            if let Some(reason) = e.rejected {
+                shared.context.metrics.rejected(&served.function, reason);
+            }
+            served.error_answer(envelope.buffer, e.status, &e.message)
+        }
+    };
+    shared.context.metrics.call(
+        &served.function,
+        envelope.op,
+        answer.status,
+        started.elapsed(),
+        answer.body_len + u64::from(answer.meta_len),
+        envelope.body_len as u64,
+    );
+    answer
 }
 
 /// Copies the call's arguments out of the buffer, decodes them and applies the rate limit.

@@ -5,14 +5,15 @@
 //! `NoSuchUpload`). The table is bounded; idle streams are dropped after [`IDLE`].
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
-use object_store::WriteMultipart;
+use object_store::path::Path;
+use object_store::{Attributes, ObjectStore, WriteMultipart};
 
-use crate::cache::Attributes;
+use crate::cache::ObjectInfo;
 
 /// How long an untouched stream is kept.
 const IDLE: Duration = Duration::from_secs(300);
@@ -37,16 +38,23 @@ pub enum Source {
 pub struct CacheFill {
     pub bucket: String,
     pub key: String,
-    pub attributes: Attributes,
-    pub bytes: bytes::BytesMut,
+    pub info: ObjectInfo,
+    pub bytes: BytesMut,
 }
 
 /// A chunked `Put` in progress.
 pub struct Upload {
     pub bucket: String,
     pub key: String,
-    pub writer: WriteMultipart,
     pub written: u64,
+    pub sink: Sink,
+}
+
+/// Where an upload's bytes go: held until they reach the multipart threshold (so smaller
+/// objects are one plain PUT, as boto3 sends them), then parts of a multipart upload.
+pub enum Sink {
+    Held { store: Arc<dyn ObjectStore>, path: Path, attributes: Attributes, bytes: BytesMut },
+    Multipart(WriteMultipart),
 }
 
 /// A stream of either kind.
@@ -107,6 +115,15 @@ impl Streams {
     /// Takes stream `id` out of the table.
     pub fn take(&self, id: u64) -> Option<Stream> {
         self.lock().open.remove(&id).map(|(stream, _)| stream)
+    }
+
+    /// Takes stream `id` out of the table if `wanted` says so.
+    pub fn take_if(&self, id: u64, wanted: impl FnOnce(&Stream) -> bool) -> Option<Stream> {
+        let mut table = self.lock();
+        if !wanted(&table.open.get(&id)?.0) {
+            return None;
+        }
+        table.open.remove(&id).map(|(stream, _)| stream)
     }
 
     /// Puts a stream taken with [`Streams::take`] back.

@@ -48,8 +48,9 @@ pub struct Notifier {
 
 /// How long a waiter spins before it sleeps, unless told otherwise.
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
-/// Longest single sleep; a waiter re-checks its condition at least this often.
-const MAX_SLEEP: Duration = Duration::from_millis(100);
+/// Longest single sleep; a waiter re-checks its condition at least this often (a safety net:
+/// the protocol loses no wake-up, but a peer that dies mid-handshake must not strand us).
+const MAX_SLEEP: Duration = Duration::from_secs(1);
 
 impl Notifier {
     /// A notifier for `side` of `region`, spinning for `spin` before sleeping.

@@ -36,6 +36,16 @@ impl Backend {
         settings: &str,
         local_buckets: &[&str],
     ) -> Result<Self, HarnessError> {
+        Self::start_with(binary, "size: 16MiB, buffer_size: 1MiB", settings, local_buckets)
+    }
+
+    /// [`Backend::start`] with the region geometry given as YAML flow fields (`size: 64MiB, …`).
+    pub fn start_with(
+        binary: &Path,
+        region: &str,
+        settings: &str,
+        local_buckets: &[&str],
+    ) -> Result<Self, HarnessError> {
         let tmp = tempfile::tempdir().map_err(HarnessError::io("create a backend tempdir"))?;
         let dir = tmp.path().to_owned();
         for bucket in local_buckets {
@@ -44,7 +54,7 @@ impl Backend {
         }
         let socket = dir.join("nexus.sock");
         let config = format!(
-            "api: {{ socket: {sock} }}\nregion: {{ dir: {dir}/regions, size: 16MiB, buffer_size: 1MiB }}\n{settings}",
+            "api: {{ socket: {sock} }}\nregion: {{ dir: {dir}/regions, {region} }}\n{settings}",
             sock = socket.display(),
             dir = dir.display(),
             settings = settings.replace("{dir}", &dir.display().to_string()),

@@ -163,6 +163,11 @@ impl Garage {
         }
     }
 
+    /// The server's process id (for measuring it).
+    pub fn pid(&self) -> Option<u32> {
+        self.server.as_ref().map(Child::id)
+    }
+
     /// Runs a `garage` admin command; its stdout.
     fn garage(&self, args: &[&str]) -> Result<String, HarnessError> {
         let output = self

@@ -32,13 +32,7 @@ pub fn ensure_venv(venv: &Path) -> Result<PathBuf> {
     println!("setup: installing Python packages: {}", PACKAGES.join(", "));
     cmd::run(
         Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
             .args(PACKAGES),
     )?;
     fs::write(&marker, wanted).with_context(|| format!("Cannot write {}", marker.display()))?;

@@ -39,11 +39,7 @@ fn cache_dir() -> Result<PathBuf> {
 }
 
 fn install_apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !dpkg_installed(p))
-        .collect();
+    let missing: Vec<&str> = APT_PACKAGES.iter().copied().filter(|p| !dpkg_installed(p)).collect();
     if missing.is_empty() {
         println!("setup: apt packages present: {}", APT_PACKAGES.join(", "));
         return Ok(());
@@ -54,22 +50,14 @@ fn install_apt_packages() -> Result<()> {
         command.env("DEBIAN_FRONTEND", "noninteractive").args(args);
         command
     };
-    let hint = || {
-        format!(
-            "Cannot install apt packages (run as root?): {}",
-            missing.join(" ")
-        )
-    };
+    let hint = || format!("Cannot install apt packages (run as root?): {}", missing.join(" "));
     cmd::run(&mut apt(&["update"])).with_context(hint)?;
     cmd::run(apt(&["install", "-y"]).args(&missing)).with_context(hint)
 }
 
 /// Whether dpkg reports `package` as installed (not merely known or half-removed).
 fn dpkg_installed(package: &str) -> bool {
-    let output = Command::new("dpkg")
-        .args(["-s", package])
-        .stderr(Stdio::null())
-        .output();
+    let output = Command::new("dpkg").args(["-s", package]).stderr(Stdio::null()).output();
     output.is_ok_and(|o| {
         o.status.success()
             && String::from_utf8_lossy(&o.stdout)
@@ -91,14 +79,7 @@ fn install_garage(root: &Path) -> Result<PathBuf> {
     );
     cmd::run(
         cmd::cargo()
-            .args([
-                "install",
-                "garage",
-                "--version",
-                GARAGE_VERSION,
-                "--locked",
-                "--root",
-            ])
+            .args(["install", "garage", "--version", GARAGE_VERSION, "--locked", "--root"])
             .arg(root),
     )?;
     Ok(binary)

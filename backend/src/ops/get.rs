@@ -4,13 +4,13 @@ use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use chrono::SecondsFormat;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use nexus_channel::wire::{flags, ByteRange, ObjectRef, Status};
 use object_store::{Attribute, GetOptions, GetRange, GetResult, ObjectStoreExt};
 use serde_json::{json, Map, Value};
 
 use super::{no_stream, Context, OpError, Out};
-use crate::cache::{Attributes, Cached};
+use crate::cache::{Cached, ObjectInfo};
 use crate::policy::Access;
 use crate::served::{Answer, ServedRegion};
 use crate::storage::key_path;
@@ -23,16 +23,31 @@ pub async fn head(
     object: &ObjectRef,
     out: Out<'_>,
 ) -> Result<Answer, OpError> {
-    served.policy.check(Access::Read, &object.bucket, &object.key)?;
-    let attributes = match ctx.cache.get(&object.bucket, &object.key, Instant::now()) {
-        Some(cached) => cached.attributes,
-        None => {
-            let store = ctx.storage.bucket(&object.bucket)?;
-            let options = GetOptions { head: true, ..GetOptions::default() };
-            attributes(&store.get_opts(&key_path(&object.key)?, options).await?)
-        }
-    };
-    let meta = object_meta(&attributes, attributes.size, None);
+    if let Some(answer) = head_cached(ctx, served, object, out) {
+        return answer;
+    }
+    let store = ctx.storage.bucket(&object.bucket)?;
+    let options = GetOptions { head: true, ..GetOptions::default() };
+    let attributes = attributes(&store.get_opts(&key_path(&object.key)?, options).await?);
+    head_answer(&attributes, out)
+}
+
+/// `Head` answered from the cache, if the object is there (no I/O).
+pub fn head_cached(
+    ctx: &Context,
+    served: &ServedRegion,
+    object: &ObjectRef,
+    out: Out<'_>,
+) -> Option<Result<Answer, OpError>> {
+    if let Err(denied) = served.policy.check(Access::Read, &object.bucket, &object.key) {
+        return Some(Err(denied.into()));
+    }
+    let cached = ctx.cache.get(&object.bucket, &object.key, Instant::now())?;
+    Some(head_answer(&cached.info, out))
+}
+
+fn head_answer(attributes: &ObjectInfo, out: Out<'_>) -> Result<Answer, OpError> {
+    let meta = object_meta(attributes, attributes.size, None);
     Ok(Answer { meta_len: out.meta(&meta)?, object_size: attributes.size, ..Answer::default() })
 }
 
@@ -44,21 +59,50 @@ pub async fn get(
     range: Option<ByteRange>,
     out: Out<'_>,
 ) -> Result<Answer, OpError> {
-    served.policy.check(Access::Read, &object.bucket, &object.key)?;
-    let (attributes, selected, source, fill) =
-        match ctx.cache.get(&object.bucket, &object.key, Instant::now()) {
-            Some(cached) => {
-                let selected = resolve(range, cached.attributes.size)?;
-                let bytes = cached.bytes.slice(selected.0 as usize..selected.1 as usize);
-                (cached.attributes, selected, Source::Memory(bytes), None)
-            }
-            None => fetch(ctx, object, range).await?,
-        };
+    if let Some(answer) = get_cached(ctx, served, object, range, out) {
+        return answer;
+    }
+    let (attributes, selected, source, fill) = fetch(ctx, object, range).await?;
+    respond(ctx, served, Download { source, remaining: 0, fill }, &attributes, selected, range, out)
+        .await
+}
+
+/// `Get` answered from the cache, if the object is there (no I/O: the bytes are in memory).
+pub fn get_cached(
+    ctx: &Context,
+    served: &ServedRegion,
+    object: &ObjectRef,
+    range: Option<ByteRange>,
+    out: Out<'_>,
+) -> Option<Result<Answer, OpError>> {
+    if let Err(denied) = served.policy.check(Access::Read, &object.bucket, &object.key) {
+        return Some(Err(denied.into()));
+    }
+    let cached = ctx.cache.get(&object.bucket, &object.key, Instant::now())?;
+    let selected = match resolve(range, cached.info.size) {
+        Ok(selected) => selected,
+        Err(e) => return Some(Err(e)),
+    };
+    let bytes = cached.bytes.slice(selected.0 as usize..selected.1 as usize);
+    let download = Download { source: Source::Memory(bytes), remaining: 0, fill: None };
+    let answer = respond(ctx, served, download, &cached.info, selected, range, out);
+    Some(in_memory(answer))
+}
+
+/// Writes the meta and the first chunk of `download`; opens a stream for the rest.
+async fn respond(
+    ctx: &Context,
+    served: &ServedRegion,
+    mut download: Download,
+    attributes: &ObjectInfo,
+    selected: (u64, u64),
+    range: Option<ByteRange>,
+    out: Out<'_>,
+) -> Result<Answer, OpError> {
     served.policy.check_size(attributes.size)?;
-    let ranged = range.map(|_| selected);
     let length = selected.1 - selected.0;
-    let meta_len = out.meta(&object_meta(&attributes, length, ranged))?;
-    let mut download = Download { source, remaining: length, fill };
+    download.remaining = length;
+    let meta_len = out.meta(&object_meta(attributes, length, range.map(|_| selected)))?;
     let body_len = fill_buffer(&mut download, &out, meta_len as usize).await?;
     let mut answer =
         Answer { meta_len, body_len: body_len as u64, object_size: length, ..Answer::default() };
@@ -78,9 +122,34 @@ pub async fn read(
     stream: u64,
     out: Out<'_>,
 ) -> Result<Answer, OpError> {
-    let Some(Stream::Download(mut download)) = served.streams.take(stream) else {
+    let Some(Stream::Download(download)) = served.streams.take(stream) else {
         return Err(no_stream(stream));
     };
+    next_chunk(ctx, served, stream, download, out).await
+}
+
+/// `Read` of a download whose bytes are in memory (no I/O); `None` for any other stream.
+pub fn read_in_memory(
+    ctx: &Context,
+    served: &ServedRegion,
+    stream: u64,
+    out: Out<'_>,
+) -> Option<Result<Answer, OpError>> {
+    let from_memory =
+        |s: &Stream| matches!(s, Stream::Download(Download { source: Source::Memory(_), .. }));
+    let Some(Stream::Download(download)) = served.streams.take_if(stream, from_memory) else {
+        return None;
+    };
+    Some(in_memory(next_chunk(ctx, served, stream, download, out)))
+}
+
+async fn next_chunk(
+    ctx: &Context,
+    served: &ServedRegion,
+    stream: u64,
+    mut download: Download,
+    out: Out<'_>,
+) -> Result<Answer, OpError> {
     let body_len = fill_buffer(&mut download, &out, 0).await?;
     let mut answer = Answer { body_len: body_len as u64, stream, ..Answer::default() };
     if download.remaining > 0 {
@@ -92,13 +161,22 @@ pub async fn read(
     Ok(answer)
 }
 
+/// Runs an answer whose download reads only memory: it completes on its first poll.
+fn in_memory(
+    answer: impl std::future::Future<Output = Result<Answer, OpError>>,
+) -> Result<Answer, OpError> {
+    answer
+        .now_or_never()
+        .unwrap_or_else(|| Err(OpError::new(Status::InternalError, "in-memory read had to wait")))
+}
+
 /// Fetches from storage: attributes, the selected range, the byte stream and, for a whole
 /// object the cache admits, a collector.
 async fn fetch(
     ctx: &Context,
     object: &ObjectRef,
     range: Option<ByteRange>,
-) -> Result<(Attributes, (u64, u64), Source, Option<CacheFill>), OpError> {
+) -> Result<(ObjectInfo, (u64, u64), Source, Option<CacheFill>), OpError> {
     let store = ctx.storage.bucket(&object.bucket)?;
     let path = key_path(&object.key)?;
     let options = GetOptions { range: range.map(get_range), ..GetOptions::default() };
@@ -121,7 +199,7 @@ async fn fetch(
     let fill = (range.is_none() && ctx.cache.admits(attributes.size)).then(|| CacheFill {
         bucket: object.bucket.clone(),
         key: object.key.clone(),
-        attributes: attributes.clone(),
+        info: attributes.clone(),
         bytes: BytesMut::with_capacity(attributes.size as usize),
     });
     let source = Source::Remote { stream: result.into_stream(), pending: Bytes::new() };
@@ -165,7 +243,7 @@ async fn fill_buffer(download: &mut Download, out: &Out<'_>, at: usize) -> Resul
 
 fn finish_fill(ctx: &Context, fill: Option<CacheFill>) {
     if let Some(fill) = fill {
-        let object = Cached { attributes: fill.attributes, bytes: fill.bytes.freeze() };
+        let object = Cached { info: fill.info, bytes: fill.bytes.freeze() };
         ctx.cache.insert(&fill.bucket, &fill.key, object, Instant::now());
     }
 }
@@ -192,7 +270,7 @@ fn get_range(range: ByteRange) -> GetRange {
     }
 }
 
-fn attributes(result: &GetResult) -> Attributes {
+fn attributes(result: &GetResult) -> ObjectInfo {
     let mut content_type = None;
     let mut metadata = Vec::new();
     for (attribute, value) in result.attributes.iter() {
@@ -203,7 +281,7 @@ fn attributes(result: &GetResult) -> Attributes {
         }
     }
     metadata.sort();
-    Attributes {
+    ObjectInfo {
         size: result.meta.size,
         etag: result.meta.e_tag.as_deref().map(quoted),
         last_modified: result.meta.last_modified.to_rfc3339_opts(SecondsFormat::Millis, true),
@@ -222,16 +300,18 @@ pub fn quoted(etag: &str) -> String {
 }
 
 /// The `Head`/`Get` meta of an object; `ranged` is the selected span of a ranged `Get`.
-fn object_meta(attributes: &Attributes, length: u64, ranged: Option<(u64, u64)>) -> Value {
+fn object_meta(attributes: &ObjectInfo, length: u64, ranged: Option<(u64, u64)>) -> Value {
     let metadata: Map<String, Value> =
         attributes.metadata.iter().map(|(k, v)| (k.clone(), Value::from(v.as_str()))).collect();
     let mut meta = json!({
         "ContentLength": length,
-        "ContentType": attributes.content_type.as_deref().unwrap_or("binary/octet-stream"),
         "LastModified": attributes.last_modified,
         "Metadata": metadata,
         "AcceptRanges": "bytes",
     });
+    if let Some(content_type) = &attributes.content_type {
+        meta["ContentType"] = Value::from(content_type.as_str());
+    }
     if let Some(etag) = &attributes.etag {
         meta["ETag"] = Value::from(etag.as_str());
     }

@@ -156,10 +156,29 @@ pub async fn run(
     }
 }
 
+/// Answers, on the serving thread, the calls that need no I/O: `Ping`, a `Head`/`Get` of a
+/// cached object, the next chunk of a download from memory. `None`: the call needs I/O and
+/// goes to [`run`].
+pub fn run_inline(
+    ctx: &Context,
+    served: &ServedRegion,
+    envelope: &Envelope,
+    call: &Call,
+) -> Option<Result<Answer, OpError>> {
+    let out = Out::new(&served.region, envelope);
+    match call {
+        Call::Ping => Some(Ok(Answer::default())),
+        Call::Head(object) => get::head_cached(ctx, served, object, out),
+        Call::Get { object, range } => get::get_cached(ctx, served, object, *range, out),
+        Call::Read { stream } => get::read_in_memory(ctx, served, *stream, out),
+        _ => None,
+    }
+}
+
 /// Abandons a stream: drops a download, aborts an upload.
 async fn close(served: &ServedRegion, stream: u64) -> Result<Answer, OpError> {
     match served.streams.take(stream) {
-        Some(Stream::Upload(upload)) => upload.writer.abort().await?,
+        Some(Stream::Upload(upload)) => put::abort(upload).await?,
         Some(Stream::Download(_)) => {}
         None => return Err(no_stream(stream)),
     }

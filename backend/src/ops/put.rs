@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use nexus_channel::wire::{Envelope, ObjectRef, PutParams, Status};
 use object_store::{
     Attribute, Attributes, PutMultipartOptions, PutOptions, PutPayload, WriteMultipart,
@@ -14,9 +14,10 @@ use super::{no_stream, Context, OpError, Out};
 use crate::policy::Access;
 use crate::served::{Answer, ServedRegion};
 use crate::storage::key_path;
-use crate::streams::{Stream, Upload};
+use crate::streams::{Sink, Stream, Upload};
 
-/// Size of the parts a chunked upload sends (S3 needs at least 5 MiB but for the last).
+/// Objects from this size on go up in parts of this size: boto3's multipart threshold and
+/// part size, so an upload gets the same ETag either way. S3 needs at least 5 MiB a part.
 const PART_SIZE: usize = 8 << 20;
 /// Parts of one upload in flight at once.
 const PARTS_IN_FLIGHT: usize = 2;
@@ -35,7 +36,7 @@ pub async fn put(
     served.policy.check_size(envelope.body_len as u64)?;
     let store = ctx.storage.bucket(&object.bucket)?;
     let path = key_path(&object.key)?;
-    let body = Bytes::from(out.read(envelope.args_len, envelope.body_len)?);
+    let body = out.read(envelope.args_len, envelope.body_len)?;
     let attributes = attributes(ctx, params);
     ctx.cache.invalidate(&object.bucket, &object.key);
     if !more {
@@ -43,16 +44,13 @@ pub async fn put(
         let result = store.put_opts(&path, PutPayload::from(body), options).await?;
         return etag_answer(result.e_tag, out);
     }
-    let options = PutMultipartOptions { attributes, ..PutMultipartOptions::default() };
-    let upload = store.put_multipart_opts(&path, options).await?;
-    let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
-    let written = body.len() as u64;
-    writer.put(body);
-    let upload = Upload { bucket: object.bucket.clone(), key: object.key.clone(), writer, written };
-    let stream = match served.streams.open(Stream::Upload(upload), Instant::now()) {
-        Ok(stream) => stream,
-        Err(e) => return Err(e.into()),
+    let upload = Upload {
+        bucket: object.bucket.clone(),
+        key: object.key.clone(),
+        written: body.len() as u64,
+        sink: Sink::Held { store, path, attributes, bytes: BytesMut::from(&body[..]) },
     };
+    let stream = served.streams.open(Stream::Upload(upload), Instant::now())?;
     Ok(Answer { meta_len: out.meta(&json!({}))?, stream, ..Answer::default() })
 }
 
@@ -69,16 +67,30 @@ pub async fn write(
         return Err(no_stream(stream));
     };
     if let Err(e) = append(served, &mut upload, envelope, out).await {
-        let _ = upload.writer.abort().await;
+        let _ = abort(upload).await;
         return Err(e);
     }
     if more {
         served.streams.put_back(stream, Stream::Upload(upload), Instant::now());
         return Ok(Answer { meta_len: out.meta(&json!({}))?, stream, ..Answer::default() });
     }
-    let result = upload.writer.finish().await?;
+    let etag = match upload.sink {
+        Sink::Held { store, path, attributes, bytes } => {
+            let options = PutOptions { attributes, ..PutOptions::default() };
+            store.put_opts(&path, PutPayload::from(bytes.freeze()), options).await?.e_tag
+        }
+        Sink::Multipart(writer) => writer.finish().await?.e_tag,
+    };
     ctx.cache.invalidate(&upload.bucket, &upload.key);
-    etag_answer(result.e_tag, out)
+    etag_answer(etag, out)
+}
+
+/// Abandons an upload.
+pub async fn abort(upload: Upload) -> Result<(), OpError> {
+    if let Sink::Multipart(writer) = upload.sink {
+        writer.abort().await?;
+    }
+    Ok(())
 }
 
 async fn append(
@@ -92,12 +104,30 @@ async fn append(
         .checked_add(envelope.body_len as u64)
         .ok_or_else(|| OpError::new(Status::EntityTooLarge, "object too large"))?;
     served.policy.check_size(written)?;
-    upload.writer.wait_for_capacity(PARTS_IN_FLIGHT).await?;
-    upload.writer.put(Bytes::from(out.read(envelope.args_len, envelope.body_len)?));
+    let chunk = out.read(envelope.args_len, envelope.body_len)?;
     upload.written = written;
+    match &mut upload.sink {
+        Sink::Held { bytes, .. } if bytes.len() + chunk.len() < PART_SIZE => {
+            bytes.extend_from_slice(&chunk);
+        }
+        Sink::Held { store, path, attributes, bytes } => {
+            let options = PutMultipartOptions {
+                attributes: std::mem::take(attributes),
+                ..PutMultipartOptions::default()
+            };
+            let parts = store.put_multipart_opts(path, options).await?;
+            let mut writer = WriteMultipart::new_with_chunk_size(parts, PART_SIZE);
+            writer.put(std::mem::take(bytes).freeze());
+            writer.put(Bytes::from(chunk));
+            upload.sink = Sink::Multipart(writer);
+        }
+        Sink::Multipart(writer) => {
+            writer.wait_for_capacity(PARTS_IN_FLIGHT).await?;
+            writer.put(Bytes::from(chunk));
+        }
+    }
     Ok(())
 }
-
 fn etag_answer(etag: Option<String>, out: Out<'_>) -> Result<Answer, OpError> {
     let meta = match etag {
         Some(etag) => json!({ "ETag": quoted(&etag) }),

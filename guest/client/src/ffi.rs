@@ -113,11 +113,10 @@ pub unsafe extern "C" fn nexus_lease(
     // SAFETY: the caller passes a live client.
     match unsafe { &*client }.lease() {
         Ok((i, p)) => {
-            // SAFETY: the caller passes writable out-pointers.
-            unsafe {
-                *index = i;
-                *ptr = p;
-            }
+            // SAFETY: the caller passes a writable `index`.
+            unsafe { *index = i };
+            // SAFETY: the caller passes a writable `ptr`.
+            unsafe { *ptr = p };
             0
         }
         Err(e) => fail(e.to_string()),

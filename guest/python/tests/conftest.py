@@ -17,13 +17,13 @@ REPO = PYTHON_DIR.parents[1]
 BUCKET = "test-bucket"
 STARTUP_TIMEOUT_S = 60
 # The local-directory store keeps neither ContentType nor Metadata (backend/src/storage.rs,
-# `keeps_attributes`): objects read back with S3's defaults.
+# `keeps_attributes`): objects read back without them.
 KEEPS_ATTRIBUTES = False
 
 
 def stored(content_type, metadata):
     """The (ContentType, Metadata) a get answers for an object put with these."""
-    return (content_type, metadata) if KEEPS_ATTRIBUTES else ("binary/octet-stream", {})
+    return (content_type, metadata) if KEEPS_ATTRIBUTES else (None, {})
 
 
 CONFIG = """\
