@@ -3,6 +3,8 @@
 
 mod bench;
 mod cmd;
+mod demo;
+mod fuzz;
 mod python;
 mod setup;
 mod test;
@@ -20,10 +22,18 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Chore {
+    /// Set up, then run the main job: a function's boto3 calls served by the backend.
+    Demo,
     /// Install what the project needs (apt packages, Garage, a Python venv); idempotent.
     Setup,
     /// Set up, build, then run the Rust and Python test suites.
     Test,
+    /// Fuzz the channel's parsers of guest-written data (needs a nightly toolchain).
+    Fuzz {
+        /// Seconds per fuzz target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Run a benchmark; it prints a table and records it in docs/BENCHMARKS.md.
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -31,9 +41,11 @@ enum Chore {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Chore::Demo => demo::run(),
         Chore::Setup => setup::run().map(drop),
         Chore::Test => test::run(),
         Chore::Bench(which) => bench::run(which),
+        Chore::Fuzz { seconds } => fuzz::run(seconds),
     }
 }
 
