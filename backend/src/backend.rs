@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 
 use crate::cache::ObjectCache;
 use crate::config::Config;
+use crate::invoke::{InvokeError, Outcome};
 use crate::metrics::Metrics;
 use crate::ops::Context;
 use crate::serve::{serve, Shared};
@@ -39,6 +40,13 @@ pub enum BackendError {
         id: String,
         #[source]
         source: RegionError,
+    },
+    /// An invocation failed.
+    #[error("Invocation on region {id} failed")]
+    Invoke {
+        id: String,
+        #[source]
+        source: InvokeError,
     },
     /// The serving thread could not be started.
     #[error("Cannot start the serving thread of region {id}")]
@@ -84,6 +92,7 @@ impl Attached {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+        self.served.invocations.abandon();
         let _ = self.served.set_state(host_state::GONE);
         let _ = std::fs::remove_file(&self.path);
     }
@@ -157,7 +166,7 @@ impl Backend {
             )
             .map_err(region_err)?,
         );
-        served.set_state(host_state::READY).map_err(region_err)?;
+        served.open_channel().map_err(region_err)?;
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
             .name(format!("nexus-{id}"))
@@ -186,6 +195,27 @@ impl Backend {
         attached.detach();
         tracing::info!(region = id, "Region removed");
         Ok(())
+    }
+
+    /// Runs one invocation on region `id`.
+    pub async fn invoke_region(
+        &self,
+        id: &str,
+        event: &[u8],
+        deadline: Duration,
+    ) -> Result<Outcome, BackendError> {
+        let served = self.served(id)?;
+        served
+            .invoke(event, deadline)
+            .await
+            .map_err(|source| BackendError::Invoke { id: id.into(), source })
+    }
+
+    /// The host end of region `id`.
+    fn served(&self, id: &str) -> Result<Arc<ServedRegion>, BackendError> {
+        let regions = self.lock();
+        let attached = regions.get(id).ok_or_else(|| BackendError::NoRegion(id.into()))?;
+        Ok(attached.served.clone())
     }
 
     /// Every region.

@@ -25,6 +25,21 @@ pub enum ClientError {
     Status { status: u16, message: String },
 }
 
+/// A 2xx answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// Header lines, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Answer {
+    /// The value of header `name` (lower case), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
 /// Sends `method path` with an optional JSON body; returns the body of a 2xx answer.
 pub fn request(
     socket: &Path,
@@ -32,15 +47,26 @@ pub fn request(
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> Result<String, ClientError> {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    exchange(socket, method, path, body.as_bytes()).map(|answer| answer.body)
+}
+
+/// Sends `method path` with `body` as JSON; returns the whole 2xx answer.
+pub fn exchange(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<Answer, ClientError> {
     let mut stream = UnixStream::connect(socket)
         .map_err(|source| ClientError::Connect { path: socket.to_owned(), source })?;
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: nexus\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     )?;
+    stream.write_all(body)?;
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer)?;
     let text = String::from_utf8_lossy(&answer);
@@ -50,9 +76,13 @@ pub fn request(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or(ClientError::Malformed)?;
-    let chunked = head
+    let headers: Vec<(String, String)> = head
         .lines()
-        .any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.contains("chunked"));
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers.iter().any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
     let body = if chunked { dechunk(rest)? } else { rest.to_owned() };
     if !(200..300).contains(&status) {
         let message = serde_json::from_str::<serde_json::Value>(&body)
@@ -61,7 +91,7 @@ pub fn request(
             .unwrap_or(body);
         return Err(ClientError::Status { status, message });
     }
-    Ok(body)
+    Ok(Answer { headers, body })
 }
 
 fn dechunk(mut rest: &str) -> Result<String, ClientError> {

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use nexus_backend::client::request;
+use nexus_backend::api::FUNCTION_ERROR;
+use nexus_backend::client::{exchange, request};
 use nexus_backend::config::Config;
 use nexus_backend::storage::error_chain;
 use serde_json::json;
@@ -43,6 +44,17 @@ enum RegionCommand {
     Ls,
     /// Remove a region.
     Rm { id: String },
+    /// Invoke whatever serves region ID with an event; prints the result JSON (exit status 1
+    /// if the handler raised).
+    Invoke {
+        id: String,
+        /// Event JSON file, or - for standard input.
+        #[arg(long, default_value = "-")]
+        event: PathBuf,
+        /// Seconds to wait for the result.
+        #[arg(long, default_value_t = 900.0)]
+        timeout: f64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -86,6 +98,26 @@ fn region(socket: &Path, command: RegionCommand) -> Result<(), String> {
         }
         RegionCommand::Ls => print(socket, "GET", "/v1/regions", None),
         RegionCommand::Rm { id } => print(socket, "DELETE", &format!("/v1/regions/{id}"), None),
+        RegionCommand::Invoke { id, event, timeout } => {
+            invoke(socket, &format!("/v1/regions/{id}/invoke?timeout={timeout}"), &event)
+        }
+    }
+}
+
+/// Posts an event read from `event` (`-`: stdin) and prints the result.
+fn invoke(socket: &Path, path: &str, event: &Path) -> Result<(), String> {
+    let text = if event == Path::new("-") {
+        std::io::read_to_string(std::io::stdin())
+            .map_err(|e| format!("Cannot read the event: {e}"))?
+    } else {
+        std::fs::read_to_string(event)
+            .map_err(|e| format!("Cannot read {}: {e}", event.display()))?
+    };
+    let answer = exchange(socket, "POST", path, text.as_bytes()).map_err(|e| error_chain(&e))?;
+    println!("{}", answer.body);
+    match answer.header(FUNCTION_ERROR) {
+        Some(kind) => Err(format!("The handler raised ({kind})")),
+        None => Ok(()),
     }
 }
 

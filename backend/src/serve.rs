@@ -51,13 +51,26 @@ pub fn serve(served: Arc<ServedRegion>, shared: Arc<Shared>, stop: Arc<AtomicBoo
     let region_permits = Arc::new(Semaphore::new(shared.per_region));
     let result = loop {
         let ready = served.notifier.wait(Duration::from_secs(60), || {
-            Ok::<_, RingError>(stop.load(Ordering::Acquire) || calls.ready()?)
+            Ok::<_, RingError>(
+                stop.load(Ordering::Acquire)
+                    || calls.ready()?
+                    || served.invocations.has_results()?,
+            )
         });
         if let Err(e) = ready {
             break Err(e);
         }
         if stop.load(Ordering::Acquire) {
             break Ok(());
+        }
+        match served.invocations.drain() {
+            Ok(0) => {}
+            Ok(strays) => {
+                for _ in 0..strays {
+                    shared.context.metrics.rejected(&served.function, "stray_result");
+                }
+            }
+            Err(e) => break Err(e),
         }
         match drain(&served, &shared, &mut calls, &region_permits) {
             Ok(()) => {}

@@ -2,7 +2,7 @@
 //! policy. A serving thread pops calls (see [`crate::serve`]); tasks answer them through
 //! [`ServedRegion::complete`].
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use nexus_channel::ring::RingError;
 use nexus_channel::wire::Status;
 use nexus_channel::{CompletionDesc, Geometry, Notifier, Producer, Region};
 
+use crate::invoke::{Invocations, InvokeError, Outcome};
 use crate::policy::{Policy, RateLimiter};
 use crate::streams::Streams;
 
@@ -38,8 +39,10 @@ pub struct ServedRegion {
     pub rate: Mutex<Option<RateLimiter>>,
     pub notifier: Notifier,
     pub streams: Streams,
+    pub invocations: Invocations,
     completions: Mutex<Producer<CompletionDesc>>,
     faulted: AtomicBool,
+    epoch: AtomicU64,
 }
 
 impl ServedRegion {
@@ -61,10 +64,38 @@ impl ServedRegion {
             notifier: Notifier::new(region.clone(), Side::Host, spin),
             streams: Streams::new(geometry.guest_buffers.saturating_mul(2)),
             completions: Mutex::new(Producer::new(region.clone(), &geometry, RingId::Completions)),
+            invocations: Invocations::new(region.clone(), geometry),
             faulted: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
             region,
             geometry,
         })
+    }
+
+    /// Opens a new epoch of the channel and publishes `READY`; the guest acknowledges the
+    /// epoch when it is ready for invocations.
+    pub fn open_channel(&self) -> Result<(), RegionError> {
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        self.region.atomic_u64(header::EPOCH)?.store(epoch, Ordering::Release);
+        self.set_state(host_state::READY)
+    }
+
+    /// Whether the guest acknowledged the current epoch.
+    pub fn guest_ready(&self) -> bool {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let acked = self.region.atomic_u64(header::EPOCH_ACK).map(|a| a.load(Ordering::Acquire));
+        epoch != 0 && acked.is_ok_and(|acked| acked == epoch)
+    }
+
+    /// Runs one invocation: `event` in, the guest's result out.
+    pub async fn invoke(&self, event: &[u8], deadline: Duration) -> Result<Outcome, InvokeError> {
+        if self.is_faulted() {
+            return Err(InvokeError::Gone);
+        }
+        if !self.guest_ready() {
+            return Err(InvokeError::NotReady);
+        }
+        self.invocations.send(event, deadline, || Ok(self.notifier.notify_peer()?)).await
     }
 
     /// Publishes a host state (`READY` to open the channel, `GONE` to close it).
@@ -108,6 +139,7 @@ impl ServedRegion {
     /// Stops serving a region whose guest broke the protocol.
     pub fn fault(&self) {
         self.faulted.store(true, Ordering::Release);
+        self.invocations.abandon();
         let _ = self.set_state(host_state::GONE);
     }
 

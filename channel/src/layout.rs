@@ -157,6 +157,14 @@ pub struct InvocationDesc {
     pub _reserved: [u64; 4],
 }
 
+/// Statuses of [`ResultDesc::status`].
+pub mod result_status {
+    /// The handler returned; the buffer holds its JSON result.
+    pub const OK: u32 = 0;
+    /// The handler raised; the buffer holds `{"errorType", "errorMessage", "stackTrace"}`.
+    pub const HANDLER_ERROR: u32 = 1;
+}
+
 /// A result from the guest (ring 3): the result JSON sits in the invocation's buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

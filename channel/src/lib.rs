@@ -40,6 +40,6 @@ pub mod ring;
 pub mod wire;
 
 pub use layout::{CallDesc, CompletionDesc, Geometry, InvocationDesc, ResultDesc};
-pub use notify::Notifier;
+pub use notify::{Kick, Notifier};
 pub use region::Region;
 pub use ring::{Consumer, Producer};

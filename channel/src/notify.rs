@@ -17,10 +17,13 @@
 //! notifier to miss the flag; a wake that lands between `seen` and `futex_wait` makes the wait
 //! return at once. Waits are bounded by a timeout, so a lost wake-up costs latency, never a hang.
 //!
-//! The futex is shared (not `FUTEX_PRIVATE`), so it works across processes that map the same
-//! file. Across a VM boundary a futex cannot be seen by the other side: VMM adapters provide
-//! their own kick path and this type stays the one place that decides how to sleep.
+//! How the sleeper is woken is the [`Kick`]. With [`Kick::Futex`] both sides map the region on
+//! one host and sleep on the doorbell word itself (a shared futex, not `FUTEX_PRIVATE`). A futex
+//! cannot be seen across a VM boundary, so a VM uses [`Kick::Stream`]: a byte stream between
+//! the sides (in the guest a virtio-serial port, on the host the unix socket QEMU connects it
+//! to; a vsock with Cloud Hypervisor). A sleeper polls the stream; a notifier writes one byte.
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{fence, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +38,16 @@ pub enum Side {
     Guest,
 }
 
+/// How a sleeping side is woken.
+#[derive(Debug)]
+pub enum Kick {
+    /// A shared futex on the doorbell word: both sides on one host.
+    Futex,
+    /// One byte on a stream between the sides wakes the reader (the descriptor is made
+    /// non-blocking).
+    Stream(OwnedFd),
+}
+
 /// Wakes the peer and waits for work, for one side of a region.
 #[derive(Debug)]
 pub struct Notifier {
@@ -44,6 +57,7 @@ pub struct Notifier {
     peer_doorbell: usize,
     peer_asleep: usize,
     spin: Duration,
+    kick: Kick,
 }
 
 /// How long a waiter spins before it sleeps, unless told otherwise.
@@ -53,8 +67,16 @@ pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 
 impl Notifier {
-    /// A notifier for `side` of `region`, spinning for `spin` before sleeping.
+    /// A notifier for `side` of `region`, spinning for `spin` before sleeping on a futex.
     pub fn new(region: Arc<Region>, side: Side, spin: Duration) -> Self {
+        Self::with_kick(region, side, spin, Kick::Futex)
+    }
+
+    /// A notifier that sleeps and wakes through `kick`.
+    pub fn with_kick(region: Arc<Region>, side: Side, spin: Duration, kick: Kick) -> Self {
+        if let Kick::Stream(fd) = &kick {
+            set_nonblocking(fd);
+        }
         let (my_doorbell, my_asleep, peer_doorbell, peer_asleep) = match side {
             Side::Host => (
                 header::HOST_WAKE,
@@ -69,7 +91,7 @@ impl Notifier {
                 header::HOST_SLEEPING,
             ),
         };
-        Self { region, my_doorbell, my_asleep, peer_doorbell, peer_asleep, spin }
+        Self { region, my_doorbell, my_asleep, peer_doorbell, peer_asleep, spin, kick }
     }
 
     /// Wakes the peer if it said it sleeps. Call after publishing to a ring.
@@ -77,14 +99,27 @@ impl Notifier {
         // SeqCst: orders our ring publication before the read of the peer's flag (see above).
         fence(Ordering::SeqCst);
         if self.region.atomic_u32(self.peer_asleep)?.load(Ordering::Relaxed) != 0 {
-            ring(self.region.atomic_u32(self.peer_doorbell)?);
+            let doorbell = self.region.atomic_u32(self.peer_doorbell)?;
+            doorbell.fetch_add(1, Ordering::Release);
+            match &self.kick {
+                Kick::Futex => futex_wake(doorbell),
+                Kick::Stream(fd) => stream_kick(fd),
+            }
         }
         Ok(())
     }
 
-    /// Wakes this side's own waiter (used to stop it).
+    /// Wakes this side's own waiter, to stop it. A stream kick is shut down for good.
     pub fn wake_self(&self) -> Result<(), RegionError> {
-        ring(self.region.atomic_u32(self.my_doorbell)?);
+        let doorbell = self.region.atomic_u32(self.my_doorbell)?;
+        doorbell.fetch_add(1, Ordering::Release);
+        match &self.kick {
+            Kick::Futex => futex_wake(doorbell),
+            Kick::Stream(fd) => {
+                // SAFETY: shutdown(2) on a descriptor we own; it only changes socket state.
+                unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
+            }
+        }
         Ok(())
     }
 
@@ -121,7 +156,10 @@ impl Notifier {
                 asleep.store(0, Ordering::Relaxed);
                 return Ok(false);
             }
-            futex_wait(doorbell, seen, left.min(MAX_SLEEP));
+            match &self.kick {
+                Kick::Futex => futex_wait(doorbell, seen, left.min(MAX_SLEEP)),
+                Kick::Stream(fd) => stream_wait(fd, left.min(MAX_SLEEP)),
+            }
             asleep.store(0, Ordering::Relaxed);
             if ready()? {
                 return Ok(true);
@@ -130,9 +168,36 @@ impl Notifier {
     }
 }
 
-fn ring(doorbell: &AtomicU32) {
-    doorbell.fetch_add(1, Ordering::Release);
-    futex_wake(doorbell);
+/// Writes one wake-up byte. A full stream already holds wake-ups, so `EAGAIN` is fine; a
+/// closed one means the peer is gone, which its state word reports.
+fn stream_kick(fd: &OwnedFd) {
+    // SAFETY: writes one byte from a live local into a descriptor we own.
+    unsafe { libc::write(fd.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+}
+
+/// Sleeps until the stream is readable (or `timeout`), then drains every wake-up byte.
+fn stream_wait(fd: &OwnedFd, timeout: Duration) {
+    let mut poll = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX).max(1);
+    // SAFETY: polls one valid pollfd that lives across the call.
+    let ready = unsafe { libc::poll(&mut poll, 1, millis) };
+    if ready > 0 && poll.revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+        // The peer hung up: poll would return at once forever; pace the caller instead.
+        std::thread::sleep(timeout.min(Duration::from_millis(10)));
+        return;
+    }
+    let mut drain = [0u8; 64];
+    // SAFETY: reads into a live local buffer of the length given; the descriptor is
+    // non-blocking, so this stops at EAGAIN.
+    while unsafe { libc::read(fd.as_raw_fd(), drain.as_mut_ptr().cast(), drain.len()) } > 0 {}
+}
+
+fn set_nonblocking(fd: &OwnedFd) {
+    // SAFETY: fcntl on a descriptor we own, reading then setting its status flags.
+    unsafe {
+        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
 }
 
 fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
@@ -183,6 +248,41 @@ mod tests {
         let (ok, waited) = waiter.join().unwrap();
         assert!(ok);
         assert!(waited < Duration::from_secs(5), "waiter slept through the wake: {waited:?}");
+    }
+
+    #[test]
+    fn a_stream_kick_wakes_a_sleeper_across_a_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let geometry = Geometry::new(1 << 20, 64 << 10, 8, 1).unwrap();
+        let region = Arc::new(Region::create(&dir.path().join("r"), &geometry).unwrap());
+        let (host_end, guest_end) = std::os::unix::net::UnixStream::pair().unwrap();
+        let host = Notifier::with_kick(
+            region.clone(),
+            Side::Host,
+            Duration::ZERO,
+            Kick::Stream(host_end.into()),
+        );
+        let guest = Notifier::with_kick(
+            region,
+            Side::Guest,
+            Duration::ZERO,
+            Kick::Stream(guest_end.into()),
+        );
+        let flag = Arc::new(AtomicBool::new(false));
+        let seen = flag.clone();
+        let waiter = std::thread::spawn(move || {
+            let start = Instant::now();
+            let ok = guest
+                .wait::<RegionError>(Duration::from_secs(10), || Ok(seen.load(Ordering::Acquire)))
+                .unwrap();
+            (ok, start.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        flag.store(true, Ordering::Release);
+        host.notify_peer().unwrap();
+        let (ok, waited) = waiter.join().unwrap();
+        assert!(ok);
+        assert!(waited < Duration::from_millis(900), "sleeper was not kicked: {waited:?}");
     }
 
     #[test]

@@ -1,16 +1,22 @@
 //! A guest's connection to the backend over one region.
 
+use std::fs::OpenOptions;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nexus_channel::layout::{header, host_state, RingId};
-use nexus_channel::notify::{Side, DEFAULT_SPIN};
+use nexus_channel::notify::{Kick, Side, DEFAULT_SPIN};
 use nexus_channel::region::RegionError;
 use nexus_channel::ring::RingError;
 use nexus_channel::wire::{Op, Status};
-use nexus_channel::{CallDesc, CompletionDesc, Consumer, Geometry, Notifier, Producer, Region};
+use nexus_channel::{
+    CallDesc, CompletionDesc, Consumer, Geometry, InvocationDesc, Notifier, Producer, Region,
+    ResultDesc,
+};
+
+use crate::locate::find_doorbell;
 
 /// How long a call may wait for its completion before the client gives up.
 const CALL_TIMEOUT: Duration = Duration::from_secs(300);
@@ -39,6 +45,13 @@ pub enum ClientError {
     /// The host answered something that does not belong to the call.
     #[error("Protocol error: {0}")]
     Protocol(&'static str),
+    /// The doorbell port could not be opened.
+    #[error("Cannot open the doorbell {path}")]
+    Doorbell {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// The backend answered with an S3 error.
     #[error("{code}: {message}")]
     Status { code: String, message: String },
@@ -70,6 +83,12 @@ pub struct Reply {
 }
 
 #[derive(Debug)]
+pub(crate) struct InvocationRings {
+    pub(crate) incoming: Consumer<InvocationDesc>,
+    pub(crate) results: Producer<ResultDesc>,
+}
+
+#[derive(Debug)]
 struct Rings {
     calls: Producer<CallDesc>,
     completions: Consumer<CompletionDesc>,
@@ -81,14 +100,32 @@ struct Rings {
 pub struct Client {
     region: Arc<Region>,
     geometry: Geometry,
-    notifier: Notifier,
+    pub(crate) notifier: Notifier,
     rings: Mutex<Rings>,
+    pub(crate) invocations: Mutex<InvocationRings>,
     free: Mutex<Vec<u32>>,
 }
 
 impl Client {
-    /// Maps the region at `path` and attaches to its call rings.
+    /// Maps the region at `path` and attaches to its rings, sleeping on the doorbell stream
+    /// [`find_doorbell`] finds, or on a shared futex when there is none.
     pub fn open(path: &Path) -> Result<Self, ClientError> {
+        let kick = match find_doorbell() {
+            Some(port) => {
+                let stream = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&port)
+                    .map_err(|source| ClientError::Doorbell { path: port, source })?;
+                Kick::Stream(stream.into())
+            }
+            None => Kick::Futex,
+        };
+        Self::open_with(path, kick)
+    }
+
+    /// Maps the region at `path`, sleeping and waking through `kick`.
+    pub fn open_with(path: &Path, kick: Kick) -> Result<Self, ClientError> {
         let (region, geometry) = Region::open(path)?;
         let region = Arc::new(region);
         let state = region.load_u32(header::HOST_STATE)?;
@@ -100,13 +137,23 @@ impl Client {
             completions: Consumer::attach(region.clone(), &geometry, RingId::Completions)?,
             next_tag: 1,
         };
+        let invocations = InvocationRings {
+            incoming: Consumer::attach(region.clone(), &geometry, RingId::Invocations)?,
+            results: Producer::attach(region.clone(), &geometry, RingId::Results)?,
+        };
         Ok(Self {
-            notifier: Notifier::new(region.clone(), Side::Guest, DEFAULT_SPIN),
+            notifier: Notifier::with_kick(region.clone(), Side::Guest, DEFAULT_SPIN, kick),
+            invocations: Mutex::new(invocations),
             free: Mutex::new((0..geometry.guest_buffers).rev().collect()),
             region,
             geometry,
             rings: Mutex::new(rings),
         })
+    }
+
+    /// The mapped region.
+    pub(crate) fn region(&self) -> &Region {
+        &self.region
     }
 
     /// The region's geometry.

@@ -11,16 +11,24 @@
 //! int         nexus_call(const void *client, uint16_t op, uint16_t flags, uint32_t buffer,
 //!                        uint16_t bucket_len, uint16_t key_len, uint32_t params_len,
 //!                        uint64_t body_len, uint64_t stream, NexusReply *reply);
+//!
+//! typedef struct { uint64_t id; uint32_t buffer, _pad; uint8_t *ptr; uint64_t len, capacity; } NexusInvocation;
+//! int         nexus_ready(const void *client);     /* ready for invocations of this epoch */
+//! int         nexus_next_invocation(const void *client, uint64_t timeout_ms, NexusInvocation *out);
+//!                                                  /* 1: got one, 0: timed out, -1: error */
+//! int         nexus_finish_invocation(const void *client, const NexusInvocation *invocation,
+//!                                     uint32_t status, uint64_t len);
 //! ```
 //!
-//! Functions returning `int` answer 0 on success and -1 on error. `nexus_call` blocks; ctypes
-//! releases the GIL around it.
+//! Functions returning `int` answer 0 on success and -1 on error unless noted. Calls that wait
+//! block; ctypes releases the GIL around them.
 
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::path::PathBuf;
 
 use crate::client::{Client, ClientError, Reply, Request};
+use crate::invocations::Invocation;
 use crate::locate::find_region;
 
 thread_local! {
@@ -168,4 +176,53 @@ fn result(r: Result<(), ClientError>) -> c_int {
         Ok(()) => 0,
         Err(e) => fail(e.to_string()),
     }
+}
+
+/// Tells the host this guest is ready for invocations.
+///
+/// # Safety
+/// `client` came from `nexus_open`.
+#[no_mangle]
+pub unsafe extern "C" fn nexus_ready(client: *const Client) -> c_int {
+    // SAFETY: the caller passes a live client.
+    result(unsafe { &*client }.ready())
+}
+
+/// Waits up to `timeout_ms` for an invocation: 1 when `out` holds one, 0 on timeout.
+///
+/// # Safety
+/// `client` came from `nexus_open`; `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn nexus_next_invocation(
+    client: *const Client,
+    timeout_ms: u64,
+    out: *mut Invocation,
+) -> c_int {
+    // SAFETY: the caller passes a live client.
+    let client = unsafe { &*client };
+    match client.next_invocation(std::time::Duration::from_millis(timeout_ms)) {
+        Ok(Some(invocation)) => {
+            // SAFETY: the caller passes a writable `out`.
+            unsafe { *out = invocation };
+            1
+        }
+        Ok(None) => 0,
+        Err(e) => fail(e.to_string()),
+    }
+}
+
+/// Publishes the result of an invocation from `nexus_next_invocation`.
+///
+/// # Safety
+/// `client` came from `nexus_open`; `invocation` points to one it returned.
+#[no_mangle]
+pub unsafe extern "C" fn nexus_finish_invocation(
+    client: *const Client,
+    invocation: *const Invocation,
+    status: u32,
+    len: u64,
+) -> c_int {
+    // SAFETY: the caller passes a live client and a readable invocation.
+    let (client, invocation) = unsafe { (&*client, &*invocation) };
+    result(client.finish_invocation(invocation, status, len))
 }

@@ -10,8 +10,10 @@
 
 pub mod client;
 pub mod ffi;
+mod invocations;
 mod locate;
 mod objects;
 
 pub use client::{Client, ClientError, Reply, Request};
-pub use locate::{find_region, LocateError};
+pub use invocations::{Invocation, INFLIGHT_ENV};
+pub use locate::{find_doorbell, find_region, LocateError};

@@ -26,6 +26,20 @@ pub fn find_region() -> Result<PathBuf, LocateError> {
     find_ivshmem(Path::new(PCI_DEVICES)).ok_or(LocateError::NotFound)
 }
 
+/// Environment variable naming the doorbell explicitly.
+pub const DOORBELL_ENV: &str = "NEXUS_DOORBELL";
+/// The virtio-serial port a VMM connects to the backend's doorbell socket.
+const DOORBELL_PORT: &str = "/dev/virtio-ports/org.nexus.doorbell";
+
+/// The doorbell stream, if there is one: `$NEXUS_DOORBELL`, else the virtio-serial port inside
+/// a VM. Without one, both sides are on one host and sleep on a shared futex.
+pub fn find_doorbell() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os(DOORBELL_ENV) {
+        return Some(PathBuf::from(path));
+    }
+    Path::new(DOORBELL_PORT).exists().then(|| PathBuf::from(DOORBELL_PORT))
+}
+
 fn find_ivshmem(devices: &Path) -> Option<PathBuf> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(devices)
         .ok()?

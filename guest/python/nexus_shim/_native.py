@@ -50,6 +50,19 @@ class NexusReply(ctypes.Structure):
     ]
 
 
+class NexusInvocation(ctypes.Structure):
+    """An invocation taken from the host (``Invocation`` in guest/client/src/invocations.rs)."""
+
+    _fields_ = [
+        ("id", ctypes.c_uint64),
+        ("buffer", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+        ("ptr", ctypes.c_void_p),
+        ("len", ctypes.c_uint64),
+        ("capacity", ctypes.c_uint64),
+    ]
+
+
 def _candidates():
     explicit = os.environ.get("NEXUS_GUEST_LIB")
     if explicit:
@@ -101,6 +114,17 @@ def library():
         ctypes.POINTER(NexusReply),
     ]
     lib.nexus_call.restype = ctypes.c_int
+    lib.nexus_ready.argtypes = [client]
+    lib.nexus_ready.restype = ctypes.c_int
+    lib.nexus_next_invocation.argtypes = [client, ctypes.c_uint64, ctypes.POINTER(NexusInvocation)]
+    lib.nexus_next_invocation.restype = ctypes.c_int
+    lib.nexus_finish_invocation.argtypes = [
+        client,
+        ctypes.POINTER(NexusInvocation),
+        ctypes.c_uint32,  # status: 0 result, 1 handler error
+        ctypes.c_uint64,  # result length
+    ]
+    lib.nexus_finish_invocation.restype = ctypes.c_int
     return lib
 
 

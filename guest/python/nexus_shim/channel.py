@@ -14,7 +14,14 @@ import threading
 import time
 from typing import NamedTuple
 
-from nexus_shim._native import MORE, ChannelError, NexusReply, last_error, library
+from nexus_shim._native import (
+    MORE,
+    ChannelError,
+    NexusInvocation,
+    NexusReply,
+    last_error,
+    library,
+)
 
 _U16 = 0xFFFF
 #: How long a lease waits for another thread to give a buffer back before failing.
@@ -149,6 +156,43 @@ class Channel:
         if rc != 0:
             raise last_error(self._lib)
         return Reply(raw, lease)
+
+    def ready(self):
+        """Tells the host this process is ready for invocations."""
+        if self._lib.nexus_ready(self._client) != 0:
+            raise last_error(self._lib)
+
+    def next_invocation(self, timeout_s):
+        """Waits for an invocation; returns ``(invocation, event bytes)`` or None on timeout."""
+        invocation = NexusInvocation()
+        rc = self._lib.nexus_next_invocation(
+            self._client, int(timeout_s * 1000), ctypes.byref(invocation)
+        )
+        if rc < 0:
+            raise last_error(self._lib)
+        if rc == 0:
+            return None
+        return invocation, ctypes.string_at(invocation.ptr, invocation.len)
+
+    def finish_invocation(self, invocation, ok, result):
+        """Writes ``result`` (bytes) into the invocation's buffer and hands it to the host; a
+        result too large for the buffer becomes an error result."""
+        if len(result) > invocation.capacity:
+            ok, result = False, json.dumps(
+                {
+                    "errorType": "Runtime.ResultTooLarge",
+                    "errorMessage": f"Result of {len(result)} bytes exceeds the "
+                    f"{invocation.capacity}-byte invocation buffer",
+                    "stackTrace": [],
+                }
+            ).encode()
+        ctypes.memmove(invocation.ptr, result, len(result))
+        status = 0 if ok else 1
+        rc = self._lib.nexus_finish_invocation(
+            self._client, ctypes.byref(invocation), status, len(result)
+        )
+        if rc != 0:
+            raise last_error(self._lib)
 
 
 _default = None
