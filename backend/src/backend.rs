@@ -1,14 +1,16 @@
 //! The backend: the regions it serves and the services they share.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use nexus_channel::layout::host_state;
+use nexus_channel::notify::Kick;
 use nexus_channel::region::RegionError;
+use nexus_channel::Region;
 use serde::Serialize;
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
@@ -18,6 +20,7 @@ use crate::config::Config;
 use crate::invoke::{InvokeError, Outcome};
 use crate::metrics::Metrics;
 use crate::ops::Context;
+use crate::policy::Policy;
 use crate::serve::{serve, Shared};
 use crate::served::ServedRegion;
 use crate::storage::{Storage, StorageError};
@@ -47,6 +50,13 @@ pub enum BackendError {
         id: String,
         #[source]
         source: InvokeError,
+    },
+    /// Whatever serves the region (a VMM) could not be attached.
+    #[error("Cannot attach region {id}")]
+    Attach {
+        id: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The serving thread could not be started.
     #[error("Cannot start the serving thread of region {id}")]
@@ -142,8 +152,26 @@ impl Backend {
         self.shared.context.cache.bytes()
     }
 
-    /// Creates a region for `function`, starts serving it and returns where it is.
+    /// Creates a region for `function`, starts serving it and returns where it is; both sides
+    /// are on this host and sleep on a shared futex.
     pub fn create_region(&self, function: &str) -> Result<RegionInfo, BackendError> {
+        let policy = self.config.policy_for(function).clone();
+        self.create_region_with(function, policy, |_| {
+            Ok::<_, std::convert::Infallible>(Kick::Futex)
+        })
+    }
+
+    /// Creates a region for `function`; `attach` then gets its file (e.g. starts a VMM with it)
+    /// and answers how the guest is woken; then the region is served.
+    pub fn create_region_with<E>(
+        &self,
+        function: &str,
+        policy: Policy,
+        attach: impl FnOnce(&Path) -> Result<Kick, E>,
+    ) -> Result<RegionInfo, BackendError>
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
         let name_ok = !function.is_empty()
             && function.len() <= 64
             && function
@@ -155,17 +183,25 @@ impl Backend {
         let id = format!("{function}-{}", self.next_id.fetch_add(1, Ordering::Relaxed));
         let path = self.config.region.dir.join(format!("{id}.region"));
         let region_err = |source| BackendError::Region { id: id.clone(), source };
-        let served = Arc::new(
-            ServedRegion::create(
-                id.clone(),
-                function.to_owned(),
-                &path,
-                self.config.region.geometry(),
-                self.config.policy_for(function).clone(),
-                Duration::from_micros(self.config.region.spin_us),
-            )
-            .map_err(region_err)?,
-        );
+        let geometry = self.config.region.geometry();
+        let region = Arc::new(Region::create(&path, &geometry).map_err(region_err)?);
+        let kick = match attach(&path) {
+            Ok(kick) => kick,
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(BackendError::Attach { id, source: Box::new(e) });
+            }
+        };
+        let spin = Duration::from_micros(self.config.region.spin_us);
+        let served = Arc::new(ServedRegion::new(
+            id.clone(),
+            function.to_owned(),
+            region,
+            geometry,
+            policy,
+            spin,
+            kick,
+        ));
         served.open_channel().map_err(region_err)?;
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
@@ -182,6 +218,11 @@ impl Backend {
         self.metrics().set_regions(regions.len() as i64);
         tracing::info!(region = %info.id, function, path = %info.path.display(), "Region created");
         Ok(info)
+    }
+
+    /// Whether the guest of region `id` is ready for invocations.
+    pub fn region_ready(&self, id: &str) -> Result<bool, BackendError> {
+        Ok(self.served(id)?.guest_ready())
     }
 
     /// Stops serving region `id` and removes its file.

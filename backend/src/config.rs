@@ -45,6 +45,7 @@ pub struct Config {
     /// The policy of every function not listed in `functions`.
     pub default_policy: Policy,
     pub functions: BTreeMap<String, FunctionConfig>,
+    pub vm: VmConfig,
 }
 
 /// Where the control API and metrics listen.
@@ -107,6 +108,31 @@ pub struct CacheConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct FunctionConfig {
     pub policy: Policy,
+}
+
+/// How function VMs run.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VmConfig {
+    /// Guest images, one folder per flavour (`cargo xtask guest-image` builds them).
+    pub images: PathBuf,
+    /// Code disks and VM working folders.
+    pub state_dir: PathBuf,
+    /// `auto` (KVM where /dev/kvm can run a guest, else TCG), `kvm` or `tcg`.
+    pub accel: String,
+    /// Seconds a VM may take from start to its runtime being ready.
+    pub boot_timeout_secs: u64,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        Self {
+            images: "/var/lib/nexus/images".into(),
+            state_dir: "/var/lib/nexus/vms".into(),
+            accel: "auto".into(),
+            boot_timeout_secs: 120,
+        }
+    }
 }
 
 impl Default for ApiConfig {
@@ -191,6 +217,12 @@ impl Config {
                 "cache.max_object_bytes: {} exceeds cache.max_bytes ({})",
                 self.cache.max_object_bytes, self.cache.max_bytes
             ));
+        }
+        if !["auto", "kvm", "tcg"].contains(&self.vm.accel.as_str()) {
+            return Err(format!("vm.accel: {:?} is not auto, kvm or tcg", self.vm.accel));
+        }
+        if self.vm.boot_timeout_secs == 0 {
+            return Err("vm.boot_timeout_secs: must be at least 1".into());
         }
         check_policy("default_policy", &self.default_policy)?;
         for (name, function) in &self.functions {

@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use tokio::net::{TcpListener, UnixListener};
 
-use crate::api;
+use crate::api::{self, Api};
 use crate::backend::{Backend, BackendError};
 use crate::config::Config;
+use crate::functions::Functions;
 
 /// Errors starting or running the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +32,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let socket = config.api.socket.clone();
     let unix = bind_unix(&socket)?;
     let backend = Arc::new(Backend::new(config, tokio::runtime::Handle::current())?);
-    let app = api::router(backend.clone());
+    let functions = Arc::new(Functions::new(backend.clone()));
+    let app = api::router(Api { backend: backend.clone(), functions: functions.clone() });
     if let Some(addr) = backend.config().api.listen {
         let tcp =
             TcpListener::bind(addr).await.map_err(|e| DaemonError::Listen(addr.to_string(), e))?;
@@ -47,7 +49,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     );
     let served = axum::serve(unix, app).with_graceful_shutdown(terminated()).await;
     let backend_for_stop = backend.clone();
-    let _ = tokio::task::spawn_blocking(move || backend_for_stop.shutdown()).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        functions.shutdown();
+        backend_for_stop.shutdown();
+    })
+    .await;
     let _ = std::fs::remove_file(&socket);
     tracing::info!("Nexus backend stopped");
     served.map_err(DaemonError::Serve)

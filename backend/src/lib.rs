@@ -15,6 +15,7 @@ mod cache;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod functions;
 pub mod invoke;
 pub mod metrics;
 mod ops;

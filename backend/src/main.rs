@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use nexus_backend::api::FUNCTION_ERROR;
+use nexus_backend::api::{COLD_START, FUNCTION_ERROR};
 use nexus_backend::client::{exchange, request};
 use nexus_backend::config::Config;
+use nexus_backend::functions::FunctionSpec;
 use nexus_backend::storage::error_chain;
 use serde_json::json;
 
@@ -32,8 +33,30 @@ enum Command {
     /// Manage regions (one per function VM or function process).
     #[command(subcommand)]
     Region(RegionCommand),
+    /// Manage functions (each runs in its own VM).
+    #[command(subcommand)]
+    Fn(FnCommand),
     /// Show the backend's status.
     Status,
+}
+
+#[derive(Debug, Subcommand)]
+enum FnCommand {
+    /// Deploy (or replace) the function described by a YAML spec; its `code` is relative to
+    /// the spec file.
+    Deploy { spec: PathBuf },
+    /// Invoke a function with an event; prints the result JSON (exit status 1 if the handler
+    /// raised).
+    Invoke {
+        name: String,
+        /// Event JSON file, or - for standard input.
+        #[arg(long, default_value = "-")]
+        event: PathBuf,
+    },
+    /// List functions and their VMs.
+    Ls,
+    /// Remove a function and stop its VM.
+    Rm { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -62,6 +85,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Backend { config } => backend(&config),
         Command::Region(command) => region(&cli.socket, command),
+        Command::Fn(command) => function(&cli.socket, command),
         Command::Status => print(&cli.socket, "GET", "/v1/status", None),
     };
     match result {
@@ -104,6 +128,27 @@ fn region(socket: &Path, command: RegionCommand) -> Result<(), String> {
     }
 }
 
+fn function(socket: &Path, command: FnCommand) -> Result<(), String> {
+    match command {
+        FnCommand::Deploy { spec } => {
+            let text = std::fs::read_to_string(&spec)
+                .map_err(|e| format!("Cannot read {}: {e}", spec.display()))?;
+            let mut parsed: FunctionSpec =
+                serde_norway::from_str(&text).map_err(|e| format!("{}: {e}", spec.display()))?;
+            let base = spec.parent().unwrap_or(Path::new("."));
+            parsed.code =
+                std::path::absolute(base.join(&parsed.code)).map_err(|e| e.to_string())?;
+            let body = serde_json::to_value(&parsed).map_err(|e| e.to_string())?;
+            print(socket, "POST", "/v1/functions", Some(&body))
+        }
+        FnCommand::Invoke { name, event } => {
+            invoke(socket, &format!("/v1/functions/{name}/invoke"), &event)
+        }
+        FnCommand::Ls => print(socket, "GET", "/v1/functions", None),
+        FnCommand::Rm { name } => print(socket, "DELETE", &format!("/v1/functions/{name}"), None),
+    }
+}
+
 /// Posts an event read from `event` (`-`: stdin) and prints the result.
 fn invoke(socket: &Path, path: &str, event: &Path) -> Result<(), String> {
     let text = if event == Path::new("-") {
@@ -115,6 +160,9 @@ fn invoke(socket: &Path, path: &str, event: &Path) -> Result<(), String> {
     };
     let answer = exchange(socket, "POST", path, text.as_bytes()).map_err(|e| error_chain(&e))?;
     println!("{}", answer.body);
+    if let Some(ms) = answer.header(COLD_START) {
+        eprintln!("nexus: cold start: the function's VM took {ms} ms to be ready");
+    }
     match answer.header(FUNCTION_ERROR) {
         Some(kind) => Err(format!("The handler raised ({kind})")),
         None => Ok(()),

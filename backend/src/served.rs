@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nexus_channel::layout::{header, host_state, RingId};
-use nexus_channel::notify::Side;
+use nexus_channel::notify::{Kick, Side};
 use nexus_channel::region::RegionError;
 use nexus_channel::ring::RingError;
 use nexus_channel::wire::Status;
@@ -46,22 +46,22 @@ pub struct ServedRegion {
 }
 
 impl ServedRegion {
-    /// Creates the region file and its host end, in the `INIT` state.
-    pub fn create(
+    /// The host end of `region` (created, in the `INIT` state), waking its guest by `kick`.
+    pub fn new(
         id: String,
         function: String,
-        path: &std::path::Path,
+        region: Arc<Region>,
         geometry: Geometry,
         policy: Policy,
         spin: Duration,
-    ) -> Result<Self, RegionError> {
-        let region = Arc::new(Region::create(path, &geometry)?);
-        Ok(Self {
+        kick: Kick,
+    ) -> Self {
+        Self {
             id,
             function,
             rate: Mutex::new(RateLimiter::new(&policy)),
             policy,
-            notifier: Notifier::new(region.clone(), Side::Host, spin),
+            notifier: Notifier::with_kick(region.clone(), Side::Host, spin, kick),
             streams: Streams::new(geometry.guest_buffers.saturating_mul(2)),
             completions: Mutex::new(Producer::new(region.clone(), &geometry, RingId::Completions)),
             invocations: Invocations::new(region.clone(), geometry),
@@ -69,7 +69,7 @@ impl ServedRegion {
             epoch: AtomicU64::new(0),
             region,
             geometry,
-        })
+        }
     }
 
     /// Opens a new epoch of the channel and publishes `READY`; the guest acknowledges the

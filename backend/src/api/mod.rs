@@ -16,32 +16,50 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::backend::{Backend, BackendError};
+use crate::functions::{FunctionError, FunctionSpec, Functions};
 use crate::invoke::{InvokeError, Outcome};
 use crate::metrics::CONTENT_TYPE;
 use crate::storage::error_chain;
 
 /// The route table: (method, path) pairs, also checked against `openapi.yaml`.
-pub const ROUTES: [(&str, &str); 6] = [
+pub const ROUTES: [(&str, &str); 10] = [
     ("get", "/v1/status"),
     ("get", "/v1/regions"),
     ("post", "/v1/regions"),
     ("delete", "/v1/regions/{id}"),
     ("post", "/v1/regions/{id}/invoke"),
+    ("get", "/v1/functions"),
+    ("post", "/v1/functions"),
+    ("delete", "/v1/functions/{name}"),
+    ("post", "/v1/functions/{name}/invoke"),
     ("get", "/metrics"),
 ];
+
+/// Header giving the milliseconds a cold invocation spent starting the function's VM.
+pub const COLD_START: &str = "x-nexus-cold-start-ms";
+
+/// What every handler reaches.
+#[derive(Debug, Clone)]
+pub struct Api {
+    pub backend: Arc<Backend>,
+    pub functions: Arc<Functions>,
+}
 
 /// Header set on an invocation whose handler raised (the body is Lambda's error shape).
 pub const FUNCTION_ERROR: &str = "x-nexus-function-error";
 
-/// The API's router over `backend`.
-pub fn router(backend: Arc<Backend>) -> Router {
+/// The API's router.
+pub fn router(api: Api) -> Router {
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/regions", get(list_regions).post(create_region))
         .route("/v1/regions/{id}", delete(remove_region))
         .route("/v1/regions/{id}/invoke", post(invoke_region))
+        .route("/v1/functions", get(list_functions).post(deploy_function))
+        .route("/v1/functions/{name}", delete(remove_function))
+        .route("/v1/functions/{name}/invoke", post(invoke_function))
         .route("/metrics", get(metrics))
-        .with_state(backend)
+        .with_state(api)
 }
 
 /// An error answer: `{"error": message}` with a status code.
@@ -50,7 +68,14 @@ struct ApiError(StatusCode, String);
 
 impl From<BackendError> for ApiError {
     fn from(e: BackendError) -> Self {
-        let code = match &e {
+        let message = error_chain(&e);
+        Self::from_backend(&e, message)
+    }
+}
+
+impl ApiError {
+    fn from_backend(e: &BackendError, message: String) -> Self {
+        let code = match e {
             BackendError::NoRegion(_) => StatusCode::NOT_FOUND,
             BackendError::FunctionName(_) => StatusCode::BAD_REQUEST,
             BackendError::Invoke { source, .. } => match source {
@@ -60,6 +85,19 @@ impl From<BackendError> for ApiError {
                 InvokeError::Gone => StatusCode::GONE,
                 _ => StatusCode::BAD_GATEWAY,
             },
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self(code, message)
+    }
+}
+
+impl From<FunctionError> for ApiError {
+    fn from(e: FunctionError) -> Self {
+        let code = match &e {
+            FunctionError::Backend(inner) => return ApiError::from_backend(inner, error_chain(&e)),
+            FunctionError::Spec(_) => StatusCode::BAD_REQUEST,
+            FunctionError::NoFunction(_) => StatusCode::NOT_FOUND,
+            FunctionError::Boot { .. } => StatusCode::BAD_GATEWAY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self(code, error_chain(&e))
@@ -72,7 +110,8 @@ impl IntoResponse for ApiError {
     }
 }
 
-async fn status(State(backend): State<Arc<Backend>>) -> Json<serde_json::Value> {
+async fn status(State(api): State<Api>) -> Json<serde_json::Value> {
+    let backend = &api.backend;
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "regions": backend.regions().len(),
@@ -81,8 +120,8 @@ async fn status(State(backend): State<Arc<Backend>>) -> Json<serde_json::Value> 
     }))
 }
 
-async fn list_regions(State(backend): State<Arc<Backend>>) -> Response {
-    Json(backend.regions()).into_response()
+async fn list_regions(State(api): State<Api>) -> Response {
+    Json(api.backend.regions()).into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,18 +131,18 @@ struct CreateRegion {
 }
 
 async fn create_region(
-    State(backend): State<Arc<Backend>>,
+    State(api): State<Api>,
     Json(body): Json<CreateRegion>,
 ) -> Result<Response, ApiError> {
-    let info = backend.create_region(&body.function)?;
+    let info = api.backend.create_region(&body.function)?;
     Ok((StatusCode::CREATED, Json(info)).into_response())
 }
 
 async fn remove_region(
-    State(backend): State<Arc<Backend>>,
+    State(api): State<Api>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let backend = backend.clone();
+    let backend = api.backend.clone();
     // Joining the serving thread blocks; keep it off the async workers.
     tokio::task::spawn_blocking(move || backend.remove_region(&id))
         .await
@@ -120,7 +159,7 @@ struct InvokeQuery {
 
 /// The body is the event JSON; the answer is the handler's result JSON.
 async fn invoke_region(
-    State(backend): State<Arc<Backend>>,
+    State(api): State<Api>,
     Path(id): Path<String>,
     Query(query): Query<InvokeQuery>,
     event: axum::body::Bytes,
@@ -129,7 +168,7 @@ async fn invoke_region(
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("The event is not JSON: {e}")))?;
     let deadline =
         Duration::from_secs_f64(query.timeout.unwrap_or(DEFAULT_TIMEOUT_S).clamp(0.001, 3600.0));
-    let outcome = backend.invoke_region(&id, &event, deadline).await?;
+    let outcome = api.backend.invoke_region(&id, &event, deadline).await?;
     Ok(outcome_response(outcome))
 }
 
@@ -147,8 +186,50 @@ fn outcome_response(outcome: Outcome) -> Response {
     response
 }
 
-async fn metrics(State(backend): State<Arc<Backend>>) -> Response {
-    ([(header::CONTENT_TYPE, CONTENT_TYPE)], backend.metrics().encode()).into_response()
+async fn list_functions(State(api): State<Api>) -> Response {
+    Json(api.functions.list()).into_response()
+}
+
+async fn deploy_function(
+    State(api): State<Api>,
+    Json(spec): Json<FunctionSpec>,
+) -> Result<Response, ApiError> {
+    let functions = api.functions.clone();
+    // Building the code disk runs mkfs: keep it off the async workers.
+    let info = tokio::task::spawn_blocking(move || functions.deploy(spec))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok((StatusCode::CREATED, Json(info)).into_response())
+}
+
+async fn remove_function(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    api.functions.remove(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The body is the event JSON; the answer is the handler's result JSON.
+async fn invoke_function(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    event: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    serde_json::from_slice::<serde_json::Value>(&event)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("The event is not JSON: {e}")))?;
+    let invoked = api.functions.invoke(&name, &event).await?;
+    let mut response = outcome_response(invoked.outcome);
+    if let Some(boot) = invoked.cold_start {
+        response
+            .headers_mut()
+            .insert(COLD_START, header::HeaderValue::from(boot.as_millis() as u64));
+    }
+    Ok(response)
+}
+
+async fn metrics(State(api): State<Api>) -> Response {
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], api.backend.metrics().encode()).into_response()
 }
 
 #[cfg(test)]

@@ -28,16 +28,25 @@ pub fn find_region() -> Result<PathBuf, LocateError> {
 
 /// Environment variable naming the doorbell explicitly.
 pub const DOORBELL_ENV: &str = "NEXUS_DOORBELL";
-/// The virtio-serial port a VMM connects to the backend's doorbell socket.
-const DOORBELL_PORT: &str = "/dev/virtio-ports/org.nexus.doorbell";
+/// Name of the virtio-serial port a VMM connects to the backend's doorbell socket.
+const DOORBELL_PORT: &str = "org.nexus.doorbell";
+const VIRTIO_PORTS: &str = "/sys/class/virtio-ports";
 
-/// The doorbell stream, if there is one: `$NEXUS_DOORBELL`, else the virtio-serial port inside
-/// a VM. Without one, both sides are on one host and sleep on a shared futex.
+/// The doorbell stream, if there is one: `$NEXUS_DOORBELL`, else the virtio-serial port named
+/// `org.nexus.doorbell` inside a VM (found through sysfs: a minimal guest has no udev to make
+/// `/dev/virtio-ports/` links). Without one, both sides are on one host and share a futex.
 pub fn find_doorbell() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os(DOORBELL_ENV) {
         return Some(PathBuf::from(path));
     }
-    Path::new(DOORBELL_PORT).exists().then(|| PathBuf::from(DOORBELL_PORT))
+    find_port(Path::new(VIRTIO_PORTS), Path::new("/dev"))
+}
+
+fn find_port(ports: &Path, dev: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(ports).ok()?.flatten().find_map(|port| {
+        let name = std::fs::read_to_string(port.path().join("name")).ok()?;
+        (name.trim() == DOORBELL_PORT).then(|| dev.join(port.file_name()))
+    })
 }
 
 fn find_ivshmem(devices: &Path) -> Option<PathBuf> {
@@ -58,6 +67,18 @@ fn find_ivshmem(devices: &Path) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_doorbell_port_by_name() {
+        let sys = tempfile::tempdir().unwrap();
+        for (port, name) in
+            [("vport0p1", "org.qemu.guest_agent.0"), ("vport1p1", "org.nexus.doorbell")]
+        {
+            std::fs::create_dir(sys.path().join(port)).unwrap();
+            std::fs::write(sys.path().join(port).join("name"), format!("{name}\n")).unwrap();
+        }
+        assert_eq!(find_port(sys.path(), Path::new("/dev")), Some(PathBuf::from("/dev/vport1p1")));
+    }
 
     #[test]
     fn finds_the_ivshmem_bar_among_pci_devices() {

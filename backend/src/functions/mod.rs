@@ -1,0 +1,189 @@
+//! Functions: deployed code, one warm VM each, and invocations.
+//!
+//! Deploying packs the code into a disk image; the first invocation boots a VM (cold start)
+//! which then stays warm and serves the function's invocations one at a time. Removing a
+//! function, or stopping the backend, stops its VM.
+
+mod code_disk;
+pub mod spec;
+mod warm;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nexus_plugin::qemu::Qemu;
+use nexus_plugin::{Vmm, VmmError};
+use serde::Serialize;
+
+use crate::backend::{Backend, BackendError};
+use crate::invoke::Outcome;
+pub use spec::{Flavour, FunctionSpec, SpecError};
+use warm::Warm;
+pub use warm::WarmInfo;
+
+/// Errors of function operations.
+#[derive(Debug, thiserror::Error)]
+pub enum FunctionError {
+    /// The spec is invalid.
+    #[error("Invalid function spec")]
+    Spec(#[from] SpecError),
+    /// The code disk could not be built.
+    #[error(transparent)]
+    Disk(#[from] code_disk::DiskError),
+    /// No function of that name.
+    #[error("No function {0}")]
+    NoFunction(String),
+    /// No VMM could be started.
+    #[error("No VMM available: {0}")]
+    NoVmm(String),
+    /// A guest image file is missing.
+    #[error("Guest image file {0} is missing: build images with `cargo xtask guest-image` and point vm.images at them")]
+    NoImage(PathBuf),
+    /// A file operation failed.
+    #[error("Cannot prepare {0}")]
+    Io(PathBuf, #[source] std::io::Error),
+    /// The VM did not come up.
+    #[error("Function {name} did not start: {reason}\n--- console (tail) ---\n{serial}")]
+    Boot { name: String, reason: String, serial: String },
+    /// The VMM failed.
+    #[error(transparent)]
+    Vmm(#[from] VmmError),
+    /// A region operation failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+#[derive(Debug)]
+struct Deployed {
+    spec: FunctionSpec,
+    code_disk: PathBuf,
+    warm: tokio::sync::Mutex<Option<Warm>>,
+}
+
+/// A function as `nexus fn ls` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionInfo {
+    pub spec: FunctionSpec,
+    pub warm: Option<WarmInfo>,
+}
+
+/// An invocation's outcome and whether it had to boot a VM.
+#[derive(Debug)]
+pub struct Invoked {
+    pub outcome: Outcome,
+    pub cold_start: Option<Duration>,
+}
+
+/// The deployed functions.
+#[derive(Debug)]
+pub struct Functions {
+    backend: Arc<Backend>,
+    vmm: Result<Box<dyn Vmm>, String>,
+    deployed: Mutex<BTreeMap<String, Arc<Deployed>>>,
+    instances: AtomicU64,
+}
+
+impl Functions {
+    /// The functions of `backend`; VMs run on QEMU.
+    pub fn new(backend: Arc<Backend>) -> Self {
+        let vmm = Qemu::new().map(|q| Box::new(q) as Box<dyn Vmm>).map_err(|e| e.to_string());
+        Self { backend, vmm, deployed: Mutex::default(), instances: AtomicU64::new(1) }
+    }
+
+    /// Deploys (or replaces) a function; blocking: it builds the code disk.
+    pub fn deploy(&self, spec: FunctionSpec) -> Result<FunctionInfo, FunctionError> {
+        spec.validate()?;
+        let dir = self.backend.config().vm.state_dir.join("functions").join(&spec.name);
+        std::fs::create_dir_all(&dir).map_err(|e| FunctionError::Io(dir.clone(), e))?;
+        let code_disk = code_disk::build(&spec, &dir)?;
+        let deployed =
+            Arc::new(Deployed { spec: spec.clone(), code_disk, warm: Default::default() });
+        if let Some(old) = self.lock().insert(spec.name.clone(), deployed) {
+            self.stop_warm(&old);
+        }
+        tracing::info!(function = %spec.name, flavour = spec.flavour.name(), "Function deployed");
+        Ok(FunctionInfo { spec, warm: None })
+    }
+
+    /// Runs one invocation, booting the function's VM first if it has none.
+    pub async fn invoke(&self, name: &str, event: &[u8]) -> Result<Invoked, FunctionError> {
+        let deployed = self.get(name)?;
+        let mut warm = deployed.warm.lock().await;
+        let mut cold_start = None;
+        if !warm.as_ref().is_some_and(Warm::alive) {
+            if let Some(dead) = warm.take() {
+                dead.stop(&self.backend);
+            }
+            let booted = self.boot(&deployed).await?;
+            cold_start = Some(booted.booted_in);
+            *warm = Some(booted);
+        }
+        let region = warm.as_ref().map(|w| w.region.clone()).unwrap_or_default();
+        let deadline = Duration::from_secs(deployed.spec.timeout_secs);
+        let outcome = self.backend.invoke_region(&region, event, deadline).await?;
+        Ok(Invoked { outcome, cold_start })
+    }
+
+    async fn boot(&self, deployed: &Arc<Deployed>) -> Result<Warm, FunctionError> {
+        let vmm = self.vmm.as_ref().map_err(|e| FunctionError::NoVmm(e.clone()))?;
+        let instance = self.instances.fetch_add(1, Ordering::Relaxed);
+        let (backend, deployed_ref) = (self.backend.clone(), deployed.clone());
+        // Booting blocks for seconds (QEMU, the guest's boot): keep it off the async workers.
+        tokio::task::block_in_place(|| {
+            warm::boot(
+                &backend,
+                vmm.as_ref(),
+                &deployed_ref.spec,
+                &deployed_ref.code_disk,
+                instance,
+            )
+        })
+    }
+
+    /// Every function.
+    pub fn list(&self) -> Vec<FunctionInfo> {
+        let deployed: Vec<Arc<Deployed>> = self.lock().values().cloned().collect();
+        deployed
+            .iter()
+            .map(|d| FunctionInfo {
+                spec: d.spec.clone(),
+                warm: d.warm.try_lock().ok().and_then(|w| w.as_ref().map(Warm::info)),
+            })
+            .collect()
+    }
+
+    /// Removes a function and stops its VM.
+    pub async fn remove(&self, name: &str) -> Result<(), FunctionError> {
+        let deployed =
+            self.lock().remove(name).ok_or_else(|| FunctionError::NoFunction(name.into()))?;
+        if let Some(warm) = deployed.warm.lock().await.take() {
+            tokio::task::block_in_place(|| warm.stop(&self.backend));
+        }
+        Ok(())
+    }
+
+    /// Stops every function's VM (the backend is stopping).
+    pub fn shutdown(&self) {
+        let all = std::mem::take(&mut *self.lock());
+        for deployed in all.values() {
+            self.stop_warm(deployed);
+        }
+    }
+
+    fn stop_warm(&self, deployed: &Deployed) {
+        if let Some(warm) = deployed.warm.try_lock().ok().and_then(|mut w| w.take()) {
+            warm.stop(&self.backend);
+        }
+    }
+
+    fn get(&self, name: &str) -> Result<Arc<Deployed>, FunctionError> {
+        self.lock().get(name).cloned().ok_or_else(|| FunctionError::NoFunction(name.into()))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<Deployed>>> {
+        self.deployed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

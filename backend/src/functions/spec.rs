@@ -1,0 +1,159 @@
+//! A function as it is deployed: its code, handler, image flavour, VM size and policy.
+//!
+//! ```yaml
+//! name: compress
+//! code: examples/compress          # a directory; relative to the spec file for `nexus fn deploy`
+//! handler: handler.py:handler      # module file (relative to code) and function
+//! flavour: nexus                   # nexus (no NIC, the shim) | baseline (NIC, real boto3)
+//! memory_mib: 256
+//! vcpus: 1
+//! timeout_secs: 60
+//! environment: {}                  # the runtime's environment (baseline: its S3 settings)
+//! policy: { grants: [...] }        # optional; else the backend config's policy for the name
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::Policy;
+
+/// The guest image a function runs on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Flavour {
+    /// No NIC; boto3 is the Nexus shim.
+    #[default]
+    Nexus,
+    /// The conventional setup: a virtio NIC and the real boto3.
+    Baseline,
+}
+
+impl Flavour {
+    /// The image folder's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Flavour::Nexus => "nexus",
+            Flavour::Baseline => "baseline",
+        }
+    }
+}
+
+/// A deployable function.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionSpec {
+    pub name: String,
+    pub code: PathBuf,
+    pub handler: String,
+    #[serde(default)]
+    pub flavour: Flavour,
+    #[serde(default = "default_memory")]
+    pub memory_mib: u32,
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u8,
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    #[serde(default)]
+    pub environment: BTreeMap<String, String>,
+    #[serde(default)]
+    pub policy: Option<Policy>,
+}
+
+fn default_memory() -> u32 {
+    256
+}
+
+fn default_vcpus() -> u8 {
+    1
+}
+
+fn default_timeout() -> u64 {
+    60
+}
+
+/// What is wrong with a spec.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    /// The name cannot name a function.
+    #[error("name: {0:?} is not a function name (a-z, 0-9, _ and -, at most 64)")]
+    Name(String),
+    /// The code directory is missing.
+    #[error("code: {0} is not a directory")]
+    Code(PathBuf),
+    /// The handler is not `file.py:function` inside the code directory.
+    #[error("handler: {0:?} must be module.py:function with the module inside `code`")]
+    Handler(String),
+    /// A size out of range.
+    #[error("{0}")]
+    Range(&'static str),
+}
+
+impl FunctionSpec {
+    /// Checks the spec against the files it names.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 64
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !name_ok {
+            return Err(SpecError::Name(self.name.clone()));
+        }
+        if !self.code.is_dir() {
+            return Err(SpecError::Code(self.code.clone()));
+        }
+        let module = self.handler.rsplit_once(':').map(|(module, _)| module);
+        let inside = module.filter(|m| !m.starts_with('/') && !m.split('/').any(|p| p == ".."));
+        if !inside.is_some_and(|m| m.ends_with(".py") && self.code.join(m).is_file()) {
+            return Err(SpecError::Handler(self.handler.clone()));
+        }
+        if !(64..=65536).contains(&self.memory_mib) {
+            return Err(SpecError::Range("memory_mib: must be from 64 to 65536"));
+        }
+        if !(1..=64).contains(&self.vcpus) {
+            return Err(SpecError::Range("vcpus: must be from 1 to 64"));
+        }
+        if self.timeout_secs == 0 {
+            return Err(SpecError::Range("timeout_secs: must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(code: &std::path::Path) -> FunctionSpec {
+        serde_json::from_value(serde_json::json!({
+            "name": "compress", "code": code, "handler": "handler.py:handler"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn defaults_and_validation() {
+        let code = tempfile::tempdir().unwrap();
+        std::fs::write(code.path().join("handler.py"), "def handler(e, c): pass\n").unwrap();
+        let good = spec(code.path());
+        assert_eq!((good.flavour, good.memory_mib, good.vcpus), (Flavour::Nexus, 256, 1));
+        assert_eq!(good.validate(), Ok(()));
+        let bad = |f: fn(&mut FunctionSpec)| {
+            let mut s = spec(code.path());
+            f(&mut s);
+            s.validate().unwrap_err()
+        };
+        assert!(matches!(bad(|s| s.name = "Bad Name".into()), SpecError::Name(_)));
+        assert!(matches!(bad(|s| s.handler = "missing.py:handler".into()), SpecError::Handler(_)));
+        assert!(matches!(
+            bad(|s| s.handler = "../handler.py:handler".into()),
+            SpecError::Handler(_)
+        ));
+        assert!(matches!(bad(|s| s.handler = "handler.py".into()), SpecError::Handler(_)));
+        assert!(matches!(bad(|s| s.memory_mib = 1), SpecError::Range(_)));
+        assert!(matches!(bad(|s| s.code = "/nonexistent".into()), SpecError::Code(_)));
+    }
+}

@@ -1,0 +1,183 @@
+//! Booting a function's VM and keeping it warm.
+//!
+//! ```text
+//!  region file created ─► VMM started with it (paused) ─► doorbell socket connected
+//!  ─► region served (stream kick) ─► boot ─► agent starts the runtime ─► runtime acks the
+//!  epoch (ready) ─► invocations
+//! ```
+//! A VM that exits or is not ready in time is stopped, its region removed, and the error
+//! carries the tail of its console.
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nexus_channel::notify::Kick;
+use nexus_plugin::{AccelChoice, Disk, Network, RegionSpec, Vm, VmSpec, VmState, Vmm, VmmError};
+use serde::Serialize;
+
+use super::spec::{Flavour, FunctionSpec};
+use super::FunctionError;
+use crate::backend::{Backend, BackendError};
+use crate::config::VmConfig;
+use crate::storage::error_chain;
+
+/// Console lines an error carries.
+const SERIAL_LINES: usize = 30;
+
+/// A running VM serving one function.
+#[derive(Debug)]
+pub struct Warm {
+    pub region: String,
+    pub vm: Box<dyn Vm>,
+    pub booted_in: Duration,
+}
+
+/// What `nexus fn ls` shows of a warm VM.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct WarmInfo {
+    pub region: String,
+    pub vmm: &'static str,
+    pub accel: String,
+    pub state: String,
+    pub pid: Option<u32>,
+    pub boot_ms: u64,
+    pub serial_log: PathBuf,
+}
+
+impl Warm {
+    /// Whether the VM still runs.
+    pub fn alive(&self) -> bool {
+        !matches!(self.vm.info().state, VmState::Exited | VmState::Stopped)
+    }
+
+    pub fn info(&self) -> WarmInfo {
+        let info = self.vm.info();
+        WarmInfo {
+            region: self.region.clone(),
+            vmm: info.vmm,
+            accel: info.accel.to_string(),
+            state: info.state.to_string(),
+            pid: info.pid,
+            boot_ms: self.booted_in.as_millis() as u64,
+            serial_log: info.serial_log,
+        }
+    }
+
+    /// Stops the VM and removes its region.
+    pub fn stop(mut self, backend: &Backend) {
+        if let Err(e) = self.vm.stop() {
+            tracing::warn!(region = %self.region, "Stopping the VM failed: {e}");
+        }
+        let _ = backend.remove_region(&self.region);
+    }
+}
+
+/// Boots a VM for `spec`, with `code` as its code disk, and waits until its runtime is ready.
+pub fn boot(
+    backend: &Backend,
+    vmm: &dyn Vmm,
+    spec: &FunctionSpec,
+    code: &Path,
+    instance: u64,
+) -> Result<Warm, FunctionError> {
+    let started = Instant::now();
+    let config = &backend.config().vm;
+    let image = config.images.join(spec.flavour.name());
+    let files = ["vmlinuz", "initrd.img", "rootfs.ext4"].map(|f| image.join(f));
+    if let Some(missing) = files.iter().find(|f| !f.is_file()) {
+        return Err(FunctionError::NoImage(missing.clone()));
+    }
+    let [kernel, initrd, rootfs] = files;
+    let work = config.state_dir.join("vms").join(format!("{}-{instance}", spec.name));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(|e| FunctionError::Io(work.clone(), e))?;
+    let doorbell = work.join("doorbell.sock");
+    let policy =
+        spec.policy.clone().unwrap_or_else(|| backend.config().policy_for(&spec.name).clone());
+    let region_size = backend.config().region.size;
+    let mut created = None;
+    let region =
+        backend.create_region_with(&spec.name, policy, |region| -> Result<Kick, VmmError> {
+            let mut vm = VmSpec::new(format!("{}-{instance}", spec.name), &kernel, &work);
+            vm.initrd = Some(initrd.clone());
+            vm.cmdline = cmdline(spec);
+            vm.disks = vec![
+                Disk { path: rootfs.clone(), read_only: true },
+                Disk { path: code.to_owned(), read_only: true },
+            ];
+            vm.memory_mib = spec.memory_mib;
+            vm.vcpus = spec.vcpus;
+            vm.region = Some(RegionSpec { path: region.to_owned(), size: region_size });
+            vm.doorbell = Some(doorbell.clone());
+            vm.network = (spec.flavour == Flavour::Baseline).then_some(Network::User);
+            vm.accel = accel(config);
+            let vm = vmm.create(&vm)?;
+            let stream =
+                UnixStream::connect(&doorbell).map_err(VmmError::io("connect to the doorbell"))?;
+            created = Some(vm);
+            Ok(Kick::Stream(stream.into()))
+        });
+    let region = region.map_err(|e| match e {
+        BackendError::Attach { .. } => FunctionError::Boot {
+            name: spec.name.clone(),
+            reason: error_chain(&e),
+            serial: String::new(),
+        },
+        other => other.into(),
+    })?;
+    let Some(vm) = created else {
+        return Err(FunctionError::Boot {
+            name: spec.name.clone(),
+            reason: "no VM".into(),
+            serial: String::new(),
+        });
+    };
+    let mut warm = Warm { region: region.id, vm, booted_in: Duration::ZERO };
+    match start(backend, &mut warm, config) {
+        Ok(()) => {
+            warm.booted_in = started.elapsed();
+            tracing::info!(function = %spec.name, region = %warm.region, boot_ms = warm.booted_in.as_millis() as u64, "Function VM ready");
+            Ok(warm)
+        }
+        Err(reason) => {
+            let serial = warm.vm.serial_tail(SERIAL_LINES);
+            warm.stop(backend);
+            Err(FunctionError::Boot { name: spec.name.clone(), reason, serial })
+        }
+    }
+}
+
+/// Boots and waits for the runtime's ready; the error says what went wrong.
+fn start(backend: &Backend, warm: &mut Warm, config: &VmConfig) -> Result<(), String> {
+    warm.vm.boot().map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(config.boot_timeout_secs);
+    loop {
+        if backend.region_ready(&warm.region).map_err(|e| e.to_string())? {
+            return Ok(());
+        }
+        if !warm.alive() {
+            return Err("the VM exited before its runtime was ready".into());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the runtime was not ready after {} s", config.boot_timeout_secs));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The kernel command line: the console, the root disk, and what the agent runs.
+fn cmdline(spec: &FunctionSpec) -> String {
+    format!(
+        "console=ttyS0 root=/dev/vda ro panic=-1 quiet nexus.function={} nexus.handler=/var/task/{} nexus.timeout={}",
+        spec.name, spec.handler, spec.timeout_secs
+    )
+}
+
+fn accel(config: &VmConfig) -> AccelChoice {
+    match config.accel.as_str() {
+        "kvm" => AccelChoice::Kvm,
+        "tcg" => AccelChoice::Tcg,
+        _ => AccelChoice::Auto,
+    }
+}

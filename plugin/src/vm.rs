@@ -1,0 +1,130 @@
+//! The traits every VMM adapter implements, and what they hand back.
+
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::accel::Accel;
+use crate::error::VmmError;
+use crate::spec::VmSpec;
+
+/// A VMM: starts VM processes, fresh or from a snapshot.
+pub trait Vmm: Send + Sync + fmt::Debug {
+    /// The adapter's name (`"qemu"`), also recorded in the snapshots it takes.
+    fn name(&self) -> &'static str;
+    /// Starts a VMM process for `spec` with its region attached; guest code not yet running.
+    fn create(&self, spec: &VmSpec) -> Result<Box<dyn Vm>, VmmError>;
+    /// Starts a VMM process that restores `snapshot` (left paused), with `spec`'s region
+    /// attached.
+    fn restore(&self, spec: &VmSpec, snapshot: &Snapshot) -> Result<Box<dyn Vm>, VmmError>;
+}
+
+/// One running VMM process and the VM inside it.
+pub trait Vm: Send + fmt::Debug {
+    /// Starts the guest code of a created VM.
+    fn boot(&mut self) -> Result<(), VmmError>;
+    fn pause(&mut self) -> Result<(), VmmError>;
+    fn resume(&mut self) -> Result<(), VmmError>;
+    /// Saves a paused VM's state into `dir` (created); the VM stays paused.
+    fn snapshot(&mut self, dir: &Path) -> Result<Snapshot, VmmError>;
+    /// Stops the VMM process: graceful quit, then SIGKILL after a timeout. Idempotent; Drop
+    /// calls it.
+    fn stop(&mut self) -> Result<(), VmmError>;
+    fn info(&self) -> VmInfo;
+    /// The last `lines` lines of the guest console log.
+    fn serial_tail(&self, lines: usize) -> String;
+}
+
+/// What a VM is and where it is in its life.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmInfo {
+    pub name: String,
+    /// The adapter's name.
+    pub vmm: &'static str,
+    pub accel: Accel,
+    pub state: VmState,
+    /// The VMM process, until it has been stopped and reaped.
+    pub pid: Option<u32>,
+    /// The guest console log, written by the VMM as the guest prints.
+    pub serial_log: PathBuf,
+}
+
+/// Where a VM is in its life (see the crate doc for the transitions).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmState {
+    /// The VMM is up; the guest has not executed an instruction.
+    Created,
+    Running,
+    Paused,
+    /// Stopped through [`Vm::stop`].
+    Stopped,
+    /// The VMM process exited on its own (a guest reboot or crash, or the VMM failing).
+    Exited,
+}
+
+impl fmt::Display for VmState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            VmState::Created => "created",
+            VmState::Running => "running",
+            VmState::Paused => "paused",
+            VmState::Stopped => "stopped",
+            VmState::Exited => "exited",
+        })
+    }
+}
+
+/// A saved VM: a directory holding the VMM's state files and `snapshot.json`, whose `vmm`
+/// field names the adapter that wrote it; the rest of the manifest is the adapter's own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub dir: PathBuf,
+    /// The adapter that took it.
+    pub vmm: String,
+}
+
+/// The part of `snapshot.json` every adapter writes.
+#[derive(Deserialize)]
+struct ManifestHead {
+    vmm: String,
+}
+
+impl Snapshot {
+    /// The manifest's file name inside a snapshot directory.
+    pub const MANIFEST: &'static str = "snapshot.json";
+
+    /// Opens the snapshot saved in `dir`.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Snapshot, VmmError> {
+        let dir = dir.into();
+        let bad = |reason: String| VmmError::BadSnapshot { dir: dir.clone(), reason };
+        let text = fs::read_to_string(dir.join(Self::MANIFEST))
+            .map_err(|e| bad(format!("cannot read {}: {e}", Self::MANIFEST)))?;
+        let head: ManifestHead = serde_json::from_str(&text)
+            .map_err(|e| bad(format!("invalid {}: {e}", Self::MANIFEST)))?;
+        Ok(Snapshot { vmm: head.vmm, dir })
+    }
+
+    /// The path of this snapshot's manifest.
+    pub fn manifest(&self) -> PathBuf {
+        self.dir.join(Self::MANIFEST)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_a_manifest_and_names_what_is_wrong_with_a_bad_one() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("snapshot.json"), r#"{"vmm":"qemu","memory_mib":256}"#).unwrap();
+        let snapshot = Snapshot::open(dir.path()).unwrap();
+        assert_eq!(snapshot, Snapshot { dir: dir.path().to_owned(), vmm: "qemu".into() });
+
+        fs::write(dir.path().join("snapshot.json"), "{}").unwrap();
+        let error = Snapshot::open(dir.path()).unwrap_err().to_string();
+        assert!(error.contains("invalid snapshot.json: missing field `vmm`"), "{error}");
+    }
+}

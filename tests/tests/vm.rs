@@ -1,0 +1,213 @@
+//! Functions in real VMs (QEMU; TCG where /dev/kvm cannot run a guest), against a real Garage
+//! S3 server: the same unmodified boto3 handler in a Nexus VM (no NIC, the backend does the
+//! I/O) and in a baseline VM (a NIC and the real boto3). VM boots are few: each costs seconds
+//! under TCG.
+
+use std::path::{Path, PathBuf};
+
+use nexus_backend::api::{COLD_START, FUNCTION_ERROR};
+use nexus_backend::client::exchange;
+use nexus_tests::{nexus_binary, Backend, Garage};
+use serde_json::{json, Value};
+
+fn images() -> PathBuf {
+    let dir = std::env::var_os("NEXUS_IMAGES").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/nexus/images")
+    });
+    for flavour in ["nexus", "baseline"] {
+        assert!(
+            dir.join(flavour).join("rootfs.ext4").is_file(),
+            "no {flavour} guest image in {}: run `cargo xtask guest-image` (or `cargo xtask test`)",
+            dir.display()
+        );
+    }
+    dir
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+fn settings(garage: &Garage, images: &Path) -> String {
+    format!(
+        r#"
+storage:
+  url: "s3://"
+  options: {{ aws_endpoint: "{}", aws_access_key_id: "{}", aws_secret_access_key: "{}", aws_region: "{}", aws_allow_http: "true", aws_virtual_hosted_style_request: "false" }}
+default_policy: {{ grants: [{{ bucket: vmtest, access: [read, write] }}] }}
+vm: {{ images: {}, state_dir: "{{dir}}/vms", boot_timeout_secs: 240 }}
+"#,
+        garage.endpoint,
+        garage.access_key,
+        garage.secret_key,
+        garage.region,
+        images.display()
+    )
+}
+
+fn deploy(backend: &Backend, spec: Value) {
+    backend
+        .api("POST", "/v1/functions", Some(&spec))
+        .unwrap_or_else(|e| panic!("deploy {spec}: {e}"));
+}
+
+/// Invokes `name`; returns the result, the handler-error header and the cold-start header.
+fn invoke(backend: &Backend, name: &str, event: &Value) -> (Value, Option<String>, Option<String>) {
+    let answer = exchange(
+        &backend.socket,
+        "POST",
+        &format!("/v1/functions/{name}/invoke"),
+        event.to_string().as_bytes(),
+    )
+    .unwrap_or_else(|e| {
+        panic!("invoke {name} {event}: {e}\n--- backend log ---\n{}", backend.log_tail())
+    });
+    let header = |h| answer.header(h).map(str::to_owned);
+    (serde_json::from_str(&answer.body).unwrap(), header(FUNCTION_ERROR), header(COLD_START))
+}
+
+/// Puts an input object straight into Garage (the test's own client, not the backend).
+fn seed(garage: &Garage, key: &str, body: &[u8]) {
+    use object_store::{aws::AmazonS3Builder, ObjectStoreExt};
+    let store = AmazonS3Builder::new()
+        .with_endpoint(&garage.endpoint)
+        .with_bucket_name("vmtest")
+        .with_region(&garage.region)
+        .with_access_key_id(&garage.access_key)
+        .with_secret_access_key(&garage.secret_key)
+        .with_allow_http(true)
+        .build()
+        .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(store.put(&key.into(), body.to_vec().into())).unwrap();
+}
+
+fn read(garage: &Garage, key: &str) -> Vec<u8> {
+    use object_store::{aws::AmazonS3Builder, ObjectStoreExt};
+    let store = AmazonS3Builder::new()
+        .with_endpoint(&garage.endpoint)
+        .with_bucket_name("vmtest")
+        .with_region(&garage.region)
+        .with_access_key_id(&garage.access_key)
+        .with_secret_access_key(&garage.secret_key)
+        .with_allow_http(true)
+        .build()
+        .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime
+        .block_on(async { store.get(&key.into()).await.unwrap().bytes().await.unwrap().to_vec() })
+}
+
+fn qemu_processes() -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|p| std::fs::read_to_string(p.path().join("cmdline")).ok())
+        .filter(|cmd| cmd.starts_with("qemu-system"))
+        .count()
+}
+
+#[test]
+fn functions_run_in_nexus_and_baseline_vms() {
+    let images = images();
+    let garage = Garage::start().unwrap();
+    garage.create_bucket("vmtest").unwrap();
+    let input: Vec<u8> = (0..200_000u32)
+        .flat_map(|i| format!("line {} of the input\n", i % 977).into_bytes())
+        .take(300_000)
+        .collect();
+    seed(&garage, "in/data.txt", &input);
+    let qemu_before = qemu_processes();
+    let mut backend = Backend::start(&nexus_binary(), &settings(&garage, &images), &[]).unwrap();
+
+    // Nexus flavour: no NIC; the unmodified boto3 handler's calls go through the region.
+    let compress = workspace().join("guest/python/examples/compress");
+    deploy(
+        &backend,
+        json!({ "name": "compress", "code": compress, "handler": "handler.py:handler" }),
+    );
+    let event = json!({ "bucket": "vmtest", "key": "in/data.txt", "output_key": "out/nexus.gz" });
+    let (result, error, cold) = invoke(&backend, "compress", &event);
+    assert_eq!(error, None, "{result}");
+    assert!(cold.is_some(), "the first invocation boots the VM");
+    assert_eq!(result["input_bytes"], input.len());
+    let output = read(&garage, "out/nexus.gz");
+    assert_eq!(result["output_bytes"], output.len());
+    let mut inflated = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&output[..]), &mut inflated)
+        .unwrap();
+    assert!(inflated == input, "the output in the store is the input, compressed");
+
+    // The VM stays warm: the next invocation boots nothing.
+    let event = json!({ "bucket": "vmtest", "key": "in/data.txt", "output_key": "out/nexus-2.gz" });
+    let (_, error, cold) = invoke(&backend, "compress", &event);
+    assert_eq!((error, cold), (None, None));
+
+    // A handler exception is an error result with the traceback; the VM keeps serving.
+    let (failure, error, _) = invoke(
+        &backend,
+        "compress",
+        &json!({ "bucket": "vmtest", "key": "in/missing" , "output_key": "x"}),
+    );
+    assert_eq!(error.as_deref(), Some("Unhandled"), "{failure}");
+    assert_eq!(failure["errorType"], "NoSuchKey", "{failure}");
+    assert!(failure["stackTrace"].to_string().contains("handler.py"), "{failure}");
+    let (again, error, cold) = invoke(
+        &backend,
+        "compress",
+        &json!({ "bucket": "vmtest", "key": "in/data.txt", "output_key": "out/3.gz" }),
+    );
+    assert_eq!((error, cold), (None, None), "{again}");
+
+    // Baseline flavour: a NIC and the real boto3, which holds the credentials.
+    let guest_endpoint = garage.endpoint.replace("127.0.0.1", "10.0.2.2");
+    deploy(
+        &backend,
+        json!({
+            "name": "compress-baseline", "code": compress, "handler": "handler.py:handler", "flavour": "baseline",
+            "environment": {
+                "AWS_ENDPOINT_URL": guest_endpoint, "AWS_ACCESS_KEY_ID": garage.access_key,
+                "AWS_SECRET_ACCESS_KEY": garage.secret_key, "AWS_DEFAULT_REGION": garage.region,
+                "AWS_EC2_METADATA_DISABLED": "true"
+            }
+        }),
+    );
+    let event =
+        json!({ "bucket": "vmtest", "key": "in/data.txt", "output_key": "out/baseline.gz" });
+    let (result, error, _) = invoke(&backend, "compress-baseline", &event);
+    assert_eq!(error, None, "{result}");
+    assert_eq!(read(&garage, "out/baseline.gz"), output, "both flavours write the same object");
+    let calls = backend.metric("nexus_calls_total", &["function=\"compress-baseline\""]).unwrap();
+    assert_eq!(calls, 0.0, "the baseline VM's I/O does not go through the backend");
+
+    // Listing shows warm VMs; removing a function stops its VM.
+    let listed = backend.api("GET", "/v1/functions", None).unwrap();
+    assert!(listed.as_array().unwrap().iter().all(|f| f["warm"]["pid"].is_u64()), "{listed}");
+    backend.api("DELETE", "/v1/functions/compress", None).unwrap();
+    assert!(backend.stop(), "the backend stops cleanly:\n{}", backend.log_tail());
+    assert_eq!(qemu_processes(), qemu_before, "no VM outlives the backend");
+}
+
+#[test]
+fn a_guest_that_cannot_boot_gives_a_clear_error() {
+    let images = tempfile::tempdir().unwrap();
+    let nexus = images.path().join("nexus");
+    std::fs::create_dir(&nexus).unwrap();
+    for file in ["vmlinuz", "initrd.img", "rootfs.ext4"] {
+        std::fs::write(nexus.join(file), b"this is not a kernel\n").unwrap();
+    }
+    let settings = format!(
+        "storage: {{ url: \"file://{{dir}}/objects\" }}\nvm: {{ images: {}, state_dir: \"{{dir}}/vms\", boot_timeout_secs: 60 }}\n",
+        images.path().display()
+    );
+    let backend = Backend::start(&nexus_binary(), &settings, &[]).unwrap();
+    let code = workspace().join("tests/fixtures");
+    deploy(&backend, json!({ "name": "broken", "code": code, "handler": "echo.py:handler" }));
+    let error = exchange(&backend.socket, "POST", "/v1/functions/broken/invoke", b"{}")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("502"), "{error}");
+    assert!(error.contains("did not start"), "{error}");
+    let listed = backend.api("GET", "/v1/functions", None).unwrap();
+    assert!(listed[0]["warm"].is_null(), "a failed boot leaves no VM: {listed}");
+}
