@@ -193,11 +193,10 @@ fn stream_wait(fd: &OwnedFd, timeout: Duration) {
 }
 
 fn set_nonblocking(fd: &OwnedFd) {
-    // SAFETY: fcntl on a descriptor we own, reading then setting its status flags.
-    unsafe {
-        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
-        libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
-    }
+    // SAFETY: fcntl(F_GETFL) on a descriptor we own only reads its status flags.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    // SAFETY: fcntl(F_SETFL) on a descriptor we own only sets its status flags.
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) };
 }
 
 fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 
 use memmap2::{MmapOptions, MmapRaw};
 
-use crate::layout::{header, host_state, Geometry, GeometryError, Header, Plain};
+use crate::layout::{
+    header, host_state, Geometry, GeometryError, Header, Plain, RingId, CACHE_LINE,
+};
 
 /// Errors from creating, opening or accessing a region.
 #[derive(Debug, thiserror::Error)]
@@ -61,10 +63,21 @@ impl Region {
             .map_err(map_err)?;
         file.set_len(geometry.region_size).map_err(map_err)?;
         let region = Self::map(&file, path, geometry.region_size)?;
-        let header = Header { geometry: geometry.to_line(), ..Header::default() };
-        region.write(0, &header)?;
-        region.store_u32(header::HOST_STATE, host_state::INIT)?;
+        region.initialize(geometry)?;
         Ok(region)
+    }
+
+    /// Writes a fresh header for `geometry` (host state `INIT`, epoch 0) and zeroes every ring's
+    /// indices, whatever the region held (e.g. a snapshot's old contents after a VM restore).
+    pub fn initialize(&self, geometry: &Geometry) -> Result<(), RegionError> {
+        let header = Header { geometry: geometry.to_line(), ..Header::default() };
+        self.write(0, &header)?;
+        for ring in [RingId::Calls, RingId::Completions, RingId::Invocations, RingId::Results] {
+            let base = geometry.ring_offset(ring);
+            self.store_u32(base, 0)?;
+            self.store_u32(base + CACHE_LINE, 0)?;
+        }
+        self.store_u32(header::HOST_STATE, host_state::INIT)
     }
 
     /// Maps an existing region (guest side: a `/dev/shm` file or a PCI `resource2`) and

@@ -5,6 +5,7 @@ mod bench;
 mod cmd;
 mod demo;
 mod fuzz;
+mod image;
 mod python;
 mod setup;
 mod test;
@@ -22,8 +23,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Chore {
-    /// Set up, then run the main job: a function's boto3 calls served by the backend.
-    Demo,
+    /// Set up, then run the main job: a boto3 function in a Nexus VM, served by the backend.
+    Demo {
+        /// Run the function as a host process on a region instead of in a VM.
+        #[arg(long)]
+        native: bool,
+    },
     /// Install what the project needs (apt packages, Garage, a Python venv); idempotent.
     Setup,
     /// Set up, build, then run the Rust and Python test suites.
@@ -37,13 +42,23 @@ enum Chore {
     /// Run a benchmark; it prints a table and records it in docs/BENCHMARKS.md.
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// Build the function-VM guest images (kernel, initramfs, rootfs) from Debian packages.
+    GuestImage {
+        /// Which image to build.
+        #[arg(long, value_enum, default_value = "all")]
+        flavour: image::Choice,
+        /// Rebuild even if up to date, debootstrap included.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Chore::Demo => demo::run(),
+        Chore::Demo { native } => demo::run(native),
         Chore::Setup => setup::run().map(drop),
         Chore::Test => test::run(),
+        Chore::GuestImage { flavour, force } => image::run(flavour, force),
         Chore::Bench(which) => bench::run(which),
         Chore::Fuzz { seconds } => fuzz::run(seconds),
     }

@@ -11,8 +11,10 @@ use anyhow::{Context, Result};
 
 use crate::cmd;
 
+/// The real boto3 the tests and the baseline guest image use.
+pub const BOTO3: &str = "boto3>=1.40,<2";
 /// What the venv holds: pip requirement specifiers, one per package.
-pub const PACKAGES: &[&str] = &["boto3>=1.40,<2", "pytest>=8,<10"];
+pub const PACKAGES: &[&str] = &[BOTO3, "pytest>=8,<10"];
 
 /// Inside the venv: the package list last installed.
 const MARKER: &str = "nexus-packages.txt";

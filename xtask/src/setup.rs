@@ -12,7 +12,20 @@ use anyhow::{Context, Result};
 use crate::{cmd, python};
 
 /// Debian packages the project needs.
-const APT_PACKAGES: &[&str] = &["python3", "python3-venv", "python3-pip"];
+const APT_PACKAGES: &[&str] = &[
+    "python3",
+    "python3-venv",
+    "python3-pip",
+    // Guest images (`cargo xtask guest-image`) and booting them.
+    "debootstrap",
+    "cpio",
+    "lz4",
+    "e2fsprogs",
+    "binutils",
+    "kmod",
+    "qemu-system-x86",
+    "qemu-utils",
+];
 const GARAGE_VERSION: &str = "2.5.0";
 
 /// What later steps use from the set-up.
@@ -33,7 +46,7 @@ pub fn run() -> Result<Tools> {
 }
 
 /// `~/.cache/nexus`: where set-up installs tools (the test harness looks there too).
-fn cache_dir() -> Result<PathBuf> {
+pub fn cache_dir() -> Result<PathBuf> {
     let home = env::var_os("HOME").context("HOME is not set")?;
     Ok(PathBuf::from(home).join(".cache/nexus"))
 }

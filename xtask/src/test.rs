@@ -1,5 +1,6 @@
-//! `cargo xtask test`: set-up, then build the workspace, run the Rust tests, then the Python
-//! tests of the guest shim. Stops at the first failing step and names it.
+//! `cargo xtask test`: set-up, the guest images (the VM tests boot them), then build the
+//! workspace, run the Rust tests, then the Python tests of the guest shim. Stops at the first
+//! failing step and names it.
 
 use std::env;
 use std::fs;
@@ -8,6 +9,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+use crate::image::{self, Flavour};
 use crate::{cmd, setup, workspace_root};
 
 /// pytest's exit code when it collected no tests.
@@ -20,6 +22,10 @@ pub fn run() -> Result<()> {
         println!("test: {name}");
         cmd::run(command.current_dir(root)).with_context(|| format!("Step `{name}` failed"))
     };
+    println!("test: guest images");
+    for flavour in [Flavour::Nexus, Flavour::Baseline] {
+        image::ensure(flavour, false).context("Step `guest images` failed")?;
+    }
     step("cargo build", cmd::cargo().args(["build", "--workspace"]))?;
     step(
         "cargo test",

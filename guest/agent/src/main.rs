@@ -16,19 +16,24 @@ mod supervise;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let settings = match settings::Settings::from_kernel() {
-        Ok(settings) => settings,
-        Err(e) => {
-            eprintln!("nexus-agent: {e}");
-            return ExitCode::FAILURE;
+    let error = match settings::Settings::from_kernel() {
+        Ok(settings) => {
+            eprintln!("nexus-agent: function {} handler {}", settings.function, settings.handler);
+            match supervise::run(&settings) {
+                Ok(never) => match never {},
+                Err(e) => e.to_string(),
+            }
         }
+        Err(e) => e.to_string(),
     };
-    eprintln!("nexus-agent: function {} handler {}", settings.function, settings.handler);
-    match supervise::run(&settings) {
-        Ok(never) => match never {},
-        Err(e) => {
-            eprintln!("nexus-agent: {e}");
-            ExitCode::FAILURE
-        }
+    eprintln!("nexus-agent: {error}");
+    if std::process::id() == 1 {
+        // PID 1 must not exit (the kernel would panic): power the VM off, so the VMM exits and
+        // the backend reports this console.
+        // SAFETY: sync(2) takes no arguments.
+        unsafe { libc::sync() };
+        // SAFETY: reboot(2) with a plain command takes no pointers.
+        unsafe { libc::reboot(libc::RB_POWER_OFF) };
     }
+    ExitCode::FAILURE
 }

@@ -2,7 +2,7 @@
 
 use std::fs::OpenOptions;
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -104,6 +104,8 @@ pub struct Client {
     rings: Mutex<Rings>,
     pub(crate) invocations: Mutex<InvocationRings>,
     free: Mutex<Vec<u32>>,
+    /// The host epoch this client last synced to.
+    pub(crate) epoch: AtomicU64,
 }
 
 impl Client {
@@ -148,7 +150,22 @@ impl Client {
             region,
             geometry,
             rings: Mutex::new(rings),
+            epoch: AtomicU64::new(0),
         })
+    }
+
+    /// Re-attaches every ring to the indices the host published: after the host opened a new
+    /// epoch (e.g. this VM was restored from a snapshot and the region started afresh).
+    pub(crate) fn reattach(&self, invocations: &mut InvocationRings) -> Result<(), ClientError> {
+        let (region, geometry) = (&self.region, &self.geometry);
+        *invocations = InvocationRings {
+            incoming: Consumer::attach(region.clone(), geometry, RingId::Invocations)?,
+            results: Producer::attach(region.clone(), geometry, RingId::Results)?,
+        };
+        let mut rings = self.rings.lock().unwrap_or_else(|e| e.into_inner());
+        rings.calls = Producer::attach(region.clone(), geometry, RingId::Calls)?;
+        rings.completions = Consumer::attach(region.clone(), geometry, RingId::Completions)?;
+        Ok(())
     }
 
     /// The mapped region.

@@ -222,7 +222,9 @@ pub unsafe extern "C" fn nexus_finish_invocation(
     status: u32,
     len: u64,
 ) -> c_int {
-    // SAFETY: the caller passes a live client and a readable invocation.
-    let (client, invocation) = unsafe { (&*client, &*invocation) };
+    // SAFETY: the caller passes a live client.
+    let client = unsafe { &*client };
+    // SAFETY: the caller passes a readable invocation.
+    let invocation = unsafe { &*invocation };
     result(client.finish_invocation(invocation, status, len))
 }

@@ -40,21 +40,41 @@ pub struct Invocation {
 impl Client {
     /// Tells the host this guest is ready for invocations of the current epoch.
     pub fn ready(&self) -> Result<(), ClientError> {
-        let epoch = self.region().atomic_u64(header::EPOCH)?.load(Ordering::Acquire);
+        let epoch = self.host_epoch()?;
+        self.epoch.store(epoch, Ordering::Release);
         self.region().atomic_u64(header::EPOCH_ACK)?.store(epoch, Ordering::Release);
         self.notifier.notify_peer()?;
         Ok(())
     }
 
-    /// Waits up to `timeout` for the next invocation.
+    fn host_epoch(&self) -> Result<u64, ClientError> {
+        Ok(self.region().atomic_u64(header::EPOCH)?.load(Ordering::Acquire))
+    }
+
+    /// Waits up to `timeout` for the next invocation. A new host epoch (this VM was restored
+    /// from a snapshot into a fresh region) is synced to on the way: rings re-attached, the
+    /// epoch acknowledged.
     pub fn next_invocation(&self, timeout: Duration) -> Result<Option<Invocation>, ClientError> {
+        let deadline = std::time::Instant::now() + timeout;
         let mut rings = self.invocations.lock().unwrap_or_else(|e| e.into_inner());
-        let incoming = &rings.incoming;
-        if !self
-            .notifier
-            .wait(timeout, || -> Result<bool, ClientError> { Ok(incoming.ready()?) })?
-        {
-            return Ok(None);
+        loop {
+            let moved = || -> Result<bool, ClientError> {
+                Ok(self.host_epoch()? != self.epoch.load(Ordering::Acquire))
+            };
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let incoming = &rings.incoming;
+            let ready = self.notifier.wait(left, || -> Result<bool, ClientError> {
+                Ok(incoming.ready()? || moved()?)
+            })?;
+            if moved()? {
+                self.reattach(&mut rings)?;
+                self.ready()?;
+                continue;
+            }
+            if !ready {
+                return Ok(None);
+            }
+            break;
         }
         let Some(desc) = rings.incoming.pop()? else { return Ok(None) };
         let geometry = self.geometry();

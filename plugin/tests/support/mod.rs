@@ -8,12 +8,10 @@ use std::sync::OnceLock;
 use nexus_plugin::{Disk, RegionSpec, VmSpec};
 use tempfile::TempDir;
 
-/// Where the image's init starts the agent.
-const AGENT: &str = "/usr/local/bin/nexus-agent";
-/// Stands in for the agent while the image has none: keeps the guest up after
-/// `nexus-init: starting agent`, as the agent does.
-const STUB_AGENT: &str =
-    "#!/bin/sh\n# nexus-plugin tests: a stand-in agent.\nexec sleep infinity\n";
+/// The kernel parameters the backend gives a function VM: the agent needs them, and keeps the
+/// guest up while it retries a runtime that finds no served region.
+const CMDLINE: &str = "console=ttyS0 nexus.function=plugin-test \
+                       nexus.handler=/opt/nexus/python/examples/compress/handler.py:handler";
 
 /// The nexus guest image.
 #[derive(Debug)]
@@ -28,7 +26,7 @@ impl Image {
     pub fn spec(&self, name: &str, work_dir: &Path, region: Option<&Region>) -> VmSpec {
         VmSpec {
             initrd: Some(self.initrd.clone()),
-            cmdline: "console=ttyS0".into(),
+            cmdline: CMDLINE.into(),
             disks: vec![Disk { path: self.rootfs.clone(), read_only: true }],
             region: region.map(|r| RegionSpec { path: r.path.clone(), size: Region::SIZE }),
             ..VmSpec::new(name, &self.vmlinuz, work_dir)
@@ -38,8 +36,7 @@ impl Image {
 
 /// The image in `$NEXUS_IMAGES`, else in `~/.cache/nexus/images/nexus` (built there first by
 /// `cargo xtask guest-image --flavour nexus` unless complete: its `manifest.json` is written
-/// last). An image without an agent yet (no `nexus-agent` crate) reboots right after its init
-/// starts; the tests then boot a copy of its root disk with [`STUB_AGENT`] as the agent.
+/// last).
 pub fn image() -> &'static Image {
     static IMAGE: OnceLock<Image> = OnceLock::new();
     IMAGE.get_or_init(|| {
@@ -47,7 +44,7 @@ pub fn image() -> &'static Image {
             Some(dir) => (PathBuf::from(dir), true),
             None => (home().join(".cache/nexus/images/nexus"), false),
         };
-        let mut image = Image {
+        let image = Image {
             vmlinuz: dir.join("vmlinuz"),
             initrd: dir.join("initrd.img"),
             rootfs: dir.join("rootfs.ext4"),
@@ -63,9 +60,6 @@ pub fn image() -> &'static Image {
             build_image();
             assert!(complete(true), "`cargo xtask guest-image` left no image in {}", dir.display());
         }
-        if !has_file(&image.rootfs, AGENT) {
-            image.rootfs = with_stub_agent(&image.rootfs);
-        }
         image
     })
 }
@@ -80,36 +74,6 @@ fn build_image() {
         .status()
         .expect("cannot run cargo xtask guest-image");
     assert!(status.success(), "`cargo xtask guest-image --flavour nexus` failed: {status}");
-}
-
-/// Whether the ext4 image `fs` holds `path` (debugfs reads it without mounting).
-fn has_file(fs: &Path, path: &str) -> bool {
-    let output = debugfs(fs, &format!("stat {path}"), false);
-    String::from_utf8_lossy(&output.stdout).contains("Inode:")
-}
-
-/// A copy of the ext4 image `rootfs` with [`STUB_AGENT`] installed as the agent.
-fn with_stub_agent(rootfs: &Path) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let copy = dir.join("nexus-rootfs-stub-agent.ext4");
-    let stub = dir.join("nexus-stub-agent");
-    println!("the image has no {AGENT} yet: booting {} with a stub agent", copy.display());
-    fs::copy(rootfs, &copy).unwrap();
-    fs::write(&stub, STUB_AGENT).unwrap();
-    debugfs(&copy, &format!("write {} {AGENT}", stub.display()), true);
-    debugfs(&copy, &format!("sif {AGENT} mode 0100755"), true);
-    assert!(has_file(&copy, AGENT), "debugfs could not add {AGENT} to {}", copy.display());
-    copy
-}
-
-fn debugfs(fs: &Path, request: &str, write: bool) -> std::process::Output {
-    let mut command = Command::new("debugfs");
-    if write {
-        command.arg("-w");
-    }
-    let output = command.args(["-R", request]).arg(fs).output().expect("cannot run debugfs");
-    assert!(output.status.success(), "debugfs -R {request:?} failed: {output:?}");
-    output
 }
 
 fn home() -> PathBuf {
