@@ -55,7 +55,7 @@ pub fn run(native: bool) -> Result<()> {
     if let Some(images) = &images {
         let dir = images.dir.parent().context("images dir")?;
         settings +=
-            &format!("vm: {{ images: {}, state_dir: {}/vms }}\n", dir.display(), demo.display());
+            &format!("vm: {{ images: {}, state_dir: {} }}\n", dir.display(), demo.display());
     }
     let backend = Backend::start(&root.join("target/debug/nexus"), &settings, &[])?;
     println!("demo: backend up, control socket {}", backend.socket.display());

@@ -4,6 +4,7 @@
 mod fabric;
 mod measure;
 mod report;
+mod vm;
 
 use anyhow::Result;
 use clap::Subcommand;
@@ -13,10 +14,14 @@ pub enum Bench {
     /// The communication fabric, host-native: channel round trip and throughput, and a Python
     /// function through real boto3 vs the shim.
     Fabric,
+    /// The same function in a baseline VM and a Nexus VM: memory, VMM RSS, warm and cold
+    /// latency.
+    Vm,
 }
 
 pub fn run(bench: Bench) -> Result<()> {
     match bench {
         Bench::Fabric => fabric::run(),
+        Bench::Vm => vm::run(),
     }
 }
