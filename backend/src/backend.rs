@@ -15,14 +15,17 @@ use serde::Serialize;
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
+use crate::cache::Cached;
 use crate::cache::ObjectCache;
 use crate::config::Config;
 use crate::invoke::{InvokeError, Outcome};
 use crate::metrics::Metrics;
 use crate::ops::Context;
+use crate::ops::{self, OpError};
 use crate::policy::Policy;
 use crate::serve::{serve, Shared};
 use crate::served::ServedRegion;
+use crate::spool::{Spool, SpoolError};
 use crate::storage::{Storage, StorageError};
 
 /// Errors of backend operations.
@@ -31,6 +34,9 @@ pub enum BackendError {
     /// The storage configuration is unusable.
     #[error("Invalid storage configuration")]
     Storage(#[from] StorageError),
+    /// The write-back spool cannot be used.
+    #[error("Cannot open the write-back spool")]
+    Spool(#[from] SpoolError),
     /// A function name that cannot name a region.
     #[error("Invalid function name {0:?}: use lowercase letters, digits, '-' and '_'")]
     FunctionName(String),
@@ -115,16 +121,23 @@ pub struct Backend {
     shared: Arc<Shared>,
     regions: Mutex<BTreeMap<String, Attached>>,
     next_id: AtomicU64,
+    /// Epochs handed to regions: they start at the wall clock in milliseconds, so they grow
+    /// across backend restarts too.
+    next_epoch: AtomicU64,
 }
 
 impl Backend {
     /// A backend for `config` whose I/O runs on `runtime`.
     pub fn new(config: Config, runtime: Handle) -> Result<Self, BackendError> {
-        let context = Context {
-            storage: Storage::new(&config.storage)?,
-            cache: ObjectCache::new(&config.cache),
-            metrics: Metrics::new(),
+        let storage = Arc::new(Storage::new(&config.storage)?);
+        let cache = Arc::new(ObjectCache::new(&config.cache));
+        let metrics = Metrics::new();
+        let spool = if config.writeback.enabled {
+            Some(Spool::start(&config, storage.clone(), cache.clone(), &metrics, &runtime)?)
+        } else {
+            None
         };
+        let context = Context { storage, cache, metrics, spool };
         if !context.storage.keeps_attributes() {
             tracing::info!("The local-directory store does not keep ContentType or Metadata");
         }
@@ -134,7 +147,15 @@ impl Backend {
             inflight: Arc::new(Semaphore::new(config.limits.max_inflight)),
             per_region: config.limits.max_inflight_per_region,
         });
-        Ok(Self { config, shared, regions: Mutex::default(), next_id: AtomicU64::new(1) })
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        let first_epoch = now.map_or(1, |d| d.as_millis() as u64);
+        Ok(Self {
+            config,
+            shared,
+            regions: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            next_epoch: AtomicU64::new(first_epoch),
+        })
     }
 
     /// The configuration in force.
@@ -192,6 +213,9 @@ impl Backend {
                 return Err(BackendError::Attach { id, source: Box::new(e) });
             }
         };
+        // Whatever attached may have written the region (a VM restored from a snapshot brings
+        // its old contents back): start from a clean header and empty rings.
+        region.initialize(&geometry).map_err(region_err)?;
         let spin = Duration::from_micros(self.config.region.spin_us);
         let served = Arc::new(ServedRegion::new(
             id.clone(),
@@ -202,7 +226,7 @@ impl Backend {
             spin,
             kick,
         ));
-        served.open_channel().map_err(region_err)?;
+        served.open_channel(self.next_epoch.fetch_add(1, Ordering::Relaxed)).map_err(region_err)?;
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
             .name(format!("nexus-{id}"))
@@ -223,6 +247,34 @@ impl Backend {
     /// Whether the guest of region `id` is ready for invocations.
     pub fn region_ready(&self, id: &str) -> Result<bool, BackendError> {
         Ok(self.served(id)?.guest_ready())
+    }
+
+    /// Wakes the guest of region `id` whether or not it said it sleeps (after a restore).
+    pub fn kick_guest(&self, id: &str) -> Result<(), BackendError> {
+        let served = self.served(id)?;
+        served.notifier.kick_peer().map_err(|source| BackendError::Region { id: id.into(), source })
+    }
+
+    /// Reads `bucket/key` whole from storage, to stage it for an invocation.
+    pub async fn fetch_object(&self, bucket: &str, key: &str) -> Result<Cached, OpError> {
+        ops::get::fetch_whole(&self.shared.context, bucket, key).await
+    }
+
+    /// Stages prefetched objects on region `id` (see [`ServedRegion::stage`]).
+    pub fn stage(
+        &self,
+        id: &str,
+        objects: Vec<(String, String, Cached)>,
+    ) -> Result<(), BackendError> {
+        self.served(id)?.stage(objects);
+        Ok(())
+    }
+
+    /// Drops what was staged on region `id`.
+    pub fn unstage(&self, id: &str) {
+        if let Ok(served) = self.served(id) {
+            served.unstage();
+        }
     }
 
     /// Stops serving region `id` and removes its file.
@@ -264,13 +316,16 @@ impl Backend {
         self.lock().values().map(Attached::info).collect()
     }
 
-    /// Stops serving every region.
+    /// Stops serving every region, then the write-back uploads (after a few seconds' grace).
     pub fn shutdown(&self) {
         let all = std::mem::take(&mut *self.lock());
         for (_, attached) in all {
             attached.detach();
         }
         self.metrics().set_regions(0);
+        if let Some(spool) = &self.shared.context.spool {
+            spool.stop();
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Attached>> {

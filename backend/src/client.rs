@@ -58,14 +58,29 @@ pub fn exchange(
     path: &str,
     body: &[u8],
 ) -> Result<Answer, ClientError> {
+    exchange_with(socket, method, path, &[], body)
+}
+
+/// [`exchange`] with extra request headers.
+pub fn exchange_with(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Answer, ClientError> {
     let mut stream = UnixStream::connect(socket)
         .map_err(|source| ClientError::Connect { path: socket.to_owned(), source })?;
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: nexus\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+         Content-Type: application/json\r\nContent-Length: {}\r\n",
         body.len()
     )?;
+    for (name, value) in headers {
+        write!(stream, "{name}: {value}\r\n")?;
+    }
+    write!(stream, "\r\n")?;
     stream.write_all(body)?;
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer)?;

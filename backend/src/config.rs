@@ -46,6 +46,7 @@ pub struct Config {
     pub default_policy: Policy,
     pub functions: BTreeMap<String, FunctionConfig>,
     pub vm: VmConfig,
+    pub writeback: WritebackConfig,
 }
 
 /// Where the control API and metrics listen.
@@ -108,6 +109,32 @@ pub struct CacheConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct FunctionConfig {
     pub policy: Policy,
+    /// When the function's puts and deletes complete, with write-back on.
+    pub write_back: WriteBack,
+}
+
+/// When a put (or delete) completes for the guest, with write-back on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteBack {
+    /// Once the bytes are durable in the spool; the upload follows in the background.
+    #[default]
+    Async,
+    /// Once the bytes are durable in the spool and the upload succeeded.
+    Strict,
+}
+
+/// The write-back spool: puts are acknowledged once durable on the host and uploaded after.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WritebackConfig {
+    /// Off: every put and delete goes to the store before it completes (no spool).
+    pub enabled: bool,
+    /// Directory of the spool (a persistent local disk, not a tmpfs).
+    pub dir: PathBuf,
+    /// Bytes waiting for upload beyond which new puts wait for room.
+    #[serde(deserialize_with = "byte_size::deserialize")]
+    pub max_backlog_bytes: u64,
 }
 
 /// How function VMs run.
@@ -132,6 +159,12 @@ impl Default for VmConfig {
             accel: "auto".into(),
             boot_timeout_secs: 120,
         }
+    }
+}
+
+impl Default for WritebackConfig {
+    fn default() -> Self {
+        Self { enabled: true, dir: "/var/lib/nexus/spool".into(), max_backlog_bytes: 4 << 30 }
     }
 }
 
@@ -193,6 +226,11 @@ impl Config {
         self.functions.get(function).map_or(&self.default_policy, |f| &f.policy)
     }
 
+    /// The write-back mode of `function`: its own, or `async`.
+    pub fn write_back_for(&self, function: &str) -> WriteBack {
+        self.functions.get(function).map_or(WriteBack::Async, |f| f.write_back)
+    }
+
     /// Checks what the types cannot; the error is `field: reason`.
     fn validate(&self) -> Result<(), String> {
         self.region.checked_geometry().map_err(|e| self.region.explain(e))?;
@@ -223,6 +261,14 @@ impl Config {
         }
         if self.vm.boot_timeout_secs == 0 {
             return Err("vm.boot_timeout_secs: must be at least 1".into());
+        }
+        if self.writeback.max_backlog_bytes == 0 {
+            return Err("writeback.max_backlog_bytes: must be at least 1 (to turn write-back \
+                        off, set writeback.enabled: false)"
+                .into());
+        }
+        if self.writeback.enabled && self.writeback.dir.as_os_str().is_empty() {
+            return Err("writeback.dir: must not be empty".into());
         }
         check_policy("default_policy", &self.default_policy)?;
         for (name, function) in &self.functions {
@@ -407,6 +453,7 @@ default_policy:
         assert_eq!(thumbnailer.policy.burst, Some(400));
         assert_eq!(thumbnailer.policy.max_object_size, 512 * MIB);
         assert_eq!(thumbnailer.policy.grants.len(), 2);
+        assert_eq!(thumbnailer.write_back, WriteBack::Async);
         // Everything else in the example is the default, as its comments say.
         assert_eq!(Config { functions: BTreeMap::new(), ..config }, Config::default());
     }
@@ -484,6 +531,8 @@ default_policy:
             ),
             ("default_policy: { requests_per_second: 5, burst: 0 }", "default_policy.burst: must"),
             ("default_policy: { burst: 5 }", "default_policy.burst: is set without"),
+            ("writeback: { max_backlog_bytes: 0 }", "writeback.max_backlog_bytes: must be"),
+            ("writeback: { dir: '' }", "writeback.dir: must not be empty"),
         ] {
             let message = error(yaml);
             assert!(message.starts_with(&format!("configs/x.yaml: {expected}")), "{message}");
@@ -503,6 +552,21 @@ default_policy:
         let config = Config::parse(yaml, "t").unwrap();
         assert_eq!(config.policy_for("f").grants.len(), 1);
         assert!(config.policy_for("other").grants.is_empty());
+    }
+
+    #[test]
+    fn functions_choose_their_write_back() {
+        let yaml = "writeback: { dir: /tmp/spool, max_backlog_bytes: 1GiB }\n\
+                    functions: { f: { write_back: strict }, g: { write_back: async }, h: {} }";
+        let config = Config::parse(yaml, "t").unwrap();
+        assert_eq!(config.writeback.max_backlog_bytes, GIB);
+        assert!(config.writeback.enabled);
+        assert_eq!(config.write_back_for("f"), WriteBack::Strict);
+        assert_eq!(config.write_back_for("g"), WriteBack::Async);
+        assert_eq!(config.write_back_for("h"), WriteBack::Async);
+        assert_eq!(config.write_back_for("unlisted"), WriteBack::Async);
+        let message = error("functions: { f: { write_back: later } }");
+        assert!(message.contains("unknown variant `later`"), "{message}");
     }
 
     #[test]

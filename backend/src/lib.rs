@@ -5,7 +5,8 @@
 //!                                                          │ one serving thread per region
 //!                                                          ▼
 //!                      serve ── ops (get/put/list/…) ── storage (object_store) · cache
-//!                        │                                policy · metrics
+//!                        │                       │        policy · metrics
+//!                        │                       └─ spool (write-back) ── uploaders
 //!                      served (host end of a region: rings, doorbell, streams)
 //! ```
 
@@ -22,5 +23,6 @@ mod ops;
 pub mod policy;
 mod serve;
 mod served;
+mod spool;
 pub mod storage;
 mod streams;

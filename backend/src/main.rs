@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use nexus_backend::api::{COLD_START, FUNCTION_ERROR};
-use nexus_backend::client::{exchange, request};
+use nexus_backend::api::{COLD_START, COLD_START_FROM, FUNCTION_ERROR, PREFETCH, PREFETCHED};
+use nexus_backend::client::{exchange_with, request};
 use nexus_backend::config::Config;
 use nexus_backend::functions::FunctionSpec;
 use nexus_backend::storage::error_chain;
@@ -52,9 +52,17 @@ enum FnCommand {
         /// Event JSON file, or - for standard input.
         #[arg(long, default_value = "-")]
         event: PathBuf,
+        /// An object the handler will read, as BUCKET/KEY: on a cold start it is fetched while
+        /// the VM starts (repeatable).
+        #[arg(long)]
+        prefetch: Vec<String>,
     },
     /// List functions and their VMs.
     Ls,
+    /// Snapshot the function's warm VM: later cold starts restore it instead of booting.
+    Snapshot { name: String },
+    /// Stop the function's warm VM (the next invocation is a cold start).
+    Stop { name: String },
     /// Remove a function and stop its VM.
     Rm { name: String },
 }
@@ -123,7 +131,7 @@ fn region(socket: &Path, command: RegionCommand) -> Result<(), String> {
         RegionCommand::Ls => print(socket, "GET", "/v1/regions", None),
         RegionCommand::Rm { id } => print(socket, "DELETE", &format!("/v1/regions/{id}"), None),
         RegionCommand::Invoke { id, event, timeout } => {
-            invoke(socket, &format!("/v1/regions/{id}/invoke?timeout={timeout}"), &event)
+            invoke(socket, &format!("/v1/regions/{id}/invoke?timeout={timeout}"), &[], &event)
         }
     }
 }
@@ -141,8 +149,24 @@ fn function(socket: &Path, command: FnCommand) -> Result<(), String> {
             let body = serde_json::to_value(&parsed).map_err(|e| e.to_string())?;
             print(socket, "POST", "/v1/functions", Some(&body))
         }
-        FnCommand::Invoke { name, event } => {
-            invoke(socket, &format!("/v1/functions/{name}/invoke"), &event)
+        FnCommand::Invoke { name, event, prefetch } => {
+            let hints: Result<Vec<_>, String> = prefetch
+                .iter()
+                .map(|object| match object.split_once('/') {
+                    Some((bucket, key)) => Ok(json!({ "bucket": bucket, "key": key })),
+                    None => Err(format!("--prefetch {object:?} is not BUCKET/KEY")),
+                })
+                .collect();
+            let hints = serde_json::Value::from(hints?).to_string();
+            let headers: Vec<(&str, &str)> =
+                if prefetch.is_empty() { Vec::new() } else { vec![(PREFETCH, hints.as_str())] };
+            invoke(socket, &format!("/v1/functions/{name}/invoke"), &headers, &event)
+        }
+        FnCommand::Snapshot { name } => {
+            print(socket, "POST", &format!("/v1/functions/{name}/snapshot"), None)
+        }
+        FnCommand::Stop { name } => {
+            print(socket, "POST", &format!("/v1/functions/{name}/stop"), None)
         }
         FnCommand::Ls => print(socket, "GET", "/v1/functions", None),
         FnCommand::Rm { name } => print(socket, "DELETE", &format!("/v1/functions/{name}"), None),
@@ -150,7 +174,7 @@ fn function(socket: &Path, command: FnCommand) -> Result<(), String> {
 }
 
 /// Posts an event read from `event` (`-`: stdin) and prints the result.
-fn invoke(socket: &Path, path: &str, event: &Path) -> Result<(), String> {
+fn invoke(socket: &Path, path: &str, headers: &[(&str, &str)], event: &Path) -> Result<(), String> {
     let text = if event == Path::new("-") {
         std::io::read_to_string(std::io::stdin())
             .map_err(|e| format!("Cannot read the event: {e}"))?
@@ -158,10 +182,13 @@ fn invoke(socket: &Path, path: &str, event: &Path) -> Result<(), String> {
         std::fs::read_to_string(event)
             .map_err(|e| format!("Cannot read {}: {e}", event.display()))?
     };
-    let answer = exchange(socket, "POST", path, text.as_bytes()).map_err(|e| error_chain(&e))?;
+    let answer = exchange_with(socket, "POST", path, headers, text.as_bytes())
+        .map_err(|e| error_chain(&e))?;
     println!("{}", answer.body);
     if let Some(ms) = answer.header(COLD_START) {
-        eprintln!("nexus: cold start: the function's VM took {ms} ms to be ready");
+        let from = answer.header(COLD_START_FROM).unwrap_or("boot");
+        let staged = answer.header(PREFETCHED).unwrap_or("0");
+        eprintln!("nexus: cold start ({from}): the VM was ready after {ms} ms; {staged} objects prefetched");
     }
     match answer.header(FUNCTION_ERROR) {
         Some(kind) => Err(format!("The handler raised ({kind})")),

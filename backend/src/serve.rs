@@ -79,8 +79,9 @@ pub fn serve(served: Arc<ServedRegion>, shared: Arc<Shared>, stop: Arc<AtomicBoo
     };
     if let Err(e) = result {
         tracing::warn!(region = %served.id, function = %served.function, "Region faulted: {e}");
-        shared.context.metrics.region_faulted(&served.function);
-        served.fault();
+        if served.fault() {
+            shared.context.metrics.region_faulted(&served.function);
+        }
     }
 }
 
@@ -229,8 +230,9 @@ async fn publish(served: &ServedRegion, shared: &Shared, tag: u64, buffer: u32, 
             }
             Err(e) => {
                 tracing::warn!(region = %served.id, "Cannot complete call: {}", error_chain(&e));
-                shared.context.metrics.region_faulted(&served.function);
-                served.fault();
+                if served.fault() {
+                    shared.context.metrics.region_faulted(&served.function);
+                }
                 return;
             }
         }

@@ -2,6 +2,7 @@
 //! policy. A serving thread pops calls (see [`crate::serve`]); tasks answer them through
 //! [`ServedRegion::complete`].
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,6 +14,7 @@ use nexus_channel::ring::RingError;
 use nexus_channel::wire::Status;
 use nexus_channel::{CompletionDesc, Geometry, Notifier, Producer, Region};
 
+use crate::cache::Cached;
 use crate::invoke::{Invocations, InvokeError, Outcome};
 use crate::policy::{Policy, RateLimiter};
 use crate::streams::Streams;
@@ -41,6 +43,8 @@ pub struct ServedRegion {
     pub streams: Streams,
     pub invocations: Invocations,
     completions: Mutex<Producer<CompletionDesc>>,
+    /// Objects prefetched for the invocation about to run, by bucket and key.
+    staged: Mutex<HashMap<(String, String), Cached>>,
     faulted: AtomicBool,
     epoch: AtomicU64,
 }
@@ -65,6 +69,7 @@ impl ServedRegion {
             streams: Streams::new(geometry.guest_buffers.saturating_mul(2)),
             completions: Mutex::new(Producer::new(region.clone(), &geometry, RingId::Completions)),
             invocations: Invocations::new(region.clone(), geometry),
+            staged: Mutex::default(),
             faulted: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
             region,
@@ -72,10 +77,11 @@ impl ServedRegion {
         }
     }
 
-    /// Opens a new epoch of the channel and publishes `READY`; the guest acknowledges the
-    /// epoch when it is ready for invocations.
-    pub fn open_channel(&self) -> Result<(), RegionError> {
-        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+    /// Opens the channel at `epoch` (unique across regions and restarts, so a guest restored
+    /// from a snapshot sees a new one) and publishes `READY`; the guest acknowledges the epoch
+    /// when it is ready for invocations.
+    pub fn open_channel(&self, epoch: u64) -> Result<(), RegionError> {
+        self.epoch.store(epoch, Ordering::Release);
         self.region.atomic_u64(header::EPOCH)?.store(epoch, Ordering::Release);
         self.set_state(host_state::READY)
     }
@@ -96,6 +102,24 @@ impl ServedRegion {
             return Err(InvokeError::NotReady);
         }
         self.invocations.send(event, deadline, || Ok(self.notifier.notify_peer()?)).await
+    }
+
+    /// Keeps `objects` in memory for this region's guest until [`ServedRegion::unstage`]: its
+    /// `Get`/`Head` of them are answered without going to storage.
+    pub fn stage(&self, objects: Vec<(String, String, Cached)>) {
+        let mut staged = self.staged.lock().unwrap_or_else(|e| e.into_inner());
+        staged.extend(objects.into_iter().map(|(bucket, key, object)| ((bucket, key), object)));
+    }
+
+    /// Drops every staged object.
+    pub fn unstage(&self) {
+        self.staged.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// A staged object, if `bucket/key` is one.
+    pub fn staged(&self, bucket: &str, key: &str) -> Option<Cached> {
+        let staged = self.staged.lock().unwrap_or_else(|e| e.into_inner());
+        staged.get(&(bucket.to_owned(), key.to_owned())).cloned()
     }
 
     /// Publishes a host state (`READY` to open the channel, `GONE` to close it).
@@ -136,11 +160,15 @@ impl ServedRegion {
         answer
     }
 
-    /// Stops serving a region whose guest broke the protocol.
-    pub fn fault(&self) {
-        self.faulted.store(true, Ordering::Release);
+    /// Stops serving a region whose guest broke the protocol; returns whether this call did it
+    /// (a region is faulted once, however many paths notice).
+    pub fn fault(&self) -> bool {
+        if self.faulted.swap(true, Ordering::AcqRel) {
+            return false;
+        }
         self.invocations.abandon();
         let _ = self.set_state(host_state::GONE);
+        true
     }
 
     /// Whether the region was faulted.

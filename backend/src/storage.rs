@@ -8,15 +8,18 @@
 //! | `s3://`, `gs://`, `az://` | `s3://b` etc., configured by `storage.options` |
 //! | `memory://`            | an in-memory store (unit tests only)            |
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use nexus_channel::wire::Status;
+use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::ObjectStore;
+use object_store::{Attribute, Attributes, ObjectStore, RetryConfig};
 
 use crate::config::StorageConfig;
 
@@ -95,11 +98,20 @@ enum Kind {
     Remote { scheme: String, options: Vec<(String, String)> },
 }
 
+/// How often a remote store's client tries one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Attempts {
+    /// object_store's own retries (10 tries within 3 minutes): for guest calls.
+    Retried,
+    /// Once: for callers that retry themselves (the write-back uploader).
+    Once,
+}
+
 /// The stores of all buckets, opened on first use.
 #[derive(Debug)]
 pub struct Storage {
     kind: Kind,
-    buckets: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+    buckets: Mutex<HashMap<(String, Attempts), Arc<dyn ObjectStore>>>,
 }
 
 impl Storage {
@@ -124,10 +136,53 @@ impl Storage {
         !matches!(self.kind, Kind::Local(_))
     }
 
+    /// The attributes a put sets, those the store keeps.
+    pub fn attributes(
+        &self,
+        content_type: Option<&str>,
+        metadata: &BTreeMap<String, String>,
+    ) -> Attributes {
+        let mut attributes = Attributes::new();
+        if !self.keeps_attributes() {
+            return attributes;
+        }
+        if let Some(content_type) = content_type {
+            attributes.insert(Attribute::ContentType, content_type.to_owned().into());
+        }
+        for (key, value) in metadata {
+            attributes.insert(Attribute::Metadata(key.clone().into()), value.clone().into());
+        }
+        attributes
+    }
+
+    /// Whether the ETag of an object stored with one PUT is the MD5 of its bytes, as S3 and GCS
+    /// make it (a local directory, Azure and the memory store make their own).
+    pub fn etags_are_md5(&self) -> bool {
+        matches!(&self.kind, Kind::Remote { scheme, .. } if scheme == "s3" || scheme == "gs")
+    }
+
     /// The store of `bucket` (a name already checked by the wire parser).
     pub fn bucket(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>, StorageError> {
+        self.bucket_with(bucket, Attempts::Retried)
+    }
+
+    /// The store of `bucket` whose client tries each request once, for a caller with its own
+    /// retry policy. A local or memory store is the same as [`Storage::bucket`]'s.
+    pub fn bucket_tried_once(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>, StorageError> {
+        match self.kind {
+            Kind::Remote { .. } => self.bucket_with(bucket, Attempts::Once),
+            Kind::Local(_) | Kind::Memory => self.bucket_with(bucket, Attempts::Retried),
+        }
+    }
+
+    fn bucket_with(
+        &self,
+        bucket: &str,
+        attempts: Attempts,
+    ) -> Result<Arc<dyn ObjectStore>, StorageError> {
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(store) = buckets.get(bucket) {
+        let id = (bucket.to_owned(), attempts);
+        if let Some(store) = buckets.get(&id) {
             return Ok(store.clone());
         }
         let store: Arc<dyn ObjectStore> = match &self.kind {
@@ -143,14 +198,48 @@ impl Storage {
             Kind::Remote { scheme, options } => {
                 let url = url::Url::parse(&format!("{scheme}://{bucket}"))
                     .map_err(|_| StorageError::NoSuchBucket(bucket.into()))?;
-                let (store, _) = object_store::parse_url_opts(&url, options.iter().cloned())
-                    .map_err(|source| StorageError::Open { bucket: bucket.into(), source })?;
-                Arc::from(store)
+                let open = |source| StorageError::Open { bucket: bucket.into(), source };
+                match attempts {
+                    Attempts::Retried => {
+                        let (store, _) =
+                            object_store::parse_url_opts(&url, options.iter().cloned())
+                                .map_err(open)?;
+                        Arc::from(store)
+                    }
+                    Attempts::Once => remote_tried_once(scheme, &url, options).map_err(open)?,
+                }
             }
         };
-        buckets.insert(bucket.into(), store.clone());
+        buckets.insert(id, store.clone());
         Ok(store)
     }
+}
+
+/// A remote store built as `object_store::parse_url_opts` builds it (unknown options are
+/// ignored the same way), with its client's retries turned off.
+fn remote_tried_once(
+    scheme: &str,
+    url: &url::Url,
+    options: &[(String, String)],
+) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
+    let once = RetryConfig { max_retries: 0, ..RetryConfig::default() };
+    macro_rules! build {
+        ($builder:ty) => {{
+            let builder = options.iter().fold(
+                <$builder>::new().with_url(url.to_string()).with_retry(once),
+                |builder, (key, value)| match key.to_ascii_lowercase().parse() {
+                    Ok(key) => builder.with_config(key, value),
+                    Err(_) => builder,
+                },
+            );
+            Arc::new(builder.build()?) as Arc<dyn ObjectStore>
+        }};
+    }
+    Ok(match scheme {
+        "s3" => build!(AmazonS3Builder),
+        "gs" => build!(GoogleCloudStorageBuilder),
+        _ => build!(MicrosoftAzureBuilder),
+    })
 }
 
 /// The object_store path of an S3 key.
@@ -175,6 +264,40 @@ mod tests {
         let missing = storage.bucket("nothere").unwrap_err();
         assert_eq!(missing.status(), Status::NoSuchBucket);
         assert!(!storage.keeps_attributes());
+    }
+
+    #[test]
+    fn remote_stores_open_with_and_without_retries() {
+        let mut config = config("s3://");
+        for (key, value) in [
+            ("aws_endpoint", "http://127.0.0.1:9"),
+            ("aws_region", "garage"),
+            ("aws_access_key_id", "GK00"),
+            ("aws_secret_access_key", "secret"),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("not_an_option", "ignored"),
+        ] {
+            config.options.insert(key.into(), value.into());
+        }
+        let storage = Storage::new(&config).unwrap();
+        let retried = storage.bucket("photos").unwrap();
+        let once = storage.bucket_tried_once("photos").unwrap();
+        assert!(!Arc::ptr_eq(&retried, &once));
+        assert!(Arc::ptr_eq(&once, &storage.bucket_tried_once("photos").unwrap()));
+        assert!(storage.etags_are_md5() && storage.keeps_attributes());
+        let metadata = [("k".to_owned(), "v".to_owned())].into();
+        assert_eq!(storage.attributes(Some("text/plain"), &metadata).len(), 2);
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("photos")).unwrap();
+        let local =
+            Storage::new(&self::config(&format!("file://{}", dir.path().display()))).unwrap();
+        assert!(Arc::ptr_eq(
+            &local.bucket("photos").unwrap(),
+            &local.bucket_tried_once("photos").unwrap()
+        ));
+        assert!(!local.etags_are_md5());
+        assert!(local.attributes(Some("text/plain"), &metadata).is_empty());
     }
 
     #[test]

@@ -14,6 +14,7 @@ use object_store::path::Path;
 use object_store::{Attributes, ObjectStore, WriteMultipart};
 
 use crate::cache::ObjectInfo;
+use crate::spool::Writer;
 
 /// How long an untouched stream is kept.
 const IDLE: Duration = Duration::from_secs(300);
@@ -51,10 +52,12 @@ pub struct Upload {
 }
 
 /// Where an upload's bytes go: held until they reach the multipart threshold (so smaller
-/// objects are one plain PUT, as boto3 sends them), then parts of a multipart upload.
+/// objects are one plain PUT, as boto3 sends them), then parts of a multipart upload; or, with
+/// write-back on, the spool.
 pub enum Sink {
     Held { store: Arc<dyn ObjectStore>, path: Path, attributes: Attributes, bytes: BytesMut },
     Multipart(WriteMultipart),
+    Spooled(Writer),
 }
 
 /// A stream of either kind.

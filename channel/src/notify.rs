@@ -99,12 +99,19 @@ impl Notifier {
         // SeqCst: orders our ring publication before the read of the peer's flag (see above).
         fence(Ordering::SeqCst);
         if self.region.atomic_u32(self.peer_asleep)?.load(Ordering::Relaxed) != 0 {
-            let doorbell = self.region.atomic_u32(self.peer_doorbell)?;
-            doorbell.fetch_add(1, Ordering::Release);
-            match &self.kick {
-                Kick::Futex => futex_wake(doorbell),
-                Kick::Stream(fd) => stream_kick(fd),
-            }
+            self.kick_peer()?;
+        }
+        Ok(())
+    }
+
+    /// Wakes the peer whether or not it said it sleeps: after the region was re-initialized
+    /// under a sleeping peer (a VM restored from a snapshot), its asleep flag is gone.
+    pub fn kick_peer(&self) -> Result<(), RegionError> {
+        let doorbell = self.region.atomic_u32(self.peer_doorbell)?;
+        doorbell.fetch_add(1, Ordering::Release);
+        match &self.kick {
+            Kick::Futex => futex_wake(doorbell),
+            Kick::Stream(fd) => stream_kick(fd),
         }
         Ok(())
     }

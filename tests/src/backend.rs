@@ -1,4 +1,6 @@
-//! A real `nexus backend` process with its own config, socket, regions and log in a tempdir.
+//! A real `nexus backend` process with its own config, socket, regions, write-back spool and
+//! log in a tempdir. It can be killed (SIGKILL, nothing cleaned up) and restarted on the same
+//! tempdir, as after a crash.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -20,8 +22,10 @@ const LOG_LINES: usize = 40;
 #[derive(Debug)]
 pub struct Backend {
     pub socket: PathBuf,
-    /// The tempdir holding config, socket, regions, log (and a local store, if used).
+    /// The tempdir holding config, socket, regions, spool, log (and a local store, if used).
     pub dir: PathBuf,
+    binary: PathBuf,
+    config: PathBuf,
     log: PathBuf,
     child: Option<Child>,
     _dir: TempDir,
@@ -30,7 +34,8 @@ pub struct Backend {
 impl Backend {
     /// Starts `binary` with `settings` (YAML for `storage`, `cache`, `default_policy`,
     /// `functions`, ...; `{dir}` stands for the backend's tempdir). `local_buckets` are created
-    /// as directories under `{dir}/objects`, the local store's buckets.
+    /// as directories under `{dir}/objects`, the local store's buckets. Unless `settings` has a
+    /// `writeback:` section, the write-back spool is `{dir}/spool`.
     pub fn start(
         binary: &Path,
         settings: &str,
@@ -53,28 +58,71 @@ impl Backend {
                 .map_err(HarnessError::io("create a local bucket"))?;
         }
         let socket = dir.join("nexus.sock");
-        let config = format!(
+        let mut config = format!(
             "api: {{ socket: {sock} }}\nregion: {{ dir: {dir}/regions, {region} }}\n{settings}",
             sock = socket.display(),
             dir = dir.display(),
             settings = settings.replace("{dir}", &dir.display().to_string()),
         );
+        if !settings.contains("writeback:") {
+            config += &format!("\nwriteback: {{ dir: {}/spool }}\n", dir.display());
+        }
         let config_path = dir.join("nexus.yaml");
         fs::write(&config_path, config).map_err(HarnessError::io("write the backend config"))?;
         let log = dir.join("backend.log");
-        let log_file = File::create(&log).map_err(HarnessError::io("create the backend log"))?;
-        let child = Command::new(binary)
+        let mut backend = Self {
+            socket,
+            dir,
+            binary: binary.to_owned(),
+            config: config_path,
+            log,
+            child: None,
+            _dir: tmp,
+        };
+        backend.launch()?;
+        Ok(backend)
+    }
+
+    /// Starts the process on the tempdir's config, appending to its log, and waits until it
+    /// answers.
+    fn launch(&mut self) -> Result<(), HarnessError> {
+        let log_file = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(HarnessError::io("open the backend log"))?;
+        let child = Command::new(&self.binary)
             .args(["backend", "--config"])
-            .arg(&config_path)
+            .arg(&self.config)
             .env("NEXUS_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().map_err(HarnessError::io("open the backend log"))?)
             .stderr(log_file)
             .spawn()
-            .map_err(HarnessError::io(format!("start {}", binary.display())))?;
-        let mut backend = Self { socket, dir, log, child: Some(child), _dir: tmp };
-        backend.wait_ready()?;
-        Ok(backend)
+            .map_err(HarnessError::io(format!("start {}", self.binary.display())))?;
+        self.child = Some(child);
+        self.wait_ready()
+    }
+
+    /// Kills the backend with SIGKILL, as a crash would: no clean-up, the spool stays as it is.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Errors mean it has already exited; `wait` reaps it either way.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the backend again on the same tempdir, config, spool and log (after
+    /// [`Backend::kill`] or [`Backend::stop`]); regions are the new process's own.
+    pub fn restart(&mut self) -> Result<(), HarnessError> {
+        self.stop();
+        self.launch()
+    }
+
+    /// The whole log, across restarts.
+    pub fn log(&self) -> String {
+        fs::read(&self.log).map(|l| String::from_utf8_lossy(&l).into_owned()).unwrap_or_default()
     }
 
     fn wait_ready(&mut self) -> Result<(), HarnessError> {
@@ -133,6 +181,27 @@ impl Backend {
             .filter(|l| l.starts_with(name) && labels.iter().all(|want| l.contains(want)))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum())
+    }
+
+    /// Waits until the write-back spool has uploaded everything acknowledged so far
+    /// (`nexus_writeback_backlog_objects` is 0): a put completes before its upload, so a test
+    /// that reads the store after a put waits for this first.
+    pub fn wait_uploaded(&self, timeout: Duration) -> Result<(), HarnessError> {
+        let start = Instant::now();
+        loop {
+            let backlog = self.metric("nexus_writeback_backlog_objects", &[])?;
+            if backlog == 0.0 {
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                return Err(HarnessError::BackendTimeout {
+                    what: format!("{backlog} write-back entries still to upload"),
+                    secs: timeout.as_secs(),
+                    log: self.log_tail(),
+                });
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The backend's process id.

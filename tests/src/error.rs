@@ -29,6 +29,9 @@ pub enum HarnessError {
     /// The Nexus backend exited or never opened its socket.
     #[error("Nexus backend did not come up: {why}\n--- backend log (tail) ---\n{log}")]
     BackendNotReady { why: String, log: String },
+    /// The backend did not get something done in time.
+    #[error("Nexus backend: {what} after {secs} s\n--- backend log (tail) ---\n{log}")]
+    BackendTimeout { what: String, secs: u64, log: String },
     /// The backend's control API refused a request.
     #[error("Nexus control API: {0}")]
     Api(String),

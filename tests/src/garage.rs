@@ -4,7 +4,8 @@
 //! metadata, RPC/S3/admin on free loopback ports, a random `rpc_secret`) into a temp dir; run
 //! `garage server` with its log in that dir; wait until it answers RPC; give the node a role
 //! and apply layout version 1; wait until the cluster is healthy; import a random key; wait
-//! until the S3 port answers HTTP. The server is killed by [`Garage::stop`] or on drop.
+//! until the S3 port answers HTTP. The server is killed by [`Garage::stop`] or on drop;
+//! [`Garage::restart`] brings it back on the same data, as after an outage.
 
 use std::env;
 use std::fs::{self, File};
@@ -78,18 +79,7 @@ impl Garage {
         fs::write(&config, toml).map_err(HarnessError::io("write the Garage config"))?;
 
         let log = dir.path().join("garage.log");
-        let log_file = File::create(&log).map_err(HarnessError::io("create the Garage log"))?;
-        let log_clone = log_file.try_clone().map_err(HarnessError::io("open the Garage log"))?;
-        let server = Command::new(&binary)
-            .arg("-c")
-            .arg(&config)
-            .arg("server")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log_clone)
-            .stderr(log_file)
-            .spawn()
-            .map_err(HarnessError::io(format!("start {}", binary.display())))?;
+        let server = spawn(&binary, &config, &log)?;
 
         // From here on, dropping `garage` (on any error) kills the server.
         let mut garage = Garage {
@@ -114,6 +104,17 @@ impl Garage {
         let key = self.access_key.as_str();
         self.garage(&["bucket", "allow", "--read", "--write", "--owner", name, "--key", key])?;
         Ok(())
+    }
+
+    /// Starts the server again (after [`Garage::stop`]) on the same data, ports and key, and
+    /// waits until its S3 API answers; does nothing if it is running.
+    pub fn restart(&mut self) -> Result<(), HarnessError> {
+        if self.server.is_some() {
+            return Ok(());
+        }
+        self.server = Some(spawn(&self.binary, &self.config, &self.log)?);
+        self.wait_until("the cluster is healthy", |g| g.probe(&["health"]))?;
+        self.wait_until("S3 answers", Self::s3_answers)
     }
 
     /// Kills the server and reaps it; does nothing if it is already stopped.
@@ -231,6 +232,26 @@ impl Drop for Garage {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Runs `garage server` on `config`, appending its output to `log`.
+fn spawn(binary: &Path, config: &Path, log: &Path) -> Result<Child, HarnessError> {
+    let log_file = File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(HarnessError::io("open the Garage log"))?;
+    let log_clone = log_file.try_clone().map_err(HarnessError::io("open the Garage log"))?;
+    Command::new(binary)
+        .arg("-c")
+        .arg(config)
+        .arg("server")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(log_clone)
+        .stderr(log_file)
+        .spawn()
+        .map_err(HarnessError::io(format!("start {}", binary.display())))
 }
 
 fn config_toml(

@@ -4,6 +4,7 @@
 //! under TCG.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use nexus_backend::api::{COLD_START, FUNCTION_ERROR};
 use nexus_backend::client::exchange;
@@ -98,12 +99,16 @@ fn read(garage: &Garage, key: &str) -> Vec<u8> {
         .block_on(async { store.get(&key.into()).await.unwrap().bytes().await.unwrap().to_vec() })
 }
 
-fn qemu_processes() -> usize {
+/// QEMU processes whose command line names `dir` (a backend's VMs live under its own dir; other
+/// tests' VMs run at the same time).
+fn qemu_processes(dir: &Path) -> usize {
+    let dir = dir.to_string_lossy().into_owned();
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
-        .filter_map(|p| std::fs::read_to_string(p.path().join("cmdline")).ok())
-        .filter(|cmd| cmd.starts_with("qemu-system"))
+        .filter_map(|p| std::fs::read(p.path().join("cmdline")).ok())
+        .map(|cmd| String::from_utf8_lossy(&cmd).into_owned())
+        .filter(|cmd| cmd.starts_with("qemu-system") && cmd.contains(&dir))
         .count()
 }
 
@@ -117,7 +122,6 @@ fn functions_run_in_nexus_and_baseline_vms() {
         .take(300_000)
         .collect();
     seed(&garage, "in/data.txt", &input);
-    let qemu_before = qemu_processes();
     let mut backend = Backend::start(&nexus_binary(), &settings(&garage, &images), &[]).unwrap();
 
     // Nexus flavour: no NIC; the unmodified boto3 handler's calls go through the region.
@@ -131,6 +135,8 @@ fn functions_run_in_nexus_and_baseline_vms() {
     assert_eq!(error, None, "{result}");
     assert!(cold.is_some(), "the first invocation boots the VM");
     assert_eq!(result["input_bytes"], input.len());
+    // Outputs are acknowledged once durable on the host; the upload follows (write-back).
+    backend.wait_uploaded(Duration::from_secs(60)).unwrap();
     let output = read(&garage, "out/nexus.gz");
     assert_eq!(result["output_bytes"], output.len());
     let mut inflated = Vec::new();
@@ -184,8 +190,9 @@ fn functions_run_in_nexus_and_baseline_vms() {
     let listed = backend.api("GET", "/v1/functions", None).unwrap();
     assert!(listed.as_array().unwrap().iter().all(|f| f["warm"]["pid"].is_u64()), "{listed}");
     backend.api("DELETE", "/v1/functions/compress", None).unwrap();
+    assert!(qemu_processes(&backend.dir) > 0, "the baseline VM runs");
     assert!(backend.stop(), "the backend stops cleanly:\n{}", backend.log_tail());
-    assert_eq!(qemu_processes(), qemu_before, "no VM outlives the backend");
+    assert_eq!(qemu_processes(&backend.dir), 0, "no VM outlives the backend");
 }
 
 #[test]
@@ -210,4 +217,64 @@ fn a_guest_that_cannot_boot_gives_a_clear_error() {
     assert!(error.contains("did not start"), "{error}");
     let listed = backend.api("GET", "/v1/functions", None).unwrap();
     assert!(listed[0]["warm"].is_null(), "a failed boot leaves no VM: {listed}");
+}
+
+#[test]
+fn a_cold_start_restores_the_snapshot_with_its_input_prefetched() {
+    use nexus_backend::api::{COLD_START_FROM, PREFETCH, PREFETCHED};
+    let images = images();
+    let garage = Garage::start().unwrap();
+    garage.create_bucket("vmtest").unwrap();
+    let input: Vec<u8> =
+        (0..40_000u32).flat_map(|i| format!("record {i}\n").into_bytes()).collect();
+    seed(&garage, "in/data.txt", &input);
+    let mut backend = Backend::start(&nexus_binary(), &settings(&garage, &images), &[]).unwrap();
+    let compress = workspace().join("guest/python/examples/compress");
+    deploy(
+        &backend,
+        json!({ "name": "compress", "code": compress, "handler": "handler.py:handler" }),
+    );
+
+    // Warm the function, snapshot it, and stop its VM: the next invocation is cold.
+    let event = |out: &str| json!({ "bucket": "vmtest", "key": "in/data.txt", "output_key": out });
+    let (_, error, cold) = invoke(&backend, "compress", &event("out/boot.gz"));
+    assert_eq!((error, cold.is_some()), (None, true));
+    let snapshot = backend.api("POST", "/v1/functions/compress/snapshot", None).unwrap();
+    assert!(Path::new(snapshot["snapshot"].as_str().unwrap()).join("snapshot.json").is_file());
+    backend.api("POST", "/v1/functions/compress/stop", None).unwrap();
+
+    // Cold start from the snapshot, its input fetched while the VM restores.
+    let hints = json!([{ "bucket": "vmtest", "key": "in/data.txt" }]).to_string();
+    let invoke_hinted = |out: &str, hints: &str| {
+        let path = "/v1/functions/compress/invoke";
+        let body = event(out).to_string();
+        nexus_backend::client::exchange_with(
+            &backend.socket,
+            "POST",
+            path,
+            &[(PREFETCH, hints)],
+            body.as_bytes(),
+        )
+        .unwrap_or_else(|e| panic!("invoke: {e}\n{}", backend.log_tail()))
+    };
+    let answer = invoke_hinted("out/restored.gz", &hints);
+    assert_eq!(answer.header(COLD_START_FROM), Some("restore"), "{}", answer.body);
+    assert_eq!(answer.header(PREFETCHED), Some("1"));
+    let result: Value = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(result["input_bytes"], input.len(), "{result}");
+    backend.wait_uploaded(Duration::from_secs(60)).unwrap();
+    assert_eq!(read(&garage, "out/restored.gz"), read(&garage, "out/boot.gz"));
+
+    // A wrong hint costs only its fetch.
+    backend.api("POST", "/v1/functions/compress/stop", None).unwrap();
+    let wrong = json!([{ "bucket": "vmtest", "key": "in/no-such-object" }]).to_string();
+    let answer = invoke_hinted("out/wrong-hint.gz", &wrong);
+    assert_eq!(
+        (answer.header(COLD_START_FROM), answer.header(PREFETCHED)),
+        (Some("restore"), Some("0"))
+    );
+    assert_eq!(serde_json::from_str::<Value>(&answer.body).unwrap()["input_bytes"], input.len());
+    assert!(qemu_processes(&backend.dir) > 0, "the restored VM runs");
+    assert!(backend.stop(), "{}", backend.log_tail());
+    assert_eq!(qemu_processes(&backend.dir), 0, "no VM outlives the backend");
 }

@@ -16,13 +16,14 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::backend::{Backend, BackendError};
-use crate::functions::{FunctionError, FunctionSpec, Functions};
+use crate::functions::{ColdStart, FunctionError, FunctionSpec, Functions};
 use crate::invoke::{InvokeError, Outcome};
 use crate::metrics::CONTENT_TYPE;
 use crate::storage::error_chain;
+use nexus_channel::wire::ObjectRef;
 
 /// The route table: (method, path) pairs, also checked against `openapi.yaml`.
-pub const ROUTES: [(&str, &str); 10] = [
+pub const ROUTES: [(&str, &str); 12] = [
     ("get", "/v1/status"),
     ("get", "/v1/regions"),
     ("post", "/v1/regions"),
@@ -32,11 +33,20 @@ pub const ROUTES: [(&str, &str); 10] = [
     ("post", "/v1/functions"),
     ("delete", "/v1/functions/{name}"),
     ("post", "/v1/functions/{name}/invoke"),
+    ("post", "/v1/functions/{name}/snapshot"),
+    ("post", "/v1/functions/{name}/stop"),
     ("get", "/metrics"),
 ];
 
 /// Header giving the milliseconds a cold invocation spent starting the function's VM.
 pub const COLD_START: &str = "x-nexus-cold-start-ms";
+/// Header saying how a cold invocation's VM started: `boot` or `restore`.
+pub const COLD_START_FROM: &str = "x-nexus-cold-start-from";
+/// Request header naming objects the invocation will read, as a JSON array of
+/// `{"bucket", "key"}`: on a cold start they are fetched while the VM starts.
+pub const PREFETCH: &str = "x-nexus-prefetch";
+/// Header giving how many hinted objects were staged before the handler ran.
+pub const PREFETCHED: &str = "x-nexus-prefetched";
 
 /// What every handler reaches.
 #[derive(Debug, Clone)]
@@ -58,6 +68,8 @@ pub fn router(api: Api) -> Router {
         .route("/v1/functions", get(list_functions).post(deploy_function))
         .route("/v1/functions/{name}", delete(remove_function))
         .route("/v1/functions/{name}/invoke", post(invoke_function))
+        .route("/v1/functions/{name}/snapshot", post(snapshot_function))
+        .route("/v1/functions/{name}/stop", post(stop_function))
         .route("/metrics", get(metrics))
         .with_state(api)
 }
@@ -214,18 +226,55 @@ async fn remove_function(
 async fn invoke_function(
     State(api): State<Api>,
     Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
     event: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     serde_json::from_slice::<serde_json::Value>(&event)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("The event is not JSON: {e}")))?;
-    let invoked = api.functions.invoke(&name, &event).await?;
+    let hints = prefetch_hints(&headers)?;
+    let invoked = api.functions.invoke(&name, &event, &hints).await?;
     let mut response = outcome_response(invoked.outcome);
-    if let Some(boot) = invoked.cold_start {
-        response
-            .headers_mut()
-            .insert(COLD_START, header::HeaderValue::from(boot.as_millis() as u64));
-    }
+    let (took, from) = match invoked.cold_start {
+        Some(ColdStart::Booted(took)) => (took, "boot"),
+        Some(ColdStart::Restored(took)) => (took, "restore"),
+        None => return Ok(response),
+    };
+    let headers = response.headers_mut();
+    headers.insert(COLD_START, header::HeaderValue::from(took.as_millis() as u64));
+    headers.insert(COLD_START_FROM, header::HeaderValue::from_static(from));
+    headers.insert(PREFETCHED, header::HeaderValue::from(invoked.prefetched));
     Ok(response)
+}
+
+/// The objects named by the prefetch header.
+fn prefetch_hints(headers: &axum::http::HeaderMap) -> Result<Vec<ObjectRef>, ApiError> {
+    let Some(value) = headers.get(PREFETCH) else { return Ok(Vec::new()) };
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Hint {
+        bucket: String,
+        key: String,
+    }
+    let bad = |e: String| ApiError(StatusCode::BAD_REQUEST, format!("{PREFETCH}: {e}"));
+    let hints: Vec<Hint> =
+        serde_json::from_slice(value.as_bytes()).map_err(|e| bad(e.to_string()))?;
+    Ok(hints.into_iter().map(|h| ObjectRef { bucket: h.bucket, key: h.key }).collect())
+}
+
+async fn snapshot_function(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let snapshot = api.functions.snapshot(&name).await?;
+    Ok(Json(json!({ "snapshot": snapshot.dir, "vmm": snapshot.vmm })).into_response())
+}
+
+async fn stop_function(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    api.functions.stop_vm(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn metrics(State(api): State<Api>) -> Response {

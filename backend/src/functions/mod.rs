@@ -14,15 +14,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use nexus_channel::wire::ObjectRef;
 use nexus_plugin::qemu::Qemu;
-use nexus_plugin::{Vmm, VmmError};
+use nexus_plugin::{Snapshot, Vmm, VmmError};
 use serde::Serialize;
 
 use crate::backend::{Backend, BackendError};
+use crate::cache::Cached;
 use crate::invoke::Outcome;
 pub use spec::{Flavour, FunctionSpec, SpecError};
-use warm::Warm;
 pub use warm::WarmInfo;
+use warm::{Start, Warm};
 
 /// Errors of function operations.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +63,17 @@ struct Deployed {
     spec: FunctionSpec,
     code_disk: PathBuf,
     warm: tokio::sync::Mutex<Option<Warm>>,
+    /// A snapshot of a warm VM of this function: cold starts restore it instead of booting.
+    snapshot: Mutex<Option<Snapshot>>,
+}
+
+/// How an invocation found its VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColdStart {
+    /// The VM booted.
+    Booted(Duration),
+    /// The VM was restored from the function's snapshot.
+    Restored(Duration),
 }
 
 /// A function as `nexus fn ls` shows it.
@@ -70,11 +83,13 @@ pub struct FunctionInfo {
     pub warm: Option<WarmInfo>,
 }
 
-/// An invocation's outcome and whether it had to boot a VM.
+/// An invocation's outcome and whether it had to start a VM.
 #[derive(Debug)]
 pub struct Invoked {
     pub outcome: Outcome,
-    pub cold_start: Option<Duration>,
+    pub cold_start: Option<ColdStart>,
+    /// Objects prefetched while the VM started (a cold start with hints).
+    pub prefetched: usize,
 }
 
 /// The deployed functions.
@@ -99,8 +114,12 @@ impl Functions {
         let dir = self.backend.config().vm.state_dir.join("functions").join(&spec.name);
         std::fs::create_dir_all(&dir).map_err(|e| FunctionError::Io(dir.clone(), e))?;
         let code_disk = code_disk::build(&spec, &dir)?;
-        let deployed =
-            Arc::new(Deployed { spec: spec.clone(), code_disk, warm: Default::default() });
+        let deployed = Arc::new(Deployed {
+            spec: spec.clone(),
+            code_disk,
+            warm: Default::default(),
+            snapshot: Mutex::default(),
+        });
         if let Some(old) = self.lock().insert(spec.name.clone(), deployed) {
             self.stop_warm(&old);
         }
@@ -108,39 +127,120 @@ impl Functions {
         Ok(FunctionInfo { spec, warm: None })
     }
 
-    /// Runs one invocation, booting the function's VM first if it has none.
-    pub async fn invoke(&self, name: &str, event: &[u8]) -> Result<Invoked, FunctionError> {
+    /// Runs one invocation, starting the function's VM first if it has none (restoring its
+    /// snapshot if it has one). On such a cold start the objects named in `hints` are fetched
+    /// while the VM starts and staged for the invocation; a wrong hint costs only its fetch.
+    pub async fn invoke(
+        &self,
+        name: &str,
+        event: &[u8],
+        hints: &[ObjectRef],
+    ) -> Result<Invoked, FunctionError> {
         let deployed = self.get(name)?;
         let mut warm = deployed.warm.lock().await;
-        let mut cold_start = None;
+        let (mut cold_start, mut prefetched) = (None, 0);
         if !warm.as_ref().is_some_and(Warm::alive) {
             if let Some(dead) = warm.take() {
                 dead.stop(&self.backend);
             }
-            let booted = self.boot(&deployed).await?;
-            cold_start = Some(booted.booted_in);
-            *warm = Some(booted);
+            let fetching = self.prefetch(hints);
+            let snapshot = lock(&deployed.snapshot).clone();
+            let started = self.start(&deployed, snapshot.as_ref())?;
+            cold_start = Some(match snapshot {
+                Some(_) => ColdStart::Restored(started.booted_in),
+                None => ColdStart::Booted(started.booted_in),
+            });
+            let staged: Vec<_> = fetching.await.into_iter().flatten().collect();
+            prefetched = staged.len();
+            self.backend.stage(&started.region, staged)?;
+            *warm = Some(started);
         }
         let region = warm.as_ref().map(|w| w.region.clone()).unwrap_or_default();
         let deadline = Duration::from_secs(deployed.spec.timeout_secs);
-        let outcome = self.backend.invoke_region(&region, event, deadline).await?;
-        Ok(Invoked { outcome, cold_start })
+        let outcome = self.backend.invoke_region(&region, event, deadline).await;
+        self.backend.unstage(&region);
+        Ok(Invoked { outcome: outcome?, cold_start, prefetched })
     }
 
-    async fn boot(&self, deployed: &Arc<Deployed>) -> Result<Warm, FunctionError> {
+    /// Starts fetching `hints` at once (on other workers); the future yields what arrived.
+    fn prefetch(
+        &self,
+        hints: &[ObjectRef],
+    ) -> impl std::future::Future<Output = Vec<Option<(String, String, Cached)>>> {
+        let tasks: Vec<_> = hints
+            .iter()
+            .map(|hint| {
+                let (backend, hint) = (self.backend.clone(), hint.clone());
+                tokio::spawn(async move {
+                    match backend.fetch_object(&hint.bucket, &hint.key).await {
+                        Ok(object) => Some((hint.bucket, hint.key, object)),
+                        Err(e) => {
+                            tracing::info!(bucket = %hint.bucket, key = %hint.key, "Prefetch hint not fetched: {}", e.message);
+                            None
+                        }
+                    }
+                })
+            })
+            .collect();
+        async move {
+            futures::future::join_all(tasks).await.into_iter().map(|t| t.ok().flatten()).collect()
+        }
+    }
+
+    /// Starts a VM for `deployed`: restores `snapshot` if given, else boots.
+    fn start(
+        &self,
+        deployed: &Deployed,
+        snapshot: Option<&Snapshot>,
+    ) -> Result<Warm, FunctionError> {
         let vmm = self.vmm.as_ref().map_err(|e| FunctionError::NoVmm(e.clone()))?;
         let instance = self.instances.fetch_add(1, Ordering::Relaxed);
-        let (backend, deployed_ref) = (self.backend.clone(), deployed.clone());
-        // Booting blocks for seconds (QEMU, the guest's boot): keep it off the async workers.
+        let from = snapshot.map_or(Start::Boot, Start::Restore);
+        // Starting blocks for seconds (QEMU, the guest): keep it off the other async workers,
+        // which meanwhile run the prefetches.
         tokio::task::block_in_place(|| {
-            warm::boot(
-                &backend,
+            warm::start(
+                &self.backend,
                 vmm.as_ref(),
-                &deployed_ref.spec,
-                &deployed_ref.code_disk,
+                &deployed.spec,
+                &deployed.code_disk,
                 instance,
+                from,
             )
         })
+    }
+
+    /// Snapshots the function's warm VM (starting one if needed), which then runs on: later
+    /// cold starts restore the snapshot instead of booting. The channel is quiet meanwhile:
+    /// invocations of the function wait for the snapshot, and its runtime waits for the next.
+    pub async fn snapshot(&self, name: &str) -> Result<Snapshot, FunctionError> {
+        let deployed = self.get(name)?;
+        let mut warm = deployed.warm.lock().await;
+        if !warm.as_ref().is_some_and(Warm::alive) {
+            let existing = lock(&deployed.snapshot).clone();
+            *warm = Some(self.start(&deployed, existing.as_ref())?);
+        }
+        let vm = &mut warm.as_mut().ok_or_else(|| FunctionError::NoFunction(name.into()))?.vm;
+        let dir = self.backend.config().vm.state_dir.join("functions").join(name).join("snapshot");
+        let _ = std::fs::remove_dir_all(&dir);
+        let snapshot = tokio::task::block_in_place(|| -> Result<Snapshot, FunctionError> {
+            vm.pause()?;
+            let snapshot = vm.snapshot(&dir);
+            vm.resume()?;
+            Ok(snapshot?)
+        })?;
+        *lock(&deployed.snapshot) = Some(snapshot.clone());
+        tracing::info!(function = name, dir = %dir.display(), "Function snapshot taken");
+        Ok(snapshot)
+    }
+
+    /// Stops the function's warm VM, if any; the next invocation is a cold start.
+    pub async fn stop_vm(&self, name: &str) -> Result<(), FunctionError> {
+        let deployed = self.get(name)?;
+        if let Some(warm) = deployed.warm.lock().await.take() {
+            tokio::task::block_in_place(|| warm.stop(&self.backend));
+        }
+        Ok(())
     }
 
     /// Every function.
@@ -184,6 +284,10 @@ impl Functions {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<Deployed>>> {
-        self.deployed.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.deployed)
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nexus_channel::notify::Kick;
-use nexus_plugin::{AccelChoice, Disk, Network, RegionSpec, Vm, VmSpec, VmState, Vmm, VmmError};
+use nexus_plugin::{
+    AccelChoice, Disk, Network, RegionSpec, Snapshot, Vm, VmSpec, VmState, Vmm, VmmError,
+};
 use serde::Serialize;
 
 use super::spec::{Flavour, FunctionSpec};
@@ -73,13 +75,24 @@ impl Warm {
     }
 }
 
-/// Boots a VM for `spec`, with `code` as its code disk, and waits until its runtime is ready.
-pub fn boot(
+/// How a VM comes up.
+#[derive(Debug, Clone, Copy)]
+pub enum Start<'a> {
+    /// Boot the kernel.
+    Boot,
+    /// Restore a snapshot of a warm VM of the same function: its runtime is already loaded and
+    /// resyncs to the region's new epoch.
+    Restore(&'a Snapshot),
+}
+
+/// Starts a VM for `spec`, with `code` as its code disk, and waits until its runtime is ready.
+pub fn start(
     backend: &Backend,
     vmm: &dyn Vmm,
     spec: &FunctionSpec,
     code: &Path,
     instance: u64,
+    from: Start<'_>,
 ) -> Result<Warm, FunctionError> {
     let started = Instant::now();
     let config = &backend.config().vm;
@@ -112,7 +125,10 @@ pub fn boot(
             vm.doorbell = Some(doorbell.clone());
             vm.network = (spec.flavour == Flavour::Baseline).then_some(Network::User);
             vm.accel = accel(config);
-            let vm = vmm.create(&vm)?;
+            let vm = match from {
+                Start::Boot => vmm.create(&vm)?,
+                Start::Restore(snapshot) => vmm.restore(&vm, snapshot)?,
+            };
             let stream =
                 UnixStream::connect(&doorbell).map_err(VmmError::io("connect to the doorbell"))?;
             created = Some(vm);
@@ -134,10 +150,12 @@ pub fn boot(
         });
     };
     let mut warm = Warm { region: region.id, vm, booted_in: Duration::ZERO };
-    match start(backend, &mut warm, config) {
+    match run(backend, &mut warm, config, from) {
         Ok(()) => {
             warm.booted_in = started.elapsed();
-            tracing::info!(function = %spec.name, region = %warm.region, boot_ms = warm.booted_in.as_millis() as u64, "Function VM ready");
+            let ms = warm.booted_in.as_millis() as u64;
+            let how = if matches!(from, Start::Boot) { "booted" } else { "restored" };
+            tracing::info!(function = %spec.name, region = %warm.region, ms, how, "Function VM ready");
             Ok(warm)
         }
         Err(reason) => {
@@ -148,9 +166,21 @@ pub fn boot(
     }
 }
 
-/// Boots and waits for the runtime's ready; the error says what went wrong.
-fn start(backend: &Backend, warm: &mut Warm, config: &VmConfig) -> Result<(), String> {
-    warm.vm.boot().map_err(|e| e.to_string())?;
+/// Runs the VM and waits for the runtime's ready; the error says what went wrong.
+fn run(
+    backend: &Backend,
+    warm: &mut Warm,
+    config: &VmConfig,
+    from: Start<'_>,
+) -> Result<(), String> {
+    match from {
+        Start::Boot => warm.vm.boot().map_err(|e| e.to_string())?,
+        Start::Restore(_) => {
+            warm.vm.resume().map_err(|e| e.to_string())?;
+            // The restored runtime sleeps on its doorbell with no flag left to say so.
+            backend.kick_guest(&warm.region).map_err(|e| e.to_string())?;
+        }
+    }
     let deadline = Instant::now() + Duration::from_secs(config.boot_timeout_secs);
     loop {
         if backend.region_ready(&warm.region).map_err(|e| e.to_string())? {

@@ -1,4 +1,7 @@
 //! `Head`, `Get` and `Read`: object attributes and bytes, straight into the guest's buffer.
+//!
+//! An object with a put or delete waiting in the write-back spool is answered from the spool
+//! (read-your-writes), never from the cache or the store.
 
 use std::time::Instant;
 
@@ -13,6 +16,7 @@ use super::{no_stream, Context, OpError, Out};
 use crate::cache::{Cached, ObjectInfo};
 use crate::policy::Access;
 use crate::served::{Answer, ServedRegion};
+use crate::spool::Spooled;
 use crate::storage::key_path;
 use crate::streams::{CacheFill, Download, Source, Stream};
 
@@ -25,6 +29,9 @@ pub async fn head(
 ) -> Result<Answer, OpError> {
     if let Some(answer) = head_cached(ctx, served, object, out) {
         return answer;
+    }
+    if let Some((info, _)) = spooled(ctx, object)? {
+        return head_answer(&info, out);
     }
     let store = ctx.storage.bucket(&object.bucket)?;
     let options = GetOptions { head: true, ..GetOptions::default() };
@@ -42,7 +49,7 @@ pub fn head_cached(
     if let Err(denied) = served.policy.check(Access::Read, &object.bucket, &object.key) {
         return Some(Err(denied.into()));
     }
-    let cached = ctx.cache.get(&object.bucket, &object.key, Instant::now())?;
+    let cached = cached(ctx, served, object)?;
     Some(head_answer(&cached.info, out))
 }
 
@@ -62,6 +69,12 @@ pub async fn get(
     if let Some(answer) = get_cached(ctx, served, object, range, out) {
         return answer;
     }
+    if let Some((info, body)) = spooled(ctx, object)? {
+        let selected = resolve(range, info.size)?;
+        let bytes = body.slice(selected.0 as usize..selected.1 as usize);
+        let download = Download { source: Source::Memory(bytes), remaining: 0, fill: None };
+        return respond(ctx, served, download, &info, selected, range, out).await;
+    }
     let (attributes, selected, source, fill) = fetch(ctx, object, range).await?;
     respond(ctx, served, Download { source, remaining: 0, fill }, &attributes, selected, range, out)
         .await
@@ -78,7 +91,7 @@ pub fn get_cached(
     if let Err(denied) = served.policy.check(Access::Read, &object.bucket, &object.key) {
         return Some(Err(denied.into()));
     }
-    let cached = ctx.cache.get(&object.bucket, &object.key, Instant::now())?;
+    let cached = cached(ctx, served, object)?;
     let selected = match resolve(range, cached.info.size) {
         Ok(selected) => selected,
         Err(e) => return Some(Err(e)),
@@ -87,6 +100,58 @@ pub fn get_cached(
     let download = Download { source: Source::Memory(bytes), remaining: 0, fill: None };
     let answer = respond(ctx, served, download, &cached.info, selected, range, out);
     Some(in_memory(answer))
+}
+
+/// The copy of `object` in memory — prefetched for this region's invocation, or cached —
+/// unless the spool holds a newer state of it.
+fn cached(ctx: &Context, served: &ServedRegion, object: &ObjectRef) -> Option<Cached> {
+    if ctx.spool.as_ref().is_some_and(|spool| spool.has_pending(&object.bucket, &object.key)) {
+        return None;
+    }
+    served
+        .staged(&object.bucket, &object.key)
+        .or_else(|| ctx.cache.get(&object.bucket, &object.key, Instant::now()))
+}
+
+/// Reads a whole object from storage into memory (to stage it before an invocation needs it).
+pub async fn fetch_whole(ctx: &Context, bucket: &str, key: &str) -> Result<Cached, OpError> {
+    let store = ctx.storage.bucket(bucket)?;
+    let result = store.get_opts(&key_path(key)?, GetOptions::default()).await?;
+    let info = attributes(&result);
+    Ok(Cached { info, bytes: result.bytes().await? })
+}
+
+/// `object` as the write-back spool holds it: its attributes and bytes, or NoSuchKey for a
+/// spooled delete; `None` when nothing of it waits for upload.
+fn spooled(ctx: &Context, object: &ObjectRef) -> Result<Option<(ObjectInfo, Bytes)>, OpError> {
+    let Some(spool) = &ctx.spool else { return Ok(None) };
+    match spool.view(&object.bucket, &object.key)? {
+        None => Ok(None),
+        Some(Spooled::Deleted) => Err(no_such_key()),
+        Some(Spooled::Object { record, body }) => {
+            // What the store will answer once it has the object.
+            let keeps = ctx.storage.keeps_attributes();
+            let mut metadata: Vec<(String, String)> = if keeps {
+                // S3 user metadata names are HTTP headers: they come back in lower case.
+                record.metadata.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect()
+            } else {
+                Vec::new()
+            };
+            metadata.sort();
+            let info = ObjectInfo {
+                size: record.size,
+                etag: Some(quoted(&record.md5)),
+                last_modified: record.written_at,
+                content_type: record.content_type.filter(|_| keeps),
+                metadata,
+            };
+            Ok(Some((info, body)))
+        }
+    }
+}
+
+fn no_such_key() -> OpError {
+    OpError::new(Status::NoSuchKey, "The specified key does not exist.")
 }
 
 /// Writes the meta and the first chunk of `download`; opens a stream for the rest.
@@ -182,9 +247,7 @@ async fn fetch(
     let options = GetOptions { range: range.map(get_range), ..GetOptions::default() };
     let result = match store.get_opts(&path, options).await {
         Ok(result) => result,
-        Err(object_store::Error::NotFound { .. }) => {
-            return Err(OpError::new(Status::NoSuchKey, "The specified key does not exist."))
-        }
+        Err(object_store::Error::NotFound { .. }) => return Err(no_such_key()),
         Err(e) => {
             // A range the object cannot satisfy is S3's InvalidRange, whatever the store said.
             if let Some(range) = range {

@@ -5,6 +5,9 @@
 //! the prefix, keeps keys that really start with it, sorts, folds keys into `CommonPrefixes`
 //! at the delimiter, and pages. The continuation token is the last key (or common prefix) of
 //! the previous page.
+//!
+//! With write-back on, a listing first waits (up to `spool::LIST_PATIENCE`) for the spooled
+//! puts and deletes under its prefix to reach the store, then lists the store.
 
 use std::collections::BTreeSet;
 
@@ -40,6 +43,10 @@ pub async fn list(
 ) -> Result<Answer, OpError> {
     served.policy.check(Access::List, bucket, &params.prefix)?;
     let store = ctx.storage.bucket(bucket)?;
+    if let Some(spool) = &ctx.spool {
+        // The guest's own puts and deletes under the prefix show once they are in the store.
+        spool.settle(bucket, &params.prefix).await;
+    }
     let prefix = params.prefix.as_str();
     let dir = match prefix.rfind('/') {
         Some(i) if i > 0 => Some(key_path(&prefix[..i])?),

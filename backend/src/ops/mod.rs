@@ -3,13 +3,18 @@
 //! An operation receives a decoded [`Call`] and the guest buffer it came in; it writes the
 //! reply (`[meta JSON][body]`) into that buffer through [`Out`], which refuses any write
 //! beyond the buffer, and returns the [`Answer`] to publish.
+//!
+//! With write-back on, puts and deletes go to the [`Spool`], and a `Get`/`Head` of an object
+//! the spool holds is answered from it.
 
-mod get;
+pub mod get;
 mod list;
 mod put;
 
+use std::sync::Arc;
+
 use nexus_channel::region::RegionError;
-use nexus_channel::wire::{Call, Envelope, Status};
+use nexus_channel::wire::{Call, Envelope, ObjectRef, Status};
 use nexus_channel::Region;
 use object_store::ObjectStoreExt;
 
@@ -17,15 +22,18 @@ use crate::cache::ObjectCache;
 use crate::metrics::Metrics;
 use crate::policy::{Access, Denied};
 use crate::served::{Answer, ServedRegion};
+use crate::spool::{Spool, SpoolError};
 use crate::storage::{error_chain, key_path, Storage, StorageError};
 use crate::streams::{Stream, StreamError};
 
 /// What every operation needs besides its region.
 #[derive(Debug)]
 pub struct Context {
-    pub storage: Storage,
-    pub cache: ObjectCache,
+    pub storage: Arc<Storage>,
+    pub cache: Arc<ObjectCache>,
     pub metrics: Metrics,
+    /// The write-back spool; `None` when `writeback.enabled` is off.
+    pub spool: Option<Spool>,
 }
 
 /// A failed operation: the status and message the guest receives.
@@ -52,6 +60,20 @@ impl From<StorageError> for OpError {
 impl From<object_store::Error> for OpError {
     fn from(e: object_store::Error) -> Self {
         StorageError::from(e).into()
+    }
+}
+
+impl From<SpoolError> for OpError {
+    fn from(e: SpoolError) -> Self {
+        match e {
+            SpoolError::Refused { status, message } => Self::new(status, message),
+            SpoolError::Stopped => Self::new(Status::ServiceUnavailable, e.to_string()),
+            e => {
+                // The guest gets no host paths; the log gets the detail.
+                tracing::warn!("Write-back spool: {}", error_chain(&e));
+                Self::new(Status::InternalError, "The host could not spool the object")
+            }
+        }
     }
 }
 
@@ -142,18 +164,32 @@ pub async fn run(
         }
         Call::Write { stream, more } => put::write(ctx, served, stream, envelope, more, out).await,
         Call::Close { stream } => close(served, stream).await,
-        Call::Delete(object) => {
-            served.policy.check(Access::Delete, &object.bucket, &object.key)?;
-            let store = ctx.storage.bucket(&object.bucket)?;
-            match store.delete(&key_path(&object.key)?).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
-            ctx.cache.invalidate(&object.bucket, &object.key);
-            Ok(Answer { meta_len: out.meta(&serde_json::json!({}))?, ..Answer::default() })
-        }
+        Call::Delete(object) => delete(ctx, served, &object, out).await,
         Call::List { bucket, params } => list::list(ctx, served, &bucket, &params, out).await,
     }
+}
+
+/// `Delete`: through the spool, as a tombstone ordered after the object's pending puts, when
+/// write-back is on.
+async fn delete(
+    ctx: &Context,
+    served: &ServedRegion,
+    object: &ObjectRef,
+    out: Out<'_>,
+) -> Result<Answer, OpError> {
+    served.policy.check(Access::Delete, &object.bucket, &object.key)?;
+    let store = ctx.storage.bucket(&object.bucket)?;
+    let path = key_path(&object.key)?;
+    if let Some(spool) = &ctx.spool {
+        spool.delete(object, &served.function).await?;
+    } else {
+        match store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    ctx.cache.invalidate(&object.bucket, &object.key);
+    Ok(Answer { meta_len: out.meta(&serde_json::json!({}))?, ..Answer::default() })
 }
 
 /// Answers, on the serving thread, the calls that need no I/O: `Ping`, a `Head`/`Get` of a

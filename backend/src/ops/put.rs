@@ -1,12 +1,11 @@
-//! `Put` and `Write`: object bytes from the guest's buffer to storage, whole or in chunks.
+//! `Put` and `Write`: object bytes from the guest's buffer to storage (or the write-back
+//! spool), whole or in chunks.
 
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use nexus_channel::wire::{Envelope, ObjectRef, PutParams, Status};
-use object_store::{
-    Attribute, Attributes, PutMultipartOptions, PutOptions, PutPayload, WriteMultipart,
-};
+use object_store::{PutMultipartOptions, PutOptions, PutPayload, WriteMultipart};
 use serde_json::json;
 
 use super::get::quoted;
@@ -22,7 +21,8 @@ const PART_SIZE: usize = 8 << 20;
 /// Parts of one upload in flight at once.
 const PARTS_IN_FLIGHT: usize = 2;
 
-/// `Put`: a whole object, or the first chunk of one (`more`).
+/// `Put`: a whole object, or the first chunk of one (`more`). With write-back on, the bytes go
+/// to the spool and the put completes once they are durable there.
 pub async fn put(
     ctx: &Context,
     served: &ServedRegion,
@@ -37,18 +37,28 @@ pub async fn put(
     let store = ctx.storage.bucket(&object.bucket)?;
     let path = key_path(&object.key)?;
     let body = out.read(envelope.args_len, envelope.body_len)?;
-    let attributes = attributes(ctx, params);
     ctx.cache.invalidate(&object.bucket, &object.key);
-    if !more {
-        let options = PutOptions { attributes, ..PutOptions::default() };
-        let result = store.put_opts(&path, PutPayload::from(body), options).await?;
-        return etag_answer(result.e_tag, out);
-    }
+    let sink = if let Some(spool) = &ctx.spool {
+        let mut writer = spool.writer(object, params, &served.function)?;
+        writer.append(body).await?;
+        if !more {
+            return etag_answer(Some(writer.commit().await?.etag), out);
+        }
+        Sink::Spooled(writer)
+    } else {
+        let attributes = ctx.storage.attributes(params.content_type.as_deref(), &params.metadata);
+        if !more {
+            let options = PutOptions { attributes, ..PutOptions::default() };
+            let result = store.put_opts(&path, PutPayload::from(body), options).await?;
+            return etag_answer(result.e_tag, out);
+        }
+        Sink::Held { store, path, attributes, bytes: BytesMut::from(&body[..]) }
+    };
     let upload = Upload {
         bucket: object.bucket.clone(),
         key: object.key.clone(),
-        written: body.len() as u64,
-        sink: Sink::Held { store, path, attributes, bytes: BytesMut::from(&body[..]) },
+        written: envelope.body_len as u64,
+        sink,
     };
     let stream = served.streams.open(Stream::Upload(upload), Instant::now())?;
     Ok(Answer { meta_len: out.meta(&json!({}))?, stream, ..Answer::default() })
@@ -80,12 +90,13 @@ pub async fn write(
             store.put_opts(&path, PutPayload::from(bytes.freeze()), options).await?.e_tag
         }
         Sink::Multipart(writer) => writer.finish().await?.e_tag,
+        Sink::Spooled(writer) => Some(writer.commit().await?.etag),
     };
     ctx.cache.invalidate(&upload.bucket, &upload.key);
     etag_answer(etag, out)
 }
 
-/// Abandons an upload.
+/// Abandons an upload (a spooled one leaves nothing behind when dropped).
 pub async fn abort(upload: Upload) -> Result<(), OpError> {
     if let Sink::Multipart(writer) = upload.sink {
         writer.abort().await?;
@@ -125,28 +136,15 @@ async fn append(
             writer.wait_for_capacity(PARTS_IN_FLIGHT).await?;
             writer.put(Bytes::from(chunk));
         }
+        Sink::Spooled(writer) => writer.append(chunk).await?,
     }
     Ok(())
 }
+
 fn etag_answer(etag: Option<String>, out: Out<'_>) -> Result<Answer, OpError> {
     let meta = match etag {
         Some(etag) => json!({ "ETag": quoted(&etag) }),
         None => json!({}),
     };
     Ok(Answer { meta_len: out.meta(&meta)?, ..Answer::default() })
-}
-
-/// The object attributes a put sets, where the store keeps them.
-fn attributes(ctx: &Context, params: &PutParams) -> Attributes {
-    let mut attributes = Attributes::new();
-    if !ctx.storage.keeps_attributes() {
-        return attributes;
-    }
-    if let Some(content_type) = &params.content_type {
-        attributes.insert(Attribute::ContentType, content_type.clone().into());
-    }
-    for (key, value) in &params.metadata {
-        attributes.insert(Attribute::Metadata(key.clone().into()), value.clone().into());
-    }
-    attributes
 }

@@ -30,6 +30,7 @@ CONFIG = """\
 api: {{ socket: {tmp}/nexus.sock }}
 storage: {{ url: "file://{tmp}/objects" }}
 region: {{ dir: {tmp}/regions, size: 16MiB, buffer_size: 1MiB }}
+writeback: {{ dir: {tmp}/spool }}
 default_policy:
   grants:
     - {{ bucket: test-bucket, access: [read, write, list, delete] }}

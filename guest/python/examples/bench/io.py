@@ -1,0 +1,25 @@
+"""Benchmark function, written for real boto3: moves bytes with little computation, so the
+figures show I/O. Reads `key` whole (if given) and writes `output_bytes` bytes to
+`output_key` (if given).
+
+Event: {"bucket", "key"?, "output_key"?, "output_bytes"?}. Returns the sizes and a CRC-32 of
+the input.
+"""
+
+import zlib
+
+import boto3
+
+s3 = boto3.client("s3")
+
+
+def handler(event, context):
+    result = {}
+    if event.get("key"):
+        data = s3.get_object(Bucket=event["bucket"], Key=event["key"])["Body"].read()
+        result.update(input_bytes=len(data), input_crc32=zlib.crc32(data))
+    if event.get("output_key"):
+        body = bytes(range(256)) * (event["output_bytes"] // 256)
+        s3.put_object(Bucket=event["bucket"], Key=event["output_key"], Body=body)
+        result.update(output_bytes=len(body))
+    return result
