@@ -203,6 +203,32 @@ fn a_snapshot_restores_into_a_new_process_that_runs() {
     let pid = vm.info().pid.unwrap();
     vm.stop().unwrap();
     assert!(!alive(pid));
+
+    // The same snapshot restored into two VMs at once, each with its own region.
+    let started = Instant::now();
+    let restored: Vec<(QemuVm, Region, TempDir)> = thread::scope(|scope| {
+        let restores: Vec<_> = (0..2)
+            .map(|i| {
+                let (qemu, snapshot, image) = (&qemu, &snapshot, image);
+                scope.spawn(move || {
+                    let (region, work) = (Region::new(10 + i), TempDir::new().unwrap());
+                    let spec = image.spec("snap", work.path(), Some(&region));
+                    (qemu.restore_vm(&spec, snapshot).unwrap(), region, work)
+                })
+            })
+            .collect();
+        restores.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    println!("timing: two restores at once {:.2} s", secs(started));
+    let pids: Vec<u32> = restored.iter().map(|(vm, _, _)| vm.info().pid.unwrap()).collect();
+    assert_ne!(pids[0], pids[1]);
+    for (mut vm, region, _work) in restored {
+        region.assert_holds(2);
+        vm.resume().unwrap();
+        assert_eq!(status(&mut vm), "running");
+        vm.stop().unwrap();
+    }
+    assert!(pids.iter().all(|pid| !alive(*pid)));
 }
 
 /// QEMU's own view of the VM (`query-status`).
