@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use object_store::aws::{AmazonS3, AmazonS3Builder};
 use tempfile::TempDir;
 
 use crate::error::tail;
@@ -53,6 +54,30 @@ pub struct Garage {
 }
 
 impl Garage {
+    /// An S3 client on `bucket` of this server.
+    pub fn client(&self, bucket: &str) -> AmazonS3 {
+        AmazonS3Builder::new()
+            .with_endpoint(&self.endpoint)
+            .with_region(&self.region)
+            .with_bucket_name(bucket)
+            .with_access_key_id(&self.access_key)
+            .with_secret_access_key(&self.secret_key)
+            .with_allow_http(true)
+            .with_virtual_hosted_style_request(false)
+            .build()
+            .expect("a static S3 client configuration")
+    }
+
+    /// The backend's `storage:` section for this server (S3, path-style, plain HTTP).
+    pub fn storage_settings(&self) -> String {
+        format!(
+            "storage:\n  url: \"s3://\"\n  options: {{ aws_endpoint: \"{}\", aws_access_key_id: \"{}\", \
+             aws_secret_access_key: \"{}\", aws_region: \"{}\", aws_allow_http: \"true\", \
+             aws_virtual_hosted_style_request: \"false\" }}\n",
+            self.endpoint, self.access_key, self.secret_key, self.region
+        )
+    }
+
     /// The Garage binary: `$NEXUS_GARAGE`, else where `cargo xtask setup` installs it.
     pub fn binary() -> Result<PathBuf, HarnessError> {
         let path = match env::var_os("NEXUS_GARAGE").filter(|p| !p.is_empty()) {

@@ -7,8 +7,10 @@ mod artifacts;
 mod backend;
 mod error;
 mod garage;
+mod rng;
 
 pub use artifacts::{guest_lib, nexus_binary};
 pub use backend::Backend;
 pub use error::HarnessError;
 pub use garage::Garage;
+pub use rng::Rng;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use nexus_tests::{guest_lib, nexus_binary, Backend, Garage};
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::AmazonS3;
 use object_store::path::Path as StorePath;
 use object_store::{Attribute, ObjectStore, ObjectStoreExt};
 use serde_json::{json, Value};
@@ -138,23 +138,11 @@ fn run_shim(backend: &Backend, event: &Value) -> Value {
 fn settings(garage: &Garage) -> String {
     format!(
         r#"
-storage:
-  url: "s3://"
-  options:
-    aws_endpoint: "{endpoint}"
-    aws_access_key_id: "{key}"
-    aws_secret_access_key: "{secret}"
-    aws_region: "{region}"
-    aws_allow_http: "true"
-    aws_virtual_hosted_style_request: "false"
-cache: {{ max_bytes: 0, max_object_bytes: 0 }}
+{storage}cache: {{ max_bytes: 0, max_object_bytes: 0 }}
 default_policy:
   grants: [{{ bucket: {NEXUS_BUCKET}, access: [read, write, list, delete] }}]
 "#,
-        endpoint = garage.endpoint,
-        key = garage.access_key,
-        secret = garage.secret_key,
-        region = garage.region,
+        storage = garage.storage_settings(),
     )
 }
 
@@ -200,19 +188,6 @@ struct Stored {
     metadata: BTreeMap<String, String>,
     size: u64,
     bytes: Vec<u8>,
-}
-
-fn garage_client(garage: &Garage, bucket: &str) -> AmazonS3 {
-    AmazonS3Builder::new()
-        .with_endpoint(&garage.endpoint)
-        .with_region(&garage.region)
-        .with_bucket_name(bucket)
-        .with_access_key_id(&garage.access_key)
-        .with_secret_access_key(&garage.secret_key)
-        .with_allow_http(true)
-        .with_virtual_hosted_style_request(false)
-        .build()
-        .expect("S3 client config")
 }
 
 /// Every object of `bucket`, read straight from Garage.
@@ -294,8 +269,8 @@ fn the_same_handler_gives_the_same_results_with_boto3_and_the_shim() {
     differences("result", Some(&boto3), Some(&nexus), &mut diff);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let (boto3_objects, nexus_objects) = runtime.block_on(async {
-        let boto3 = contents(&garage_client(&garage, BOTO3_BUCKET)).await;
-        (boto3, contents(&garage_client(&garage, NEXUS_BUCKET)).await)
+        let boto3 = contents(&garage.client(BOTO3_BUCKET)).await;
+        (boto3, contents(&garage.client(NEXUS_BUCKET)).await)
     });
     let buckets = compare_buckets(&boto3_objects, &nexus_objects);
 

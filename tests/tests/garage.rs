@@ -3,30 +3,16 @@
 use std::net::TcpStream;
 
 use nexus_tests::Garage;
-use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStoreExt, PutPayload};
 
 const BUCKET: &str = "nexus-harness";
-
-fn client(garage: &Garage) -> impl ObjectStore {
-    AmazonS3Builder::new()
-        .with_endpoint(&garage.endpoint)
-        .with_region(&garage.region)
-        .with_bucket_name(BUCKET)
-        .with_access_key_id(&garage.access_key)
-        .with_secret_access_key(&garage.secret_key)
-        .with_allow_http(true)
-        .with_virtual_hosted_style_request(false)
-        .build()
-        .expect("S3 client config")
-}
 
 #[test]
 fn objects_round_trip_through_a_started_garage() {
     let garage = Garage::start().unwrap_or_else(|e| panic!("{e}"));
     garage.create_bucket(BUCKET).unwrap_or_else(|e| panic!("{e}"));
-    let store = client(&garage);
+    let store = garage.client(BUCKET);
     // 1 MiB that differs at every offset modulo 251 (a prime), so a shifted or truncated
     // read cannot compare equal.
     let data: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();

@@ -12,29 +12,13 @@ use nexus_channel::layout::{header, RingId, CACHE_LINE};
 use nexus_channel::notify::Side;
 use nexus_channel::{CallDesc, Notifier, Region};
 use nexus_guest::Client;
-use nexus_tests::{nexus_binary, Backend};
+use nexus_tests::{nexus_binary, Backend, Rng};
 
 const SETTINGS: &str = r#"
 storage: { url: "file://{dir}/objects" }
 default_policy:
   grants: [{ bucket: good, access: [read, write, list, delete] }]
 "#;
-
-/// A small deterministic generator (xorshift64*), so a failure can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next() as u8).collect()
-    }
-}
 
 /// Calls the hostile guest makes before it starts forging indices.
 const BAD_CALLS: u32 = 3000;
@@ -53,15 +37,15 @@ fn scribble(path: &Path, stop: &AtomicBool, seed: u64) -> u64 {
     let completions = geometry.ring_offset(RingId::Completions);
     for tail in 1..=BAD_CALLS {
         let desc = CallDesc {
-            tag: rng.next(),
-            op: (rng.next() % 12) as u16,
-            flags: rng.next() as u16,
-            buffer: (rng.next() % u64::from(geometry.buffer_count + 2)) as u32,
-            bucket_len: (rng.next() % 80) as u16,
-            key_len: (rng.next() % 2000) as u16,
-            params_len: (rng.next() % 70_000) as u32,
-            body_len: rng.next() % (3 << 20),
-            stream: rng.next() % 4,
+            tag: rng.next_u64(),
+            op: (rng.next_u64() % 12) as u16,
+            flags: rng.next_u64() as u16,
+            buffer: (rng.next_u64() % u64::from(geometry.buffer_count + 2)) as u32,
+            bucket_len: (rng.next_u64() % 80) as u16,
+            key_len: (rng.next_u64() % 2000) as u16,
+            params_len: (rng.next_u64() % 70_000) as u32,
+            body_len: rng.next_u64() % (3 << 20),
+            stream: rng.next_u64() % 4,
             _reserved: [0; 3],
         };
         let (offset, len) = geometry.buffer(desc.buffer % geometry.guest_buffers).unwrap();
@@ -88,15 +72,15 @@ fn scribble(path: &Path, stop: &AtomicBool, seed: u64) -> u64 {
     let mut rounds = 0;
     while rounds < CHAOS_ROUNDS || !stop.load(Ordering::Relaxed) {
         rounds += 1;
-        if rng.next() % 2 == 0 {
+        if rng.next_u64() % 2 == 0 {
             let ring = calls
-                + (rng.next() % 4) as usize
+                + (rng.next_u64() % 4) as usize
                     * (2 * CACHE_LINE + 64 * geometry.ring_capacity as usize);
             region
-                .store_u32(ring + (rng.next() % 2) as usize * CACHE_LINE, rng.next() as u32)
+                .store_u32(ring + (rng.next_u64() % 2) as usize * CACHE_LINE, rng.next_u64() as u32)
                 .unwrap();
         } else {
-            let at = CACHE_LINE + (rng.next() % (region.len() as u64 - 4096)) as usize;
+            let at = CACHE_LINE + (rng.next_u64() % (region.len() as u64 - 4096)) as usize;
             region.copy_in(at, &rng.bytes(64)).unwrap();
         }
         region.atomic_u32(header::HOST_WAKE).unwrap().fetch_add(1, Ordering::Release);

@@ -9,6 +9,7 @@ use std::time::Duration;
 use nexus_backend::api::{COLD_START, FUNCTION_ERROR};
 use nexus_backend::client::exchange;
 use nexus_tests::{nexus_binary, Backend, Garage};
+use object_store::ObjectStoreExt;
 use serde_json::{json, Value};
 
 fn images() -> PathBuf {
@@ -31,17 +32,9 @@ fn workspace() -> PathBuf {
 
 fn settings(garage: &Garage, images: &Path) -> String {
     format!(
-        r#"
-storage:
-  url: "s3://"
-  options: {{ aws_endpoint: "{}", aws_access_key_id: "{}", aws_secret_access_key: "{}", aws_region: "{}", aws_allow_http: "true", aws_virtual_hosted_style_request: "false" }}
-default_policy: {{ grants: [{{ bucket: vmtest, access: [read, write] }}] }}
-vm: {{ images: {}, state_dir: "{{dir}}/vms", boot_timeout_secs: 240 }}
-"#,
-        garage.endpoint,
-        garage.access_key,
-        garage.secret_key,
-        garage.region,
+        "{}default_policy: {{ grants: [{{ bucket: vmtest, access: [read, write] }}] }}\n\
+         vm: {{ images: {}, state_dir: \"{{dir}}/vms\", boot_timeout_secs: 240 }}\n",
+        garage.storage_settings(),
         images.display()
     )
 }
@@ -69,31 +62,12 @@ fn invoke(backend: &Backend, name: &str, event: &Value) -> (Value, Option<String
 
 /// Puts an input object straight into Garage (the test's own client, not the backend).
 fn seed(garage: &Garage, key: &str, body: &[u8]) {
-    use object_store::{aws::AmazonS3Builder, ObjectStoreExt};
-    let store = AmazonS3Builder::new()
-        .with_endpoint(&garage.endpoint)
-        .with_bucket_name("vmtest")
-        .with_region(&garage.region)
-        .with_access_key_id(&garage.access_key)
-        .with_secret_access_key(&garage.secret_key)
-        .with_allow_http(true)
-        .build()
-        .unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(store.put(&key.into(), body.to_vec().into())).unwrap();
+    runtime.block_on(garage.client("vmtest").put(&key.into(), body.to_vec().into())).unwrap();
 }
 
 fn read(garage: &Garage, key: &str) -> Vec<u8> {
-    use object_store::{aws::AmazonS3Builder, ObjectStoreExt};
-    let store = AmazonS3Builder::new()
-        .with_endpoint(&garage.endpoint)
-        .with_bucket_name("vmtest")
-        .with_region(&garage.region)
-        .with_access_key_id(&garage.access_key)
-        .with_secret_access_key(&garage.secret_key)
-        .with_allow_http(true)
-        .build()
-        .unwrap();
+    let store = garage.client("vmtest");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime
         .block_on(async { store.get(&key.into()).await.unwrap().bytes().await.unwrap().to_vec() })

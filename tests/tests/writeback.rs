@@ -19,8 +19,8 @@ use nexus_channel::notify::Side;
 use nexus_channel::wire::{Op, Status};
 use nexus_channel::{Notifier, Region};
 use nexus_guest::{Client, ClientError, Request};
-use nexus_tests::{nexus_binary, Backend, Garage};
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use nexus_tests::{nexus_binary, Backend, Garage, Rng};
+use object_store::aws::AmazonS3;
 use object_store::path::Path as StorePath;
 use object_store::{Attribute, ObjectStoreExt};
 use serde_json::Value;
@@ -34,16 +34,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 fn settings(garage: &Garage) -> String {
     format!(
         r#"
-storage:
-  url: "s3://"
-  options:
-    aws_endpoint: "{endpoint}"
-    aws_access_key_id: "{key}"
-    aws_secret_access_key: "{secret}"
-    aws_region: "{region}"
-    aws_allow_http: "true"
-    aws_virtual_hosted_style_request: "false"
-cache: {{ max_bytes: 0, max_object_bytes: 0 }}
+{storage}cache: {{ max_bytes: 0, max_object_bytes: 0 }}
 default_policy:
   grants: [{{ bucket: {BUCKET}, access: [read, write, list, delete] }}]
 functions:
@@ -52,10 +43,7 @@ functions:
     policy:
       grants: [{{ bucket: {BUCKET}, access: [read, write, list, delete] }}]
 "#,
-        endpoint = garage.endpoint,
-        key = garage.access_key,
-        secret = garage.secret_key,
-        region = garage.region,
+        storage = garage.storage_settings(),
     )
 }
 
@@ -86,16 +74,7 @@ struct Stored {
 
 impl Store {
     fn new(garage: &Garage) -> Self {
-        let client = AmazonS3Builder::new()
-            .with_endpoint(&garage.endpoint)
-            .with_region(&garage.region)
-            .with_bucket_name(BUCKET)
-            .with_access_key_id(&garage.access_key)
-            .with_secret_access_key(&garage.secret_key)
-            .with_allow_http(true)
-            .with_virtual_hosted_style_request(false)
-            .build()
-            .expect("S3 client config");
+        let client = garage.client(BUCKET);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         Self { client, runtime }
     }
@@ -306,22 +285,6 @@ fn uploads_retry_while_the_store_is_down_and_drain_when_it_returns() {
         assert!(stored.bytes == *body, "down/{n}: stored bytes differ");
     }
     assert!(backend.log().contains("Store recovered"), "no recovery:\n{}", backend.log_tail());
-}
-
-/// A small deterministic generator (xorshift64*), so a failure can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// Puts acknowledged before the test stops the writer.
