@@ -239,6 +239,12 @@ fn a_cold_start_restores_the_snapshot_with_its_input_prefetched() {
     backend.wait_uploaded(Duration::from_secs(60)).unwrap();
     assert_eq!(read(&garage, "out/restored.gz"), read(&garage, "out/boot.gz"));
 
+    // The restored runtime resynced to the new epoch: the agent never had to restart it.
+    let listed = backend.api("GET", "/v1/functions", None).unwrap();
+    let console =
+        std::fs::read_to_string(listed[0]["warm"]["serial_log"].as_str().unwrap()).unwrap();
+    assert!(!console.contains("runtime exited"), "the runtime died after the restore:\n{console}");
+
     // A wrong hint costs only its fetch.
     backend.api("POST", "/v1/functions/compress/stop", None).unwrap();
     let wrong = json!([{ "bucket": "vmtest", "key": "in/no-such-object" }]).to_string();

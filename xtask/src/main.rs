@@ -39,9 +39,9 @@ enum Chore {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
-    /// Run a benchmark; it prints a table and records it in docs/BENCHMARKS.md.
-    #[command(subcommand)]
-    Bench(bench::Bench),
+    /// Run the benchmarks side by side (or one of them); each prints a table and records it in
+    /// docs/BENCHMARKS.md.
+    Bench(bench::BenchArgs),
     /// Build the function-VM guest images (kernel, initramfs, rootfs) from Debian packages.
     GuestImage {
         /// Which image to build.

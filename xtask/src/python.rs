@@ -1,4 +1,5 @@
-//! The Python venv for the guest shim's tests, at `~/.cache/nexus/venv`.
+//! The Python venv for the guest shim's tests and the benchmarks' inputs (Pillow draws the
+//! thumbnail benchmark's photo), at `~/.cache/nexus/venv`.
 //!
 //! Packages are installed when the venv is new or [`PACKAGES`] changed since the last install;
 //! the installed list is recorded in a marker file inside the venv.
@@ -14,7 +15,7 @@ use crate::cmd;
 /// The real boto3 the tests and the baseline guest image use.
 pub const BOTO3: &str = "boto3>=1.40,<2";
 /// What the venv holds: pip requirement specifiers, one per package.
-pub const PACKAGES: &[&str] = &[BOTO3, "pytest>=8,<10"];
+pub const PACKAGES: &[&str] = &[BOTO3, "pytest>=8,<10", "pillow>=10,<13"];
 
 /// Inside the venv: the package list last installed.
 const MARKER: &str = "nexus-packages.txt";

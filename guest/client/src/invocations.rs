@@ -62,9 +62,11 @@ impl Client {
                 Ok(self.host_epoch()? != self.epoch.load(Ordering::Acquire))
             };
             let left = deadline.saturating_duration_since(std::time::Instant::now());
+            // The epoch first: after a restore the rings were reset under our stale indices,
+            // which the ring check would (rightly) call corrupt.
             let incoming = &rings.incoming;
             let ready = self.notifier.wait(left, || -> Result<bool, ClientError> {
-                Ok(incoming.ready()? || moved()?)
+                Ok(moved()? || incoming.ready()?)
             })?;
             if moved()? {
                 self.reattach(&mut rings)?;

@@ -5,7 +5,9 @@
 //! only the channel is measured; (c) one Python function process doing the same puts and gets
 //! through real boto3 → HTTP → Garage, and through the shim → channel → backend → the same
 //! Garage: wall time, CPU time of every process involved, and the function's peak RSS; and the
-//! backend's CPU while its regions sit idle.
+//! backend's CPU while its regions sit idle. Write-back is off here: a put goes to the store
+//! before it completes, as boto3's does, and no read is served from the spool
+//! (`cargo xtask bench cold` measures write-back).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,9 +17,11 @@ use anyhow::{Context, Result};
 use nexus_tests::{Backend, Garage};
 use serde_json::{json, Value};
 
-use super::measure::{cpu_time, machine, run_measured, Usage};
+use super::measure::{cpu_time, machine, run_measured, today, Usage};
 use super::report::{mib, ratio, seconds, Row, Table};
-use crate::{cmd, setup, workspace_root};
+use super::stack::build_release;
+use crate::setup::Tools;
+use crate::{setup, workspace_root};
 
 /// Objects of (b): size and rounds.
 const CHANNEL_SIZES: [(u64, u64); 3] = [(4 << 10, 2000), (1 << 20, 200), (64 << 20, 10)];
@@ -34,17 +38,33 @@ struct Release {
     guest_lib: PathBuf,
 }
 
+/// The fabric's table and its key figures, for the side-by-side table of `cargo xtask bench`.
+#[derive(Debug)]
+pub struct Fabric {
+    pub table: Table,
+    /// (a): the empty call's round trip, p50, seconds.
+    pub call_p50_s: f64,
+    /// (b): a cached 64 MiB get through the channel, bytes per second.
+    pub get_64mib_bytes_per_s: f64,
+    /// (c), baseline then Nexus: CPU seconds of the function (+ the backend for Nexus).
+    pub cpu_s: (f64, f64),
+    /// (c), baseline then Nexus: the function process's peak RSS, bytes.
+    pub rss_bytes: (f64, f64),
+}
+
 pub fn run() -> Result<()> {
     let tools = setup::run()?;
-    println!("bench: building release binaries");
-    cmd::run(cmd::cargo().current_dir(workspace_root()).args([
-        "build",
-        "--release",
-        "-p",
-        "nexus-backend",
-        "-p",
-        "nexus-guest",
-    ]))?;
+    let table = measure(&tools)?.table;
+    print!("\n{}", table.text());
+    let file = workspace_root().join("docs/BENCHMARKS.md");
+    table.write_section(&file)?;
+    println!("bench: wrote {}", file.display());
+    Ok(())
+}
+
+/// Runs (a), (b), the idle cost and (c).
+pub fn measure(tools: &Tools) -> Result<Fabric> {
+    build_release(&["nexus-backend", "nexus-guest"])?;
     let target = workspace_root().join("target/release");
     let release = Release {
         nexus: target.join("nexus"),
@@ -57,8 +77,8 @@ pub fn run() -> Result<()> {
         command: "cargo xtask bench fabric".into(),
         ..Table::default()
     };
-    channel_rows(&release, &mut table)?;
-    function_rows(&release, &tools.python, &tools.garage, &mut table)?;
+    let (call_p50_s, get_64mib_bytes_per_s) = channel_rows(&release, &mut table)?;
+    let (cpu_s, rss_bytes) = function_rows(&release, &tools.python, &tools.garage, &mut table)?;
     table.notes.push(format!(
         "Machine: {}. One run, {}. Medians unless noted; (a) and (b) use an in-memory store so \
          only the channel is measured, (c) uses a real Garage S3 server on loopback for both \
@@ -66,18 +86,15 @@ pub fn run() -> Result<()> {
         machine(),
         today()
     ));
-    print!("\n{}", table.text());
-    let file = workspace_root().join("docs/BENCHMARKS.md");
-    table.write_section(&file)?;
-    println!("bench: wrote {}", file.display());
-    Ok(())
+    Ok(Fabric { table, call_p50_s, get_64mib_bytes_per_s, cpu_s, rss_bytes })
 }
 
-/// (a), (b) and the idle cost.
-fn channel_rows(release: &Release, table: &mut Table) -> Result<()> {
+/// (a), (b) and the idle cost; returns the round trip's p50 and the 64 MiB get's rate.
+fn channel_rows(release: &Release, table: &mut Table) -> Result<(f64, f64)> {
     let settings = r#"
 storage: { url: "memory://" }
 cache: { max_bytes: 256MiB, max_object_bytes: 64MiB }
+writeback: { enabled: false }
 default_policy: { grants: [{ bucket: bench, access: [read, write] }], max_object_size: 1GiB }
 "#;
     let backend = Backend::start_with(&release.nexus, REGION, settings, &[])?;
@@ -92,6 +109,7 @@ default_policy: { grants: [{ bucket: bench, access: [read, write] }], max_object
         target: "p50 < 2 µs".into(),
         ..Row::default()
     });
+    let mut get_64mib = f64::NAN;
     for (size, rounds) in CHANNEL_SIZES {
         println!("bench: (b) {} × {rounds}", mib(size as f64));
         for op in ["get", "put"] {
@@ -100,6 +118,9 @@ default_policy: { grants: [{ bucket: bench, access: [read, write] }], max_object
             let rate = result["bytes_per_s"].as_f64().unwrap_or(0.0);
             let median = result["median_s"].as_f64().unwrap_or(0.0);
             let cached = if op == "get" { " (cached by the backend)" } else { "" };
+            if op == "get" && size == 64 << 20 {
+                get_64mib = rate;
+            }
             table.rows.push(Row {
                 metric: format!("(b) {op} {}{cached}", size_label(size)),
                 nexus: format!("{:.2} GB/s ({})", rate / 1e9, seconds(median)),
@@ -127,32 +148,28 @@ default_policy: { grants: [{ bucket: bench, access: [read, write] }], max_object
         target: "~0".into(),
         ..Row::default()
     });
-    Ok(())
+    Ok((p50, get_64mib))
 }
 
-/// (c): the same Python function through real boto3 and through the shim.
+/// Baseline and Nexus figures of (c).
+type Pair = (f64, f64);
+
+/// (c): the same Python function through real boto3 and through the shim; returns the CPU
+/// seconds and the peak RSS of each side.
 fn function_rows(
     release: &Release,
     python: &Path,
     garage_bin: &Path,
     table: &mut Table,
-) -> Result<()> {
+) -> Result<(Pair, Pair)> {
     std::env::set_var("NEXUS_GARAGE", garage_bin);
     let garage = Garage::start()?;
     garage.create_bucket("fabric-boto3")?;
     garage.create_bucket("fabric-nexus")?;
     let settings = format!(
-        r#"
-storage:
-  url: "s3://"
-  options: {{ aws_endpoint: "{endpoint}", aws_access_key_id: "{key}", aws_secret_access_key: "{secret}", aws_region: "{region}", aws_allow_http: "true", aws_virtual_hosted_style_request: "false" }}
-cache: {{ max_bytes: 0, max_object_bytes: 0 }}
-default_policy: {{ grants: [{{ bucket: fabric-nexus, access: [read, write] }}], max_object_size: 1GiB }}
-"#,
-        endpoint = garage.endpoint,
-        key = garage.access_key,
-        secret = garage.secret_key,
-        region = garage.region,
+        "{}cache: {{ max_bytes: 0, max_object_bytes: 0 }}\nwriteback: {{ enabled: false }}\n\
+         default_policy: {{ grants: [{{ bucket: fabric-nexus, access: [read, write] }}], max_object_size: 1GiB }}\n",
+        garage.storage_settings()
     );
     let backend = Backend::start_with(&release.nexus, REGION, &settings, &[])?;
     let region = backend.create_region("fabric")?;
@@ -209,13 +226,14 @@ fn function_table(
     shim: &Usage,
     backend_cpu: Duration,
     garage_cpu: (Duration, Duration),
-) -> Result<()> {
+) -> Result<(Pair, Pair)> {
     let row = |metric: &str, b: f64, n: f64, show: fn(f64) -> String, target: &str| Row {
         metric: metric.into(),
         baseline: show(b),
         nexus: show(n),
         ratio: ratio(n, b),
         target: target.into(),
+        ..Row::default()
     };
     let results: (Value, Value) = (
         serde_json::from_str(&boto3.stdout).context("boto3 run output")?,
@@ -262,7 +280,7 @@ fn function_table(
             ));
         }
     }
-    Ok(())
+    Ok(((b_cpu, n_cpu), (b_rss, n_rss)))
 }
 
 fn probe(release: &Release, region: &Path, args: &[&str]) -> Result<Value> {
@@ -284,10 +302,4 @@ fn size_label(size: u64) -> String {
         s if s >= 1 << 20 => format!("{} MiB", s >> 20),
         s => format!("{} KiB", s >> 10),
     }
-}
-
-/// Today's date (UTC) from the system clock, without a date crate.
-fn today() -> String {
-    let output = Command::new("date").args(["-u", "+%Y-%m-%d"]).output();
-    output.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default()
 }

@@ -1,5 +1,6 @@
 //! Measuring processes from the kernel's own accounting: CPU time from `/proc/<pid>/stat` and
-//! `wait4`'s rusage, peak RSS from rusage.
+//! `wait4`'s rusage, peak RSS from rusage, resident (RSS) and proportional (PSS) memory of a
+//! live process from `/proc/<pid>/status` and `/proc/<pid>/smaps_rollup`.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -7,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-/// CPU time (user + system) a live process has used so far.
+/// CPU time (user + system) a live process has used so far, all its threads, without its
+/// children (a backend's VMMs are its children: they are counted on their own).
 pub fn cpu_time(pid: u32) -> Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("read /proc/{pid}/stat"))?;
@@ -19,6 +21,28 @@ pub fn cpu_time(pid: u32) -> Result<Duration> {
     // SAFETY: sysconf only reads a configuration value.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     Ok(Duration::from_nanos((ticks(11)? + ticks(12)?) * 1_000_000_000 / hz))
+}
+
+/// Resident memory of a live process (`VmRSS`), in KiB.
+pub fn rss_kib(pid: u32) -> Result<f64> {
+    proc_kib(&format!("/proc/{pid}/status"), "VmRSS")
+}
+
+/// Proportional memory of a live process (`Pss`: each shared page divided among the processes
+/// that map it), in KiB.
+pub fn pss_kib(pid: u32) -> Result<f64> {
+    proc_kib(&format!("/proc/{pid}/smaps_rollup"), "Pss")
+}
+
+/// The value of the `field:  N kB` line of a `/proc` file.
+fn proc_kib(file: &str, field: &str) -> Result<f64> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("read {file}"))?;
+    kib_field(&text, field).with_context(|| format!("no {field} in {file}"))
+}
+
+fn kib_field(text: &str, field: &str) -> Option<f64> {
+    let value = text.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?;
+    value.split_whitespace().next()?.parse().ok()
 }
 
 /// What a finished child process used.
@@ -89,9 +113,23 @@ pub fn machine() -> String {
     format!("{model}, {cores} cores, {mem_gib} GiB, Linux {}", kernel.trim())
 }
 
+/// Today's date (UTC) from the system clock, without a date crate.
+pub fn today() -> String {
+    let output = Command::new("date").args(["-u", "+%Y-%m-%d"]).output();
+    output.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_kib_fields() {
+        let text = "Rss:  120 kB\nPss:   80 kB\nPss_Anon: 5 kB\n";
+        assert_eq!(kib_field(text, "Pss"), Some(80.0));
+        assert_eq!(kib_field(text, "Rss"), Some(120.0));
+        assert_eq!(kib_field(text, "Swap"), None);
+    }
 
     #[test]
     fn measures_a_child_and_this_process() {
@@ -105,6 +143,9 @@ mod tests {
         assert!(usage.cpu > Duration::ZERO && usage.cpu <= usage.wall + Duration::from_millis(20));
         assert!(usage.peak_rss_bytes > 100 * 1024);
         assert!(cpu_time(std::process::id()).is_ok());
+        let me = std::process::id();
+        let (rss, pss) = (rss_kib(me).unwrap(), pss_kib(me).unwrap());
+        assert!(rss > 100.0 && pss > 10.0 && pss <= rss, "rss {rss} pss {pss}");
         assert!(run_measured(&mut Command::new("false"), "").is_err());
     }
 }

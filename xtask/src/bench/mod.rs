@@ -1,14 +1,33 @@
 //! `cargo xtask bench …`: benchmarks that print a side-by-side table with ratios and record it
 //! in `docs/BENCHMARKS.md`. They measure; they never assert a time.
+//!
+//! Without a subcommand, `full` runs baseline and Nexus side by side under load and prints the
+//! one table that sets the results against the paper's claims and our goals.
 
 mod cold;
 mod fabric;
+mod full;
+mod load;
 mod measure;
+mod phase;
+mod plot;
 mod report;
+mod stack;
+mod stats;
 mod vm;
 
 use anyhow::Result;
-use clap::Subcommand;
+use clap::{Args, Subcommand};
+
+/// `cargo xtask bench [fabric|vm|cold] [options of the side-by-side run]`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    which: Option<Bench>,
+    #[command(flatten)]
+    options: full::Options,
+}
 
 #[derive(Debug, Subcommand)]
 pub enum Bench {
@@ -22,10 +41,11 @@ pub enum Bench {
     Cold,
 }
 
-pub fn run(bench: Bench) -> Result<()> {
-    match bench {
-        Bench::Fabric => fabric::run(),
-        Bench::Vm => vm::run(),
-        Bench::Cold => cold::run(),
+pub fn run(args: BenchArgs) -> Result<()> {
+    match args.which {
+        None => full::run(&args.options),
+        Some(Bench::Fabric) => fabric::run(),
+        Some(Bench::Vm) => vm::run(),
+        Some(Bench::Cold) => cold::run(),
     }
 }

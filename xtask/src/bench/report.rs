@@ -6,7 +6,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-/// One row: a metric, the baseline and Nexus values, their ratio and the target.
+/// One row: a metric, the baseline and Nexus values, their ratio, the target and the cells of
+/// the table's extra columns.
 #[derive(Debug, Clone, Default)]
 pub struct Row {
     pub metric: String,
@@ -14,9 +15,11 @@ pub struct Row {
     pub nexus: String,
     pub ratio: String,
     pub target: String,
+    pub extra: Vec<String>,
 }
 
-/// A benchmark's results.
+/// A benchmark's results. The target column is shown when some row has a target; the extra
+/// columns (`extra_columns`, headings) follow it.
 #[derive(Debug, Default)]
 pub struct Table {
     pub name: &'static str,
@@ -24,35 +27,58 @@ pub struct Table {
     pub command: String,
     pub notes: Vec<String>,
     pub rows: Vec<Row>,
+    pub extra_columns: Vec<String>,
 }
 
-const HEADINGS: [&str; 5] = ["metric", "baseline", "nexus", "nexus / baseline", "target"];
+const HEADINGS: [&str; 4] = ["metric", "baseline", "nexus", "nexus / baseline"];
+const TARGET: &str = "target";
 
 impl Table {
-    fn cells(row: &Row) -> [&str; 5] {
-        [&row.metric, &row.baseline, &row.nexus, &row.ratio, &row.target]
+    fn has_target(&self) -> bool {
+        self.rows.iter().any(|row| !row.target.is_empty())
+    }
+
+    fn headings(&self) -> Vec<&str> {
+        let target = self.has_target().then_some(TARGET);
+        let extra = self.extra_columns.iter().map(String::as_str);
+        HEADINGS.into_iter().chain(target).chain(extra).collect()
+    }
+
+    /// A row's cells, one per heading (missing extra cells are empty).
+    fn cells<'a>(&'a self, row: &'a Row) -> Vec<&'a str> {
+        let target = self.has_target().then_some(row.target.as_str());
+        let extra =
+            (0..self.extra_columns.len()).map(|i| row.extra.get(i).map_or("", String::as_str));
+        [&row.metric, &row.baseline, &row.nexus, &row.ratio]
+            .map(String::as_str)
+            .into_iter()
+            .chain(target)
+            .chain(extra)
+            .collect()
     }
 
     /// The table as aligned text for the terminal.
     pub fn text(&self) -> String {
-        let mut widths = HEADINGS.map(str::len);
+        let headings = self.headings();
+        let mut widths: Vec<usize> = headings.iter().map(|h| h.chars().count()).collect();
         for row in &self.rows {
-            for (w, cell) in widths.iter_mut().zip(Self::cells(row)) {
+            for (w, cell) in widths.iter_mut().zip(self.cells(row)) {
                 *w = (*w).max(cell.chars().count());
             }
         }
-        let line = |cells: [&str; 5]| {
+        let line = |cells: &[&str]| {
             let mut out = String::new();
-            for (cell, w) in cells.iter().zip(widths) {
+            for (cell, &w) in cells.iter().zip(&widths) {
                 let _ = write!(out, "{cell:<w$}  ");
             }
             out.trim_end().to_owned() + "\n"
         };
         let mut out = format!("{}\n\n", self.title);
-        out += &line(HEADINGS);
-        out += &line(widths.map(|w| "-".repeat(w)).each_ref().map(String::as_str));
+        out += &line(&headings);
+        let rules: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+        out += &line(&rules.iter().map(String::as_str).collect::<Vec<_>>());
         for row in &self.rows {
-            out += &line(Self::cells(row));
+            out += &line(&self.cells(row));
         }
         for note in &self.notes {
             out += &format!("\n{note}");
@@ -63,9 +89,10 @@ impl Table {
     /// The table as a Markdown section.
     pub fn markdown(&self) -> String {
         let mut out = format!("### {}\n\nCommand: `{}`\n\n", self.title, self.command);
-        out += &format!("| {} |\n|{}\n", HEADINGS.join(" | "), "---|".repeat(HEADINGS.len()));
+        let headings = self.headings();
+        out += &format!("| {} |\n|{}\n", headings.join(" | "), "---|".repeat(headings.len()));
         for row in &self.rows {
-            out += &format!("| {} |\n", Self::cells(row).join(" | "));
+            out += &format!("| {} |\n", self.cells(row).join(" | "));
         }
         for note in &self.notes {
             out += &format!("\n{note}\n");
@@ -98,6 +125,17 @@ pub fn ratio(a: f64, b: f64) -> String {
     }
 }
 
+/// The change from `b` to `a` as a signed percentage ("−35 %", "+37 %"), or "—".
+pub fn change(a: f64, b: f64) -> String {
+    if b > 0.0 && a.is_finite() {
+        let percent = (a / b - 1.0) * 100.0;
+        let sign = if percent.round() < 0.0 { "−" } else { "+" };
+        format!("{sign}{:.0} %", percent.abs())
+    } else {
+        "—".into()
+    }
+}
+
 /// Seconds in the most readable unit.
 pub fn seconds(s: f64) -> String {
     match s {
@@ -124,15 +162,48 @@ mod tests {
         std::fs::write(&file, "# Benchmarks\n\nintro\n").unwrap();
         let mut table =
             Table { name: "fabric", title: "T".into(), command: "c".into(), ..Table::default() };
-        table.rows.push(Row { metric: "m".into(), nexus: "1".into(), ..Row::default() });
+        table.rows.push(Row {
+            metric: "m".into(),
+            nexus: "1".into(),
+            target: "t".into(),
+            ..Row::default()
+        });
         table.write_section(&file).unwrap();
         table.rows[0].nexus = "2".into();
         table.write_section(&file).unwrap();
         let text = std::fs::read_to_string(&file).unwrap();
         assert!(text.starts_with("# Benchmarks\n\nintro\n"));
         assert_eq!(text.matches("<!-- fabric:begin -->").count(), 1);
-        assert!(text.contains("| m |  | 2 |  |  |"));
-        assert!(table.text().contains("m       1") || table.text().contains("m "));
+        assert!(text.contains("| metric | baseline | nexus | nexus / baseline | target |\n"));
+        assert!(text.contains("| m |  | 2 |  | t |"));
+    }
+
+    #[test]
+    fn extra_columns_follow_and_an_empty_target_column_is_left_out() {
+        let mut table = Table {
+            name: "x",
+            title: "T".into(),
+            extra_columns: vec!["paper".into(), "goal".into()],
+            ..Table::default()
+        };
+        table.rows.push(Row {
+            metric: "cpu".into(),
+            baseline: "2".into(),
+            nexus: "1".into(),
+            ratio: "0.50×".into(),
+            extra: vec!["−44 %".into()],
+            ..Row::default()
+        });
+        let markdown = table.markdown();
+        assert!(
+            markdown.contains("| metric | baseline | nexus | nexus / baseline | paper | goal |")
+        );
+        assert!(markdown.contains("|---|---|---|---|---|---|\n"));
+        assert!(markdown.contains("| cpu | 2 | 1 | 0.50× | −44 % |  |"));
+        let text = table.text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[2], "metric  baseline  nexus  nexus / baseline  paper  goal");
+        assert_eq!(lines[4], "cpu     2         1      0.50×             −44 %");
     }
 
     #[test]
@@ -141,5 +212,9 @@ mod tests {
         assert_eq!(seconds(0.0015), "1.50 ms");
         assert_eq!(ratio(1.0, 4.0), "0.25×");
         assert_eq!(ratio(1.0, 0.0), "—");
+        assert_eq!(change(65.0, 100.0), "−35 %");
+        assert_eq!(change(137.0, 100.0), "+37 %");
+        assert_eq!(change(100.2, 100.0), "+0 %");
+        assert_eq!(change(1.0, 0.0), "—");
     }
 }

@@ -1,0 +1,196 @@
+//! What the VM benchmarks share: a Garage S3 server with the `bench` bucket, a release backend
+//! whose function VMs boot the guest images and reach that server (Nexus VMs through the
+//! backend, baseline VMs through their NIC), deploying a function in either flavour, invoking
+//! it, and finding its VM's process.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{ensure, Context, Result};
+use nexus_backend::api::{COLD_START, FUNCTION_ERROR, PREFETCH};
+use nexus_backend::client::exchange_with;
+use nexus_tests::{Backend, Garage};
+use serde_json::{json, Value};
+
+use crate::image::{self, Flavour};
+use crate::setup::Tools;
+use crate::{cmd, workspace_root};
+
+/// The bucket every VM benchmark reads and writes.
+pub const BUCKET: &str = "bench";
+
+/// A Garage server and a backend using it; the backend stops first (field order).
+#[derive(Debug)]
+pub struct Stack {
+    pub backend: Backend,
+    pub garage: Garage,
+}
+
+/// One invocation at the API.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    /// The handler's result.
+    pub result: Value,
+    /// End to end at the API.
+    pub seconds: f64,
+    /// A cold start's VM start (boot or restore), from the backend's header.
+    pub start_seconds: Option<f64>,
+}
+
+/// A function's warm VM.
+#[derive(Debug, Clone)]
+pub struct WarmVm {
+    /// The VMM process.
+    pub pid: u32,
+    /// The accelerator, upper case (`TCG`, `KVM`).
+    pub accel: String,
+    /// The VM's console output.
+    pub serial_log: PathBuf,
+}
+
+/// `cargo build --release` of `packages`.
+pub fn build_release(packages: &[&str]) -> Result<()> {
+    println!("bench: building release binaries");
+    let mut build = cmd::cargo();
+    build.current_dir(workspace_root()).args(["build", "--release"]);
+    for package in packages {
+        build.args(["-p", package]);
+    }
+    cmd::run(&mut build)
+}
+
+impl Stack {
+    /// Makes sure the guest images of `flavours` are built, then starts Garage (with the
+    /// `bench` bucket) and the release backend (built first) with its object cache off, the
+    /// region geometry `region` (YAML flow fields) and `extra` settings.
+    pub fn start(tools: &Tools, flavours: &[Flavour], region: &str, extra: &str) -> Result<Self> {
+        let mut images = None;
+        for &flavour in flavours {
+            images = Some(image::ensure(flavour, false)?);
+        }
+        let images = images.context("no image flavour")?;
+        build_release(&["nexus-backend"])?;
+        std::env::set_var("NEXUS_GARAGE", &tools.garage);
+        let garage = Garage::start()?;
+        garage.create_bucket(BUCKET)?;
+        let settings = format!(
+            "{storage}cache: {{ max_bytes: 0, max_object_bytes: 0 }}\n\
+             default_policy: {{ grants: [{{ bucket: {BUCKET}, access: [read, write] }}], max_object_size: 1GiB }}\n\
+             vm: {{ images: {images}, state_dir: \"{{dir}}\", boot_timeout_secs: 240 }}\n{extra}",
+            storage = garage.storage_settings(),
+            images = images.dir.parent().context("images dir")?.display(),
+        );
+        let backend = Backend::start_with(
+            &workspace_root().join("target/release/nexus"),
+            region,
+            &settings,
+            &[],
+        )?;
+        Ok(Self { backend, garage })
+    }
+
+    /// Runs `script` in the tests' venv with real boto3, `s3` a client of Garage: puts the
+    /// inputs straight into the store.
+    pub fn seed(&self, python: &Path, script: &str) -> Result<()> {
+        let garage = &self.garage;
+        let script = format!("import boto3\ns3 = boto3.client('s3')\n{script}");
+        cmd::run(
+            Command::new(python)
+                .args(["-c", &script])
+                .env("AWS_ENDPOINT_URL", &garage.endpoint)
+                .env("AWS_ACCESS_KEY_ID", &garage.access_key)
+                .env("AWS_SECRET_ACCESS_KEY", &garage.secret_key)
+                .env("AWS_DEFAULT_REGION", &garage.region),
+        )
+    }
+
+    /// Deploys `handler` (`file.py:function`) of the code folder `code` as `name` in a
+    /// `flavour` VM; `extra` fields (e.g. `memory_mib`) go into the spec. A baseline VM's
+    /// real boto3 reaches Garage through QEMU's user network (the host is 10.0.2.2).
+    pub fn deploy(
+        &self,
+        name: &str,
+        code: &Path,
+        handler: &str,
+        flavour: Flavour,
+        extra: Value,
+    ) -> Result<()> {
+        let mut spec = json!({
+            "name": name, "code": code, "handler": handler, "flavour": flavour.name(),
+        });
+        if flavour == Flavour::Baseline {
+            let garage = &self.garage;
+            spec["environment"] = json!({
+                "AWS_ENDPOINT_URL": garage.endpoint.replace("127.0.0.1", "10.0.2.2"),
+                "AWS_ACCESS_KEY_ID": garage.access_key, "AWS_SECRET_ACCESS_KEY": garage.secret_key,
+                "AWS_DEFAULT_REGION": garage.region, "AWS_EC2_METADATA_DISABLED": "true",
+            });
+        }
+        for (key, value) in extra.as_object().into_iter().flatten() {
+            spec[key] = value.clone();
+        }
+        self.backend.api("POST", "/v1/functions", Some(&spec))?;
+        Ok(())
+    }
+
+    /// Invokes `name` with `event`; `prefetch` names the objects a cold start fetches while
+    /// the VM starts. Fails if the handler raised.
+    pub fn invoke(
+        &self,
+        name: &str,
+        event: &Value,
+        prefetch: &[(&str, &str)],
+    ) -> Result<Invocation> {
+        let hints: Vec<Value> =
+            prefetch.iter().map(|(bucket, key)| json!({ "bucket": bucket, "key": key })).collect();
+        let hints = Value::from(hints).to_string();
+        let headers: Vec<(&str, &str)> =
+            if prefetch.is_empty() { Vec::new() } else { vec![(PREFETCH, &hints)] };
+        let started = Instant::now();
+        let answer = exchange_with(
+            &self.backend.socket,
+            "POST",
+            &format!("/v1/functions/{name}/invoke"),
+            &headers,
+            event.to_string().as_bytes(),
+        )
+        .with_context(|| format!("invoke {name}\n{}", self.backend.log_tail()))?;
+        let seconds = started.elapsed().as_secs_f64();
+        ensure!(answer.header(FUNCTION_ERROR).is_none(), "{name} failed: {}", answer.body);
+        Ok(Invocation {
+            result: serde_json::from_str(&answer.body)?,
+            seconds,
+            start_seconds: answer
+                .header(COLD_START)
+                .and_then(|ms| ms.parse::<f64>().ok())
+                .map(|ms| ms / 1e3),
+        })
+    }
+
+    /// `name`'s warm VM. Call it while the function is idle: the backend lists a VM only when
+    /// no invocation holds it.
+    pub fn warm_vm(&self, name: &str) -> Result<WarmVm> {
+        let listed = self.backend.api("GET", "/v1/functions", None)?;
+        let function = listed.as_array().into_iter().flatten().find(|f| f["spec"]["name"] == name);
+        let warm = &function.with_context(|| format!("{name} is not listed"))?["warm"];
+        Ok(WarmVm {
+            pid: warm["pid"]
+                .as_u64()
+                .and_then(|p| u32::try_from(p).ok())
+                .with_context(|| format!("{name} has no warm VM"))?,
+            accel: warm["accel"].as_str().unwrap_or("?").to_uppercase(),
+            serial_log: warm["serial_log"].as_str().unwrap_or_default().into(),
+        })
+    }
+}
+
+/// For a table measured under `accel`: what TCG means for its figures (none under KVM).
+pub fn accel_note(accel: &str) -> Option<String> {
+    (accel == "TCG").then(|| {
+        "Every VM figure here was measured under TCG (QEMU software emulation: this host has no \
+         hardware virtualization); guest code runs ≈ 10× slower than under KVM, so latencies are \
+         inflated and dominated by emulated CPU work. QEMU's RSS includes TCG's translation cache."
+            .to_owned()
+    })
+}
