@@ -137,21 +137,28 @@ mod tests {
         state: VmState,
     }
 
+    impl FakeVm {
+        /// What every lifecycle call answers: a fake VM only has a console and a state.
+        fn refuse(&self, op: &'static str) -> VmmError {
+            VmmError::WrongState { vm: "fake".into(), op, state: self.state }
+        }
+    }
+
     impl Vm for FakeVm {
         fn boot(&mut self) -> Result<(), VmmError> {
-            unimplemented!()
+            Err(self.refuse("boot"))
         }
         fn pause(&mut self) -> Result<(), VmmError> {
-            unimplemented!()
+            Err(self.refuse("pause"))
         }
         fn resume(&mut self) -> Result<(), VmmError> {
-            unimplemented!()
+            Err(self.refuse("resume"))
         }
         fn snapshot(&mut self, _: &Path) -> Result<crate::vm::Snapshot, VmmError> {
-            unimplemented!()
+            Err(self.refuse("snapshot"))
         }
         fn stop(&mut self) -> Result<(), VmmError> {
-            unimplemented!()
+            Err(self.refuse("stop"))
         }
         fn info(&self) -> crate::vm::VmInfo {
             crate::vm::VmInfo {
