@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 
 use crate::cache::Cached;
 use crate::cache::ObjectCache;
-use crate::config::Config;
+use crate::config::{is_function_name, Config};
 use crate::invoke::{InvokeError, Outcome};
 use crate::metrics::Metrics;
 use crate::ops::Context;
@@ -193,12 +193,7 @@ impl Backend {
     where
         E: std::error::Error + Send + Sync + 'static,
     {
-        let name_ok = !function.is_empty()
-            && function.len() <= 64
-            && function
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-        if !name_ok {
+        if !is_function_name(function) {
             return Err(BackendError::FunctionName(function.chars().take(64).collect()));
         }
         let id = format!("{function}-{}", self.next_id.fetch_add(1, Ordering::Relaxed));

@@ -205,6 +205,15 @@ impl Default for CacheConfig {
     }
 }
 
+/// Whether `name` can name a function: 1 to 64 of a-z, 0-9, `_` and `-` (it names region
+/// files and VM folders too, so nothing else is allowed).
+pub fn is_function_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
 impl Config {
     /// Loads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -272,10 +281,9 @@ impl Config {
         }
         check_policy("default_policy", &self.default_policy)?;
         for (name, function) in &self.functions {
-            let valid = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-".contains(c);
-            if name.is_empty() || !name.chars().all(valid) {
+            if !is_function_name(name) {
                 return Err(format!(
-                    "functions: {name:?} is not a function name (a-z, 0-9, _ and - only)"
+                    "functions: {name:?} is not a function name (a-z, 0-9, _ and -, at most 64)"
                 ));
             }
             check_policy(&format!("functions.{name}.policy"), &function.policy)?;

@@ -17,6 +17,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::is_function_name;
 use crate::policy::Policy;
 
 /// The guest image a function runs on.
@@ -93,13 +94,7 @@ pub enum SpecError {
 impl FunctionSpec {
     /// Checks the spec against the files it names.
     pub fn validate(&self) -> Result<(), SpecError> {
-        let name_ok = !self.name.is_empty()
-            && self.name.len() <= 64
-            && self
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-        if !name_ok {
+        if !is_function_name(&self.name) {
             return Err(SpecError::Name(self.name.clone()));
         }
         if !self.code.is_dir() {
