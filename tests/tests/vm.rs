@@ -86,24 +86,30 @@ fn qemu_processes(dir: &Path) -> usize {
         .count()
 }
 
-#[test]
-fn functions_run_in_nexus_and_baseline_vms() {
+/// Garage with `input` at `vmtest/in/data.txt`, and a backend on it with the compress example
+/// deployed (Nexus flavour) as `compress`; also returns the example's code directory.
+fn with_compress(input: &[u8]) -> (Garage, Backend, PathBuf) {
     let images = images();
     let garage = Garage::start().unwrap();
     garage.create_bucket("vmtest").unwrap();
-    let input: Vec<u8> = (0..200_000u32)
-        .flat_map(|i| format!("line {} of the input\n", i % 977).into_bytes())
-        .take(300_000)
-        .collect();
-    seed(&garage, "in/data.txt", &input);
-    let mut backend = Backend::start(&nexus_binary(), &settings(&garage, &images), &[]).unwrap();
-
-    // Nexus flavour: no NIC; the unmodified boto3 handler's calls go through the region.
+    seed(&garage, "in/data.txt", input);
+    let backend = Backend::start(&nexus_binary(), &settings(&garage, &images), &[]).unwrap();
     let compress = workspace().join("guest/python/examples/compress");
     deploy(
         &backend,
         json!({ "name": "compress", "code": compress, "handler": "handler.py:handler" }),
     );
+    (garage, backend, compress)
+}
+
+#[test]
+fn functions_run_in_nexus_and_baseline_vms() {
+    let input: Vec<u8> = (0..200_000u32)
+        .flat_map(|i| format!("line {} of the input\n", i % 977).into_bytes())
+        .take(300_000)
+        .collect();
+    // Nexus flavour: no NIC; the unmodified boto3 handler's calls go through the region.
+    let (garage, mut backend, compress) = with_compress(&input);
     let event = json!({ "bucket": "vmtest", "key": "in/data.txt", "output_key": "out/nexus.gz" });
     let (result, error, cold) = invoke(&backend, "compress", &event);
     assert_eq!(error, None, "{result}");
@@ -196,18 +202,9 @@ fn a_guest_that_cannot_boot_gives_a_clear_error() {
 #[test]
 fn a_cold_start_restores_the_snapshot_with_its_input_prefetched() {
     use nexus_backend::api::{COLD_START_FROM, PREFETCH, PREFETCHED};
-    let images = images();
-    let garage = Garage::start().unwrap();
-    garage.create_bucket("vmtest").unwrap();
     let input: Vec<u8> =
         (0..40_000u32).flat_map(|i| format!("record {i}\n").into_bytes()).collect();
-    seed(&garage, "in/data.txt", &input);
-    let mut backend = Backend::start(&nexus_binary(), &settings(&garage, &images), &[]).unwrap();
-    let compress = workspace().join("guest/python/examples/compress");
-    deploy(
-        &backend,
-        json!({ "name": "compress", "code": compress, "handler": "handler.py:handler" }),
-    );
+    let (garage, mut backend, _) = with_compress(&input);
 
     // Warm the function, snapshot it, and stop its VM: the next invocation is cold.
     let event = |out: &str| json!({ "bucket": "vmtest", "key": "in/data.txt", "output_key": out });
