@@ -1,6 +1,7 @@
 //! The backend: the regions it serves and the services they share.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,13 +11,13 @@ use std::time::Duration;
 use nexus_channel::layout::host_state;
 use nexus_channel::notify::Kick;
 use nexus_channel::region::RegionError;
+use nexus_channel::wire::ObjectRef;
 use nexus_channel::Region;
 use serde::Serialize;
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
-use crate::cache::Cached;
-use crate::cache::ObjectCache;
+use crate::cache::{Cached, ObjectCache};
 use crate::config::{is_function_name, Config};
 use crate::invoke::{InvokeError, Outcome};
 use crate::metrics::Metrics;
@@ -24,7 +25,7 @@ use crate::ops::Context;
 use crate::ops::{self, OpError};
 use crate::policy::Policy;
 use crate::serve::{serve, Shared};
-use crate::served::ServedRegion;
+use crate::served::{Prefetched, ServedRegion};
 use crate::spool::{Spool, SpoolError};
 use crate::storage::{Storage, StorageError};
 
@@ -255,20 +256,31 @@ impl Backend {
         ops::get::fetch_whole(&self.shared.context, bucket, key).await
     }
 
-    /// Stages prefetched objects on region `id` (see [`ServedRegion::stage`]).
-    pub fn stage(
-        &self,
-        id: &str,
-        objects: Vec<(String, String, Cached)>,
-    ) -> Result<(), BackendError> {
-        self.served(id)?.stage(objects);
-        Ok(())
-    }
-
-    /// Drops what was staged on region `id`.
-    pub fn unstage(&self, id: &str) {
-        if let Ok(served) = self.served(id) {
-            served.unstage();
+    /// Starts fetching the objects `hints` name at once (on other workers, so that they
+    /// arrive while the caller does something else, e.g. starts a VM); the future yields those
+    /// that arrived. A hint that cannot be fetched is skipped: it costs only its fetch.
+    pub fn prefetch(
+        self: &Arc<Self>,
+        hints: &[ObjectRef],
+    ) -> impl Future<Output = Vec<Prefetched>> {
+        let tasks: Vec<_> = hints
+            .iter()
+            .map(|hint| {
+                let (backend, hint) = (self.clone(), hint.clone());
+                tokio::spawn(async move {
+                    match backend.fetch_object(&hint.bucket, &hint.key).await {
+                        Ok(object) => Some((hint.bucket, hint.key, object)),
+                        Err(e) => {
+                            tracing::info!(bucket = %hint.bucket, key = %hint.key, "Prefetch hint not fetched: {}", e.message);
+                            None
+                        }
+                    }
+                })
+            })
+            .collect();
+        async move {
+            let fetched = futures::future::join_all(tasks).await;
+            fetched.into_iter().filter_map(|task| task.ok().flatten()).collect()
         }
     }
 
@@ -285,18 +297,29 @@ impl Backend {
         Ok(())
     }
 
-    /// Runs one invocation on region `id`.
+    /// Runs one invocation on region `id`, with `staged` (prefetched objects) staged for it
+    /// (see [`ServedRegion::stage`]) and dropped when it ends. Objects with a write waiting in
+    /// the spool are not staged: the spool holds a newer state of them than storage gave.
     pub async fn invoke_region(
         &self,
         id: &str,
         event: &[u8],
         deadline: Duration,
+        mut staged: Vec<Prefetched>,
     ) -> Result<Outcome, BackendError> {
         let served = self.served(id)?;
-        served
-            .invoke(event, deadline)
-            .await
-            .map_err(|source| BackendError::Invoke { id: id.into(), source })
+        let region_err = |source| BackendError::Region { id: id.into(), source };
+        if !staged.is_empty() {
+            if let Some(spool) = &self.shared.context.spool {
+                staged.retain(|(bucket, key, _)| !spool.has_pending(bucket, key));
+            }
+            let count = staged.len();
+            let in_place = served.stage(staged).map_err(region_err)?;
+            tracing::info!(region = id, staged = count, in_place, "Prefetched objects staged");
+        }
+        let outcome = served.invoke(event, deadline).await;
+        served.unstage();
+        outcome.map_err(|source| BackendError::Invoke { id: id.into(), source })
     }
 
     /// The host end of region `id`.

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use crate::config::CacheConfig;
 
 /// What a `Head` or `Get` reports about an object.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ObjectInfo {
     pub size: u64,
     pub etag: Option<String>,

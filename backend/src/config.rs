@@ -81,6 +81,10 @@ pub struct RegionConfig {
     pub buffer_size: u64,
     pub ring_capacity: u32,
     pub host_buffers: u32,
+    /// Bytes at the end of the region for objects prefetched for an invocation; `None` is
+    /// half the region.
+    #[serde(deserialize_with = "byte_size::deserialize_some")]
+    pub staging_size: Option<u64>,
     /// How long the host polls a ring before sleeping on its futex, in microseconds.
     pub spin_us: u64,
 }
@@ -184,10 +188,11 @@ impl Default for RegionConfig {
     fn default() -> Self {
         Self {
             dir: "/dev/shm/nexus".into(),
-            size: 64 * MIB,
+            size: 128 * MIB,
             buffer_size: 2 * MIB,
             ring_capacity: 64,
             host_buffers: 4,
+            staging_size: None,
             spin_us: 50,
         }
     }
@@ -302,7 +307,13 @@ impl RegionConfig {
     }
 
     fn checked_geometry(&self) -> Result<Geometry, GeometryError> {
-        Geometry::new(self.size, self.buffer_size, self.ring_capacity, self.host_buffers)
+        Geometry::with_staging(
+            self.size,
+            self.buffer_size,
+            self.ring_capacity,
+            self.host_buffers,
+            self.staging_size.unwrap_or(self.size / 2),
+        )
     }
 
     /// Names the field behind a geometry error.
@@ -317,9 +328,12 @@ impl RegionConfig {
             GeometryError::RingCapacity(capacity) => {
                 format!("region.ring_capacity: {capacity} is not a power of two from 2 to 4096")
             }
+            GeometryError::StagingSize(size) => format!(
+                "region.staging_size: {size} is not a multiple of 4 KiB smaller than region.size"
+            ),
             GeometryError::TooFewBuffers { fits, host } => format!(
                 "region.host_buffers: {host} leaves no guest buffer; only {fits} buffers of {} \
-                 bytes fit in the region",
+                 bytes fit in the region beside its staging area",
                 self.buffer_size
             ),
             other => format!("region: {other}"),
@@ -363,6 +377,13 @@ pub(crate) mod byte_size {
     /// Deserializes a byte size; use with `#[serde(deserialize_with)]`.
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
         deserializer.deserialize_any(ByteSize)
+    }
+
+    /// As [`deserialize`], for an optional field (absent: `None`, with `#[serde(default)]`).
+    pub fn deserialize_some<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<u64>, D::Error> {
+        deserialize(deserializer).map(Some)
     }
 
     /// Parses `4096`, `4096B`, `512KiB`, `2 MiB`...; `None` if malformed or above `u64::MAX`.
@@ -443,7 +464,10 @@ default_policy:
         };
         assert_eq!(config, expected);
         assert_eq!(config.default_policy.max_object_size, 5 * GIB);
-        assert_eq!(config.region.geometry(), Geometry::new(64 * MIB, 2 * MIB, 64, 4).unwrap());
+        assert_eq!(
+            config.region.geometry(),
+            Geometry::with_staging(128 * MIB, 2 * MIB, 64, 4, 64 * MIB).unwrap()
+        );
     }
 
     #[test]
@@ -516,8 +540,12 @@ default_policy:
             ("region: { buffer_size: 5000 }", "region.buffer_size: 5000 is not a power of two"),
             ("region: { ring_capacity: 3 }", "region.ring_capacity: 3 is not a power of two"),
             (
-                "region: { size: 4MiB, host_buffers: 2 }",
+                "region: { size: 4MiB, staging_size: 0, host_buffers: 2 }",
                 "region.host_buffers: 2 leaves no guest buffer",
+            ),
+            (
+                "region: { staging_size: 5000 }",
+                "region.staging_size: 5000 is not a multiple of 4 KiB",
             ),
             ("limits: { max_inflight: 0 }", "limits.max_inflight: must be at least 1"),
             ("limits: { max_inflight_per_region: 0 }", "limits.max_inflight_per_region: must be"),

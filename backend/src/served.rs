@@ -2,7 +2,7 @@
 //! policy. A serving thread pops calls (see [`crate::serve`]); tasks answer them through
 //! [`ServedRegion::complete`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,12 +11,14 @@ use nexus_channel::layout::{header, host_state, RingId};
 use nexus_channel::notify::{Kick, Side};
 use nexus_channel::region::RegionError;
 use nexus_channel::ring::RingError;
+use nexus_channel::staging::{self, Stager};
 use nexus_channel::wire::Status;
 use nexus_channel::{CompletionDesc, Geometry, Notifier, Producer, Region};
 
 use crate::cache::Cached;
 use crate::invoke::{Invocations, InvokeError, Outcome};
-use crate::policy::{Policy, RateLimiter};
+use crate::ops::get::object_meta;
+use crate::policy::{Access, Policy, RateLimiter};
 use crate::streams::Streams;
 
 /// The answer to one call, ready to publish.
@@ -28,6 +30,21 @@ pub struct Answer {
     pub body_len: u64,
     pub object_size: u64,
     pub stream: u64,
+}
+
+/// A prefetched object: bucket, key and the object.
+pub type Prefetched = (String, String, Cached);
+
+/// Objects staged for the invocation about to run.
+#[derive(Debug, Default)]
+struct Staged {
+    /// Every staged object, for the calls that still come (a `Head`, a range, one that did
+    /// not fit the staging area).
+    in_memory: HashMap<(String, String), Cached>,
+    /// Those published in the region's staging area, which the guest reads without a call.
+    in_region: HashSet<(String, String)>,
+    /// Whether the staging area was ever written: it is written once per region.
+    area_used: bool,
 }
 
 /// One region as the backend serves it.
@@ -44,7 +61,7 @@ pub struct ServedRegion {
     pub invocations: Invocations,
     completions: Mutex<Producer<CompletionDesc>>,
     /// Objects prefetched for the invocation about to run, by bucket and key.
-    staged: Mutex<HashMap<(String, String), Cached>>,
+    staged: Mutex<Staged>,
     faulted: AtomicBool,
     epoch: AtomicU64,
 }
@@ -104,22 +121,68 @@ impl ServedRegion {
         self.invocations.send(event, deadline, || Ok(self.notifier.notify_peer()?)).await
     }
 
-    /// Keeps `objects` in memory for this region's guest until [`ServedRegion::unstage`]: its
-    /// `Get`/`Head` of them are answered without going to storage.
-    pub fn stage(&self, objects: Vec<(String, String, Cached)>) {
+    /// Stages prefetched `objects` for the invocation about to run. The first time, those the
+    /// function may read and that fit are copied into the region's staging area, where the
+    /// guest reads them without a call; all are kept in memory until [`ServedRegion::unstage`]
+    /// so that `Get`/`Head` calls of them need no storage. Returns how many the guest can read
+    /// in place.
+    pub fn stage(&self, objects: Vec<Prefetched>) -> Result<usize, RegionError> {
         let mut staged = self.staged.lock().unwrap_or_else(|e| e.into_inner());
-        staged.extend(objects.into_iter().map(|(bucket, key, object)| ((bucket, key), object)));
+        let mut published = 0;
+        if !staged.area_used && self.geometry.staging_size > 0 {
+            staged.area_used = true;
+            let mut stager = Stager::new(&self.geometry);
+            for (bucket, key, object) in &objects {
+                if self.policy.check(Access::Read, bucket, key).is_err() {
+                    continue;
+                }
+                let meta = object_meta(&object.info, object.info.size, None);
+                let size = object.bytes.len() as u64;
+                if let Some(at) = stager.place(bucket, key, size, meta) {
+                    self.region.copy_in(at, &object.bytes)?;
+                    staged.in_region.insert((bucket.clone(), key.clone()));
+                }
+            }
+            published = stager.publish(&self.region)?;
+        }
+        let in_memory = objects.into_iter().map(|(bucket, key, object)| ((bucket, key), object));
+        staged.in_memory.extend(in_memory);
+        Ok(published)
     }
 
-    /// Drops every staged object.
+    /// Drops every staged object (the invocation they were staged for ended).
     pub fn unstage(&self) {
-        self.staged.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let mut staged = self.staged.lock().unwrap_or_else(|e| e.into_inner());
+        staged.in_memory.clear();
+        self.retract(&mut staged);
+    }
+
+    /// Drops `bucket/key` from what is staged: the guest is about to write or delete it. When
+    /// the guest could read it in place, the whole staging area is withdrawn before the call
+    /// completes, so the guest's next read of it is a call that sees the write.
+    pub fn forget_staged(&self, bucket: &str, key: &str) {
+        let mut staged = self.staged.lock().unwrap_or_else(|e| e.into_inner());
+        let name = (bucket.to_owned(), key.to_owned());
+        staged.in_memory.remove(&name);
+        if staged.in_region.contains(&name) {
+            self.retract(&mut staged);
+        }
+    }
+
+    fn retract(&self, staged: &mut Staged) {
+        if staged.in_region.is_empty() {
+            return;
+        }
+        staged.in_region.clear();
+        if let Err(e) = staging::retract(&self.region) {
+            tracing::warn!(region = %self.id, "Cannot withdraw the staging area: {e}");
+        }
     }
 
     /// A staged object, if `bucket/key` is one.
     pub fn staged(&self, bucket: &str, key: &str) -> Option<Cached> {
         let staged = self.staged.lock().unwrap_or_else(|e| e.into_inner());
-        staged.get(&(bucket.to_owned(), key.to_owned())).cloned()
+        staged.in_memory.get(&(bucket.to_owned(), key.to_owned())).cloned()
     }
 
     /// Publishes a host state (`READY` to open the channel, `GONE` to close it).
@@ -174,5 +237,82 @@ impl ServedRegion {
     /// Whether the region was faulted.
     pub fn is_faulted(&self) -> bool {
         self.faulted.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use nexus_channel::staging::lookup;
+
+    use super::*;
+    use crate::cache::ObjectInfo;
+    use crate::policy::Grant;
+
+    fn served(dir: &std::path::Path, staging: u64) -> ServedRegion {
+        let geometry = Geometry::with_staging(4 << 20, 64 << 10, 8, 1, staging).unwrap();
+        let region = Arc::new(Region::create(&dir.join("r"), &geometry).unwrap());
+        let grant =
+            Grant { bucket: "in".into(), prefix: String::new(), access: vec![Access::Read] };
+        let policy = Policy { grants: vec![grant], ..Policy::default() };
+        ServedRegion::new(
+            "r".into(),
+            "f".into(),
+            region,
+            geometry,
+            policy,
+            Duration::ZERO,
+            Kick::Futex,
+        )
+    }
+
+    fn object(bucket: &str, key: &str, body: &'static [u8]) -> Prefetched {
+        let info = ObjectInfo { size: body.len() as u64, ..ObjectInfo::default() };
+        (bucket.into(), key.into(), Cached { info, bytes: Bytes::from_static(body) })
+    }
+
+    fn in_place(served: &ServedRegion, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        let found = lookup(&served.region, &served.geometry, bucket, key).unwrap()?;
+        let mut bytes = vec![0; found.size];
+        served.region.copy_out(found.region_offset, &mut bytes).unwrap();
+        Some(bytes)
+    }
+
+    #[test]
+    fn readable_objects_are_staged_in_place_once_and_withdrawn() {
+        let dir = tempfile::tempdir().unwrap();
+        let served = served(dir.path(), 1 << 20);
+        let objects = vec![object("in", "a", b"alpha"), object("secret", "s", b"no")];
+        assert_eq!(served.stage(objects).unwrap(), 1, "only what the policy lets it read");
+        assert_eq!(in_place(&served, "in", "a").as_deref(), Some(&b"alpha"[..]));
+        assert_eq!(in_place(&served, "secret", "s"), None);
+        assert!(served.staged("secret", "s").is_some(), "kept in memory, behind the policy check");
+
+        served.unstage();
+        assert_eq!(in_place(&served, "in", "a"), None);
+        assert!(served.staged("in", "a").is_none());
+        assert_eq!(served.stage(vec![object("in", "b", b"beta")]).unwrap(), 0, "written once");
+        assert!(served.staged("in", "b").is_some());
+    }
+
+    #[test]
+    fn a_write_to_a_staged_key_withdraws_the_area() {
+        let dir = tempfile::tempdir().unwrap();
+        let served = served(dir.path(), 1 << 20);
+        served.stage(vec![object("in", "a", b"alpha"), object("in", "b", b"beta")]).unwrap();
+        served.forget_staged("in", "other");
+        assert!(in_place(&served, "in", "a").is_some(), "an unrelated write changes nothing");
+        served.forget_staged("in", "b");
+        assert_eq!((in_place(&served, "in", "a"), in_place(&served, "in", "b")), (None, None));
+        assert!(served.staged("in", "b").is_none());
+        assert!(served.staged("in", "a").is_some());
+    }
+
+    #[test]
+    fn without_a_staging_area_objects_stay_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let served = served(dir.path(), 0);
+        assert_eq!(served.stage(vec![object("in", "a", b"alpha")]).unwrap(), 0);
+        assert!(served.staged("in", "a").is_some());
     }
 }

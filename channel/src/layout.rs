@@ -1,4 +1,4 @@
-//! Byte layout of a region: the header, the four rings and the data area.
+//! Byte layout of a region: the header, the four rings, the data buffers and the staging area.
 //!
 //! Every type here is `#[repr(C)]` plain data made only of integers, so any bit pattern a guest
 //! writes is a valid value; sizes and offsets are pinned by the tests at the bottom.
@@ -8,7 +8,7 @@ use std::mem::{offset_of, size_of};
 /// `"NEXUSRG1"` in little endian: the first 8 bytes of every region.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"NEXUSRG1");
 /// Bumped on any incompatible change of this layout or of the wire format.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Cache line size used to keep host- and guest-written words apart.
 pub const CACHE_LINE: usize = 64;
 /// Size of the header page.
@@ -45,6 +45,10 @@ pub struct GeometryLine {
     pub buffer_count: u32,
     pub guest_buffers: u32,
     pub _reserved: u32,
+    /// Where the staging area starts (`region_size - staging_size`).
+    pub staging_offset: u64,
+    /// Bytes of the staging area at the end of the region; 0 when there is none.
+    pub staging_size: u64,
 }
 
 /// Line 1: written by the host while it serves the region.
@@ -60,6 +64,8 @@ pub struct HostLine {
     /// Non-zero while the host is about to sleep or sleeping.
     pub host_sleeping: u32,
     pub _reserved: u32,
+    /// Length of the staging directory; 0 while nothing is staged (see [`crate::staging`]).
+    pub directory_len: u64,
 }
 
 /// Line 2: written by the guest.
@@ -93,6 +99,7 @@ pub mod header {
     pub const HOST_STATE: usize = offset_of!(Header, host) + offset_of!(HostLine, state);
     pub const GUEST_WAKE: usize = offset_of!(Header, host) + offset_of!(HostLine, guest_wake);
     pub const HOST_SLEEPING: usize = offset_of!(Header, host) + offset_of!(HostLine, host_sleeping);
+    pub const DIRECTORY_LEN: usize = offset_of!(Header, host) + offset_of!(HostLine, directory_len);
     pub const EPOCH_ACK: usize = offset_of!(Header, guest) + offset_of!(GuestLine, epoch_ack);
     pub const GUEST_STATE: usize = offset_of!(Header, guest) + offset_of!(GuestLine, state);
     pub const HOST_WAKE: usize = offset_of!(Header, guest) + offset_of!(GuestLine, host_wake);
@@ -215,6 +222,11 @@ pub enum GeometryError {
     /// Ring capacity must be a power of two from 2 to 4096.
     #[error("Ring capacity {0} is not a power of two from 2 to 4096")]
     RingCapacity(u32),
+    /// The staging area must be whole pages and leave room for the rest.
+    #[error(
+        "Staging area of {0} bytes is not a multiple of 4 KiB that leaves room for the buffers"
+    )]
+    StagingSize(u64),
     /// Not enough data buffers for both sides.
     #[error("Region fits {fits} buffers; at least {host} host and 1 guest buffer are needed")]
     TooFewBuffers { fits: u64, host: u32 },
@@ -236,16 +248,29 @@ pub struct Geometry {
     pub buffer_count: u32,
     pub guest_buffers: u32,
     pub data_offset: u64,
+    pub staging_size: u64,
 }
 
 impl Geometry {
     /// Computes the layout of a region of `region_size` bytes cut into `buffer_size` buffers,
-    /// `host_buffers` of which belong to the host.
+    /// `host_buffers` of which belong to the host, with no staging area.
     pub fn new(
         region_size: u64,
         buffer_size: u64,
         ring_capacity: u32,
         host_buffers: u32,
+    ) -> Result<Self, GeometryError> {
+        Self::with_staging(region_size, buffer_size, ring_capacity, host_buffers, 0)
+    }
+
+    /// As [`Geometry::new`], with the last `staging_size` bytes of the region set apart for
+    /// objects the host stages for the guest ([`crate::staging`]).
+    pub fn with_staging(
+        region_size: u64,
+        buffer_size: u64,
+        ring_capacity: u32,
+        host_buffers: u32,
+        staging_size: u64,
     ) -> Result<Self, GeometryError> {
         if !region_size.is_power_of_two() || region_size < MIN_REGION_SIZE {
             return Err(GeometryError::RegionSize(region_size));
@@ -261,7 +286,11 @@ impl Geometry {
         }
         let rings_end = HEADER_SIZE as u64 + RING_COUNT as u64 * ring_bytes(ring_capacity);
         let data_offset = rings_end.next_multiple_of(HEADER_SIZE as u64);
-        let fits = region_size.saturating_sub(data_offset) / buffer_size;
+        if staging_size % HEADER_SIZE as u64 != 0 || staging_size >= region_size {
+            return Err(GeometryError::StagingSize(staging_size));
+        }
+        let buffers_end = region_size - staging_size;
+        let fits = buffers_end.saturating_sub(data_offset) / buffer_size;
         if fits < u64::from(host_buffers) + 1 {
             return Err(GeometryError::TooFewBuffers { fits, host: host_buffers });
         }
@@ -273,6 +302,7 @@ impl Geometry {
             buffer_count,
             guest_buffers: buffer_count - host_buffers,
             data_offset,
+            staging_size,
         })
     }
 
@@ -282,15 +312,17 @@ impl Geometry {
             return Err(GeometryError::Foreign { magic: line.magic, version: line.version });
         }
         let host_buffers = line.buffer_count.wrapping_sub(line.guest_buffers);
-        let geometry = Self::new(
+        let geometry = Self::with_staging(
             line.region_size,
             u64::from(line.buffer_size),
             line.ring_capacity,
             host_buffers,
+            line.staging_size,
         )?;
         if geometry.region_size > mapping_len
             || geometry.buffer_count != line.buffer_count
             || geometry.data_offset != line.data_offset
+            || geometry.staging_offset() != line.staging_offset
         {
             return Err(GeometryError::Mismatch(mapping_len));
         }
@@ -309,7 +341,14 @@ impl Geometry {
             buffer_count: self.buffer_count,
             guest_buffers: self.guest_buffers,
             _reserved: 0,
+            staging_offset: self.staging_offset(),
+            staging_size: self.staging_size,
         }
+    }
+
+    /// Byte offset of the staging area (the region's end when there is none).
+    pub fn staging_offset(&self) -> u64 {
+        self.region_size - self.staging_size
     }
 
     /// Byte offset of a ring's control block (producer index line).
@@ -366,7 +405,13 @@ mod tests {
 
     #[test]
     fn host_and_guest_words_sit_on_separate_lines() {
-        let host = [header::EPOCH, header::HOST_STATE, header::GUEST_WAKE, header::HOST_SLEEPING];
+        let host = [
+            header::EPOCH,
+            header::HOST_STATE,
+            header::GUEST_WAKE,
+            header::HOST_SLEEPING,
+            header::DIRECTORY_LEN,
+        ];
         let guest =
             [header::EPOCH_ACK, header::GUEST_STATE, header::HOST_WAKE, header::GUEST_SLEEPING];
         for h in host {
@@ -400,13 +445,30 @@ mod tests {
     }
 
     #[test]
+    fn staging_takes_the_end_of_the_region() {
+        let g = Geometry::with_staging(64 << 20, 2 << 20, 64, 4, 16 << 20).unwrap();
+        assert_eq!((g.buffer_count, g.staging_offset()), (23, 48 << 20));
+        let (last, len) = g.buffer(22).unwrap();
+        assert!(last as u64 + len as u64 <= g.staging_offset());
+        for bad in [4095, 64 << 20] {
+            assert_eq!(
+                Geometry::with_staging(64 << 20, 2 << 20, 64, 4, bad),
+                Err(GeometryError::StagingSize(bad))
+            );
+        }
+    }
+
+    #[test]
     fn header_round_trip() {
-        let g = Geometry::new(16 << 20, 1 << 20, 32, 2).unwrap();
+        let g = Geometry::with_staging(16 << 20, 1 << 20, 32, 2, 4 << 20).unwrap();
         assert_eq!(Geometry::from_header(&g.to_line(), 16 << 20), Ok(g));
         assert_eq!(
             Geometry::from_header(&g.to_line(), 8 << 20),
             Err(GeometryError::Mismatch(8 << 20))
         );
+        let mut moved = g.to_line();
+        moved.staging_offset -= 4096;
+        assert_eq!(Geometry::from_header(&moved, 16 << 20), Err(GeometryError::Mismatch(16 << 20)));
         let mut bad = g.to_line();
         bad.magic = 7;
         assert!(matches!(

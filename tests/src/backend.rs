@@ -41,7 +41,7 @@ impl Backend {
         settings: &str,
         local_buckets: &[&str],
     ) -> Result<Self, HarnessError> {
-        Self::start_with(binary, "size: 16MiB, buffer_size: 1MiB", settings, local_buckets)
+        Self::start_with(binary, "size: 32MiB, buffer_size: 1MiB", settings, local_buckets)
     }
 
     /// [`Backend::start`] with the region geometry given as YAML flow fields (`size: 64MiB, …`).

@@ -101,3 +101,47 @@ fn a_worker_serves_invocations_survives_handler_errors_and_a_restart() {
     second.kill().unwrap();
     second.wait().unwrap();
 }
+
+#[test]
+fn a_prefetched_input_is_read_in_place_until_the_handler_overwrites_it() {
+    use nexus_backend::api::{PREFETCH, PREFETCHED};
+    let backend = Backend::start(&nexus_binary(), SETTINGS, &["out"]).unwrap();
+    std::fs::write(backend.dir.join("objects/out/input.txt"), "staged bytes").unwrap();
+    let region = backend.create_region("echo").unwrap();
+    let id = region.file_stem().unwrap().to_str().unwrap().to_owned();
+    let mut worker = worker(&region);
+    wait_ready(&backend, &id);
+    let gets = || backend.metric("nexus_calls_total", &["function=\"echo\"", "op=\"get\""]);
+    let gets_before = gets().unwrap();
+
+    // Read from the staging area (no call), overwritten, then read again: a call that sees
+    // the write.
+    let input = json!({ "bucket": "out", "key": "input.txt" });
+    let event = json!({ "get": input, "put": input });
+    let hints = json!([input, { "bucket": "out", "key": "missing" }]).to_string();
+    let path = format!("/v1/regions/{id}/invoke?timeout=30");
+    let answer = nexus_backend::client::exchange_with(
+        &backend.socket,
+        "POST",
+        &path,
+        &[(PREFETCH, &hints)],
+        event.to_string().as_bytes(),
+    )
+    .unwrap_or_else(|e| panic!("invoke: {e}\n{}", backend.log_tail()));
+    assert_eq!(answer.header(PREFETCHED), Some("1"), "the missing hint costs only its fetch");
+    let result: Value = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(result["got"], "staged bytes", "{result}");
+    assert_eq!(
+        serde_json::from_str::<Value>(result["got_after_put"].as_str().unwrap()).unwrap(),
+        event
+    );
+    assert_eq!(gets().unwrap(), gets_before + 1.0, "only the read after the write was a call");
+
+    // Staging lasts one invocation.
+    let (result, error) = invoke(&backend, &id, &json!({ "get": input }));
+    assert_eq!(error, None);
+    assert_eq!(serde_json::from_str::<Value>(result["got"].as_str().unwrap()).unwrap(), event);
+    assert_eq!(gets().unwrap(), gets_before + 2.0);
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+}

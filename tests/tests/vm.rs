@@ -228,11 +228,15 @@ fn a_cold_start_restores_the_snapshot_with_its_input_prefetched() {
         )
         .unwrap_or_else(|e| panic!("invoke: {e}\n{}", backend.log_tail()))
     };
+    // The staged input is read in place from the region: the guest makes no Get call.
+    let gets = || backend.metric("nexus_calls_total", &["function=\"compress\"", "op=\"get\""]);
+    let gets_before = gets().unwrap();
     let answer = invoke_hinted("out/restored.gz", &hints);
     assert_eq!(answer.header(COLD_START_FROM), Some("restore"), "{}", answer.body);
     assert_eq!(answer.header(PREFETCHED), Some("1"));
     let result: Value = serde_json::from_str(&answer.body).unwrap();
     assert_eq!(result["input_bytes"], input.len(), "{result}");
+    assert_eq!(gets().unwrap(), gets_before, "the staged input was fetched with a call");
     backend.wait_uploaded(Duration::from_secs(60)).unwrap();
     assert_eq!(read(&garage, "out/restored.gz"), read(&garage, "out/boot.gz"));
 
@@ -251,6 +255,12 @@ fn a_cold_start_restores_the_snapshot_with_its_input_prefetched() {
         (Some("restore"), Some("0"))
     );
     assert_eq!(serde_json::from_str::<Value>(&answer.body).unwrap()["input_bytes"], input.len());
+    assert_eq!(gets().unwrap(), gets_before + 1.0, "without a right hint the input is a call");
+
+    // Staging lasts one invocation: the next, warm, reads its input with a call.
+    let (_, error, cold) = invoke(&backend, "compress", &event("out/warm.gz"));
+    assert_eq!((error, cold), (None, None));
+    assert_eq!(gets().unwrap(), gets_before + 2.0);
     assert!(qemu_processes(&backend.dir) > 0, "the restored VM runs");
     assert!(backend.stop(), "{}", backend.log_tail());
     assert_eq!(qemu_processes(&backend.dir), 0, "no VM outlives the backend");

@@ -170,18 +170,26 @@ struct InvokeQuery {
 }
 
 /// The body is the event JSON; the answer is the handler's result JSON.
+/// Objects named in `x-nexus-prefetch` are fetched first and staged for the invocation.
 async fn invoke_region(
     State(api): State<Api>,
     Path(id): Path<String>,
     Query(query): Query<InvokeQuery>,
+    headers: axum::http::HeaderMap,
     event: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     serde_json::from_slice::<serde_json::Value>(&event)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("The event is not JSON: {e}")))?;
     let deadline =
         Duration::from_secs_f64(query.timeout.unwrap_or(DEFAULT_TIMEOUT_S).clamp(0.001, 3600.0));
-    let outcome = api.backend.invoke_region(&id, &event, deadline).await?;
-    Ok(outcome_response(outcome))
+    let staged = api.backend.prefetch(&prefetch_hints(&headers)?).await;
+    let prefetched = staged.len();
+    let outcome = api.backend.invoke_region(&id, &event, deadline, staged).await?;
+    let mut response = outcome_response(outcome);
+    if headers.contains_key(PREFETCH) {
+        response.headers_mut().insert(PREFETCHED, header::HeaderValue::from(prefetched));
+    }
+    Ok(response)
 }
 
 /// Default seconds an invocation may take.

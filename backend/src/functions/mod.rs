@@ -20,7 +20,6 @@ use nexus_plugin::{Snapshot, Vmm, VmmError};
 use serde::Serialize;
 
 use crate::backend::{Backend, BackendError};
-use crate::cache::Cached;
 use crate::invoke::Outcome;
 pub use spec::{Flavour, FunctionSpec, SpecError};
 pub use warm::WarmInfo;
@@ -138,53 +137,26 @@ impl Functions {
     ) -> Result<Invoked, FunctionError> {
         let deployed = self.get(name)?;
         let mut warm = deployed.warm.lock().await;
-        let (mut cold_start, mut prefetched) = (None, 0);
+        let (mut cold_start, mut staged) = (None, Vec::new());
         if !warm.as_ref().is_some_and(Warm::alive) {
             if let Some(dead) = warm.take() {
                 dead.stop(&self.backend);
             }
-            let fetching = self.prefetch(hints);
+            let fetching = self.backend.prefetch(hints);
             let snapshot = lock(&deployed.snapshot).clone();
             let started = self.start(&deployed, snapshot.as_ref())?;
             cold_start = Some(match snapshot {
                 Some(_) => ColdStart::Restored(started.booted_in),
                 None => ColdStart::Booted(started.booted_in),
             });
-            let staged: Vec<_> = fetching.await.into_iter().flatten().collect();
-            prefetched = staged.len();
-            self.backend.stage(&started.region, staged)?;
+            staged = fetching.await;
             *warm = Some(started);
         }
         let region = warm.as_ref().map(|w| w.region.clone()).unwrap_or_default();
         let deadline = Duration::from_secs(deployed.spec.timeout_secs);
-        let outcome = self.backend.invoke_region(&region, event, deadline).await;
-        self.backend.unstage(&region);
-        Ok(Invoked { outcome: outcome?, cold_start, prefetched })
-    }
-
-    /// Starts fetching `hints` at once (on other workers); the future yields what arrived.
-    fn prefetch(
-        &self,
-        hints: &[ObjectRef],
-    ) -> impl std::future::Future<Output = Vec<Option<(String, String, Cached)>>> {
-        let tasks: Vec<_> = hints
-            .iter()
-            .map(|hint| {
-                let (backend, hint) = (self.backend.clone(), hint.clone());
-                tokio::spawn(async move {
-                    match backend.fetch_object(&hint.bucket, &hint.key).await {
-                        Ok(object) => Some((hint.bucket, hint.key, object)),
-                        Err(e) => {
-                            tracing::info!(bucket = %hint.bucket, key = %hint.key, "Prefetch hint not fetched: {}", e.message);
-                            None
-                        }
-                    }
-                })
-            })
-            .collect();
-        async move {
-            futures::future::join_all(tasks).await.into_iter().map(|t| t.ok().flatten()).collect()
-        }
+        let prefetched = staged.len();
+        let outcome = self.backend.invoke_region(&region, event, deadline, staged).await?;
+        Ok(Invoked { outcome, cold_start, prefetched })
     }
 
     /// Starts a VM for `deployed`: restores `snapshot` if given, else boots.

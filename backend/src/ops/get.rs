@@ -363,7 +363,13 @@ pub fn quoted(etag: &str) -> String {
 }
 
 /// The `Head`/`Get` meta of an object; `ranged` is the selected span of a ranged `Get`.
-fn object_meta(attributes: &ObjectInfo, length: u64, ranged: Option<(u64, u64)>) -> Value {
+/// The meta of a `Get`/`Head` reply for an object (for `length` bytes of it, `ranged` when a
+/// range was selected).
+pub(crate) fn object_meta(
+    attributes: &ObjectInfo,
+    length: u64,
+    ranged: Option<(u64, u64)>,
+) -> Value {
     let metadata: Map<String, Value> =
         attributes.metadata.iter().map(|(k, v)| (k.clone(), Value::from(v.as_str()))).collect();
     let mut meta = json!({

@@ -160,11 +160,15 @@ pub async fn run(
         Call::Get { object, range } => get::get(ctx, served, &object, range, out).await,
         Call::Read { stream } => get::read(ctx, served, stream, out).await,
         Call::Put { object, params, more } => {
+            served.forget_staged(&object.bucket, &object.key);
             put::put(ctx, served, &object, &params, envelope, more, out).await
         }
         Call::Write { stream, more } => put::write(ctx, served, stream, envelope, more, out).await,
         Call::Close { stream } => close(served, stream).await,
-        Call::Delete(object) => delete(ctx, served, &object, out).await,
+        Call::Delete(object) => {
+            served.forget_staged(&object.bucket, &object.key);
+            delete(ctx, served, &object, out).await
+        }
         Call::List { bucket, params } => list::list(ctx, served, &bucket, &params, out).await,
     }
 }

@@ -10,6 +10,7 @@ use nexus_channel::layout::{header, host_state, RingId};
 use nexus_channel::notify::{Kick, Side, DEFAULT_SPIN};
 use nexus_channel::region::RegionError;
 use nexus_channel::ring::RingError;
+use nexus_channel::staging::StagingError;
 use nexus_channel::wire::{Op, Status};
 use nexus_channel::{
     CallDesc, CompletionDesc, Consumer, Geometry, InvocationDesc, Notifier, Producer, Region,
@@ -30,6 +31,9 @@ pub enum ClientError {
     /// The rings are in a state the protocol does not allow.
     #[error(transparent)]
     Ring(#[from] RingError),
+    /// The staging area's directory is unreadable.
+    #[error(transparent)]
+    Staging(#[from] StagingError),
     /// Every guest buffer is leased.
     #[error("All {0} channel buffers are in use; close response bodies that are no longer needed")]
     NoBuffer(u32),

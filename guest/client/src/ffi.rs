@@ -12,6 +12,13 @@
 //!                        uint16_t bucket_len, uint16_t key_len, uint32_t params_len,
 //!                        uint64_t body_len, uint64_t stream, NexusReply *reply);
 //!
+//! typedef struct { const uint8_t *ptr; uint64_t len, meta_len; } NexusStaged;
+//! int         nexus_staged(const void *client, const uint8_t *bucket, uint64_t bucket_len,
+//!                          const uint8_t *key, uint64_t key_len,
+//!                          uint8_t *meta, uint64_t meta_capacity, NexusStaged *out);
+//!                                                  /* 1: staged (its Get meta JSON copied to
+//!                                                     meta), 0: not staged, -1: error */
+//!
 //! typedef struct { uint64_t id; uint32_t buffer, _pad; uint8_t *ptr; uint64_t len, capacity; } NexusInvocation;
 //! int         nexus_ready(const void *client);     /* ready for invocations of this epoch */
 //! int         nexus_next_invocation(const void *client, uint64_t timeout_ms, NexusInvocation *out);
@@ -30,6 +37,7 @@ use std::path::PathBuf;
 use crate::client::{Client, ClientError, Reply, Request};
 use crate::invocations::Invocation;
 use crate::locate::find_region;
+use crate::objects::StagedObject;
 
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
@@ -168,6 +176,58 @@ pub unsafe extern "C" fn nexus_call(
             0
         }
         Err(e) => fail(e.to_string()),
+    }
+}
+
+/// Where a staged object lies (see [`Client::staged`]).
+#[repr(C)]
+#[derive(Debug)]
+pub struct NexusStaged {
+    pub ptr: *const u8,
+    pub len: u64,
+    pub meta_len: u64,
+}
+
+/// Looks `bucket/key` up among the objects staged for the running invocation: 1 when `out`
+/// and `meta` describe it, 0 when it is not staged.
+///
+/// # Safety
+/// `client` came from `nexus_open`; `bucket`, `key` are readable for their lengths, `meta`
+/// is writable for `meta_capacity` bytes and `out` is writable.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn nexus_staged(
+    client: *const Client,
+    bucket: *const u8,
+    bucket_len: u64,
+    key: *const u8,
+    key_len: u64,
+    meta: *mut u8,
+    meta_capacity: u64,
+    out: *mut NexusStaged,
+) -> c_int {
+    // SAFETY: the caller passes readable bucket bytes.
+    let bucket = unsafe { std::slice::from_raw_parts(bucket, bucket_len as usize) };
+    // SAFETY: the caller passes readable key bytes.
+    let key = unsafe { std::slice::from_raw_parts(key, key_len as usize) };
+    let (Ok(bucket), Ok(key)) = (std::str::from_utf8(bucket), std::str::from_utf8(key)) else {
+        return fail("bucket and key must be UTF-8".into());
+    };
+    // SAFETY: the caller passes a live client.
+    match unsafe { &*client }.staged(bucket, key) {
+        Ok(None) => 0,
+        Ok(Some(StagedObject { meta: json, ptr, len })) => {
+            if json.len() as u64 > meta_capacity {
+                return fail(format!("staged meta needs {} bytes", json.len()));
+            }
+            // SAFETY: `meta` is writable for `meta_capacity` bytes, checked above to hold them.
+            unsafe { std::ptr::copy_nonoverlapping(json.as_ptr(), meta, json.len()) };
+            let staged = NexusStaged { ptr, len: len as u64, meta_len: json.len() as u64 };
+            // SAFETY: the caller passes a writable `out`.
+            unsafe { *out = staged };
+            1
+        }
+        Err(e) => fail(error_chain(&e)),
     }
 }
 

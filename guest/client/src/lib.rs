@@ -6,7 +6,8 @@
 //!
 //! A [`Client`] owns the guest end of the call rings and the guest buffers. Calls are made one
 //! at a time (a mutex serialises them); buffers are leased separately so that a response body
-//! can stay mapped while other calls go on. [`ffi`] exports the same to C for the Python shim.
+//! can stay mapped while other calls go on; objects the host staged for the running invocation
+//! are found and read without a call ([`Client::staged`]). [`ffi`] exports the same to C for the Python shim.
 
 pub mod client;
 pub mod ffi;
@@ -17,3 +18,4 @@ mod objects;
 pub use client::{Client, ClientError, Reply, Request};
 pub use invocations::{Invocation, INFLIGHT_ENV};
 pub use locate::{find_doorbell, find_region, LocateError};
+pub use objects::StagedObject;

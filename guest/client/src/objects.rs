@@ -1,10 +1,33 @@
-//! Object calls for Rust guests: whole-object puts and streamed gets over a [`Client`].
+//! Object calls for Rust guests: whole-object puts and streamed gets over a [`Client`], and
+//! objects the host staged for the running invocation, read without a call.
 
+use nexus_channel::staging;
 use nexus_channel::wire::{flags, Op, Status};
 
 use crate::client::{Client, ClientError, Reply, Request};
 
+/// An object the host staged in the region for the running invocation.
+#[derive(Debug)]
+pub struct StagedObject {
+    /// The meta JSON a `Get` reply would carry.
+    pub meta: Vec<u8>,
+    /// Its bytes, in the region: valid while the client lives and never written again.
+    pub ptr: *const u8,
+    pub len: usize,
+}
+
 impl Client {
+    /// `bucket/key` if the host staged it for the running invocation (see
+    /// [`nexus_channel::staging`]): found without a call, its bytes read in place.
+    pub fn staged(&self, bucket: &str, key: &str) -> Result<Option<StagedObject>, ClientError> {
+        let Some(found) = staging::lookup(self.region(), self.geometry(), bucket, key)? else {
+            return Ok(None);
+        };
+        let ptr = self.region().span(found.region_offset, found.size)?;
+        let meta = found.meta.to_string().into_bytes();
+        Ok(Some(StagedObject { meta, ptr: ptr.cast_const(), len: found.size }))
+    }
+
     /// Stores `body` as `bucket/key`, in chunks when it is larger than a buffer. Returns the
     /// object's ETag.
     pub fn put_object(&self, bucket: &str, key: &str, body: &[u8]) -> Result<String, ClientError> {
@@ -55,14 +78,20 @@ impl Client {
         Ok(meta["ETag"].as_str().unwrap_or_default().to_owned())
     }
 
-    /// Streams `bucket/key` through `consume`, one chunk at a time, each read in place.
-    /// Returns the object's size.
+    /// Streams `bucket/key` through `consume`, one chunk at a time, each read in place (all
+    /// at once when the host staged it). Returns the object's size.
     pub fn get_object(
         &self,
         bucket: &str,
         key: &str,
         mut consume: impl FnMut(&[u8]),
     ) -> Result<u64, ClientError> {
+        if let Some(staged) = self.staged(bucket, key)? {
+            // SAFETY: `staged` checked the bytes lie inside this client's mapping, which
+            // outlives the borrow; the host never writes them again (nexus_channel::staging).
+            consume(unsafe { std::slice::from_raw_parts(staged.ptr, staged.len) });
+            return Ok(staged.len as u64);
+        }
         let (buffer, _) = self.lease()?;
         let result = (|| {
             self.write(buffer, 0, bucket.as_bytes())?;

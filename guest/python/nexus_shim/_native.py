@@ -63,6 +63,16 @@ class NexusInvocation(ctypes.Structure):
     ]
 
 
+class NexusStaged(ctypes.Structure):
+    """Where a staged object lies (``NexusStaged`` in guest/client/src/ffi.rs)."""
+
+    _fields_ = [
+        ("ptr", ctypes.c_void_p),
+        ("len", ctypes.c_uint64),
+        ("meta_len", ctypes.c_uint64),
+    ]
+
+
 def _candidates():
     explicit = os.environ.get("NEXUS_GUEST_LIB")
     if explicit:
@@ -114,6 +124,17 @@ def library():
         ctypes.POINTER(NexusReply),
     ]
     lib.nexus_call.restype = ctypes.c_int
+    lib.nexus_staged.argtypes = [
+        client,
+        ctypes.c_char_p,  # bucket
+        ctypes.c_uint64,
+        ctypes.c_char_p,  # key
+        ctypes.c_uint64,
+        ctypes.c_char_p,  # meta out
+        ctypes.c_uint64,  # its capacity
+        ctypes.POINTER(NexusStaged),
+    ]
+    lib.nexus_staged.restype = ctypes.c_int
     lib.nexus_ready.argtypes = [client]
     lib.nexus_ready.restype = ctypes.c_int
     lib.nexus_next_invocation.argtypes = [client, ctypes.c_uint64, ctypes.POINTER(NexusInvocation)]

@@ -19,11 +19,14 @@ from nexus_shim._native import (
     ChannelError,
     NexusInvocation,
     NexusReply,
+    NexusStaged,
     last_error,
     library,
 )
 
 _U16 = 0xFFFF
+#: Room for a staged object's meta (its Get reply meta; S3 caps user metadata at 2 KiB).
+_STAGED_META_BYTES = 16 << 10
 #: How long a lease waits for another thread to give a buffer back before failing.
 LEASE_WAIT_S = 10.0
 
@@ -156,6 +159,21 @@ class Channel:
         if rc != 0:
             raise last_error(self._lib)
         return Reply(raw, lease)
+
+    def staged(self, bucket, key):
+        """``(meta, address, size)`` of ``bucket/key`` if the host staged it for the running
+        invocation (channel/src/staging.rs), else None. No call is made."""
+        bucket, key = bucket.encode("utf-8"), key.encode("utf-8")
+        meta = ctypes.create_string_buffer(_STAGED_META_BYTES)
+        out = NexusStaged()
+        rc = self._lib.nexus_staged(
+            self._client, bucket, len(bucket), key, len(key), meta, len(meta), ctypes.byref(out)
+        )
+        if rc < 0:
+            raise last_error(self._lib)
+        if rc == 0:
+            return None
+        return json.loads(meta.raw[: out.meta_len]), out.ptr or 0, out.len
 
     def ready(self):
         """Tells the host this process is ready for invocations."""

@@ -29,7 +29,7 @@ def stored(content_type, metadata):
 CONFIG = """\
 api: {{ socket: {tmp}/nexus.sock }}
 storage: {{ url: "file://{tmp}/objects" }}
-region: {{ dir: {tmp}/regions, size: 16MiB, buffer_size: 1MiB }}
+region: {{ dir: {tmp}/regions, size: 32MiB, buffer_size: 1MiB }}
 writeback: {{ dir: {tmp}/spool }}
 default_policy:
   grants:

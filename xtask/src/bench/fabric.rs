@@ -30,7 +30,7 @@ const FUNCTION_SIZES: [(u64, u64); 3] = [(4 << 10, 50), (1 << 20, 20), (16 << 20
 const PING_ROUNDS: u64 = 200_000;
 const IDLE_REGIONS: usize = 8;
 const IDLE_SECONDS: u64 = 10;
-const REGION: &str = "size: 64MiB, buffer_size: 2MiB";
+const REGION: &str = "size: 128MiB, buffer_size: 2MiB";
 
 struct Release {
     nexus: PathBuf,

@@ -20,7 +20,7 @@ use crate::image::Flavour;
 use crate::{setup, workspace_root};
 
 /// The region of every function VM.
-const REGION: &str = "size: 16MiB, buffer_size: 1MiB";
+const REGION: &str = "size: 32MiB, buffer_size: 1MiB";
 /// Where the plots go, under the workspace.
 const PLOTS: &str = "docs/plots";
 

@@ -37,7 +37,7 @@ struct Measured {
 
 pub fn run() -> Result<()> {
     let tools = setup::run()?;
-    let stack = Stack::start(&tools, &Flavour::ALL, "size: 16MiB, buffer_size: 1MiB", "")?;
+    let stack = Stack::start(&tools, &Flavour::ALL, "size: 32MiB, buffer_size: 1MiB", "")?;
     seed_input(&stack, &tools.python)?;
     let baseline = measure(&stack, "bench-baseline", Flavour::Baseline)?;
     let nexus = measure(&stack, "bench-nexus", Flavour::Nexus)?;

@@ -1,7 +1,8 @@
 """Object bodies over the channel: reading a Get stream, and sources that fill a Put stream.
 
 A Get reply holds the first chunk after its meta; while the reply says MORE, ``Read`` calls
-refill the same leased buffer from offset 0. Reads copy straight out of the mapped buffer, once.
+refill the same leased buffer from offset 0. An object the host staged for the invocation is
+one chunk in the region's staging area. Reads copy straight out of the mapped region, once.
 """
 
 import ctypes
@@ -20,8 +21,9 @@ _bytes_address.restype = ctypes.c_void_p
 
 
 class ObjectStream:
-    """The raw stream under a get_object Body. Owns one leased buffer, given back when the
-    stream is exhausted or closed (or collected)."""
+    """The raw stream under a get_object Body. A streamed object owns one leased buffer, given
+    back when the stream is exhausted or closed (or collected); a staged one is a single chunk
+    in the region's staging area and needs neither a buffer nor calls."""
 
     def __init__(self, channel, lease, reply):
         self._channel = channel
@@ -30,8 +32,18 @@ class ObjectStream:
         self._position = 0
         self._take(reply)
 
+    @classmethod
+    def staged(cls, address, size):
+        """The stream over ``size`` bytes the host staged at ``address`` (read in place)."""
+        stream = cls.__new__(cls)
+        stream._channel, stream._lease, stream._size, stream._position = None, None, size, 0
+        view = memoryview((ctypes.c_char * size).from_address(address)).cast("B")
+        stream._chunk, stream._chunk_address, stream._offset, stream._stream = view, address, 0, 0
+        return stream
+
     def _take(self, reply):
-        self._chunk, self._chunk_start, self._offset = reply.body, reply.body_start, 0
+        self._chunk, self._offset = reply.body, 0
+        self._chunk_address = self._lease.address + reply.body_start
         self._stream = reply.stream if reply.more else 0
         self._release_if_done()
 
@@ -78,9 +90,7 @@ class ObjectStream:
             k = min(self._available(), n - filled)
             if not k:
                 break
-            ctypes.memmove(
-                address + filled, self._lease.address + self._chunk_start + self._offset, k
-            )
+            ctypes.memmove(address + filled, self._chunk_address + self._offset, k)
             filled += k
             self._consume(k)
         return filled
