@@ -268,8 +268,14 @@ impl Backend {
             .map(|hint| {
                 let (backend, hint) = (self.clone(), hint.clone());
                 tokio::spawn(async move {
+                    let started = std::time::Instant::now();
                     match backend.fetch_object(&hint.bucket, &hint.key).await {
-                        Ok(object) => Some((hint.bucket, hint.key, object)),
+                        Ok(object) => {
+                            let ms = started.elapsed().as_millis() as u64;
+                            let bytes = object.bytes.len();
+                            tracing::info!(bucket = %hint.bucket, key = %hint.key, bytes, ms, "Prefetched");
+                            Some((hint.bucket, hint.key, object))
+                        }
                         Err(e) => {
                             tracing::info!(bucket = %hint.bucket, key = %hint.key, "Prefetch hint not fetched: {}", e.message);
                             None
@@ -313,9 +319,10 @@ impl Backend {
             if let Some(spool) = &self.shared.context.spool {
                 staged.retain(|(bucket, key, _)| !spool.has_pending(bucket, key));
             }
-            let count = staged.len();
+            let (count, started) = (staged.len(), std::time::Instant::now());
             let in_place = served.stage(staged).map_err(region_err)?;
-            tracing::info!(region = id, staged = count, in_place, "Prefetched objects staged");
+            let ms = started.elapsed().as_millis() as u64;
+            tracing::info!(region = id, staged = count, in_place, ms, "Prefetched objects staged");
         }
         let outcome = served.invoke(event, deadline).await;
         served.unstage();

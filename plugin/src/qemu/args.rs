@@ -30,6 +30,13 @@ use crate::spec::{Network, VmSpec};
 /// work there is being measured.
 pub const MACHINE: &str = "q35";
 
+/// The CPU model under TCG: everything TCG emulates except the fast `rep movsb/stosb` flags.
+/// TCG runs a `rep` string instruction one element per step, so with ERMS/FSRM advertised the
+/// guest kernel clears pages and glibc copies bytes a byte per step; without them the kernel
+/// uses `rep stosq` and glibc its vector loops (measured: boot to ready ≈ 15 % faster, a 64 MiB
+/// copy into fresh guest memory 185 → 108 ms).
+const TCG_CPU: &str = "max,-erms,-fsrm";
+
 /// The name of the guest's virtio-serial doorbell port.
 pub const DOORBELL_PORT: &str = "org.nexus.doorbell";
 
@@ -70,7 +77,7 @@ pub fn qemu_args(spec: &VmSpec, accel: Accel, paths: &WorkPaths, start: Start) -
     args.add(["-name", &spec.name, "-M", MACHINE]);
     match accel {
         Accel::Kvm => args.add(["-accel", "kvm", "-cpu", "host"]),
-        Accel::Tcg => args.add(["-accel", "tcg", "-cpu", "max"]),
+        Accel::Tcg => args.add(["-accel", "tcg", "-cpu", TCG_CPU]),
     };
     args.add(["-m", &format!("{}M", spec.memory_mib), "-smp", &spec.vcpus.to_string()]);
 
@@ -179,7 +186,18 @@ mod tests {
         let args = argv(&spec(), Accel::Tcg, Start::Fresh);
         for words in [
             &["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"][..],
-            &["-name", "fn-1", "-M", "q35", "-accel", "tcg", "-cpu", "max", "-m", "256M"],
+            &[
+                "-name",
+                "fn-1",
+                "-M",
+                "q35",
+                "-accel",
+                "tcg",
+                "-cpu",
+                "max,-erms,-fsrm",
+                "-m",
+                "256M",
+            ],
             &["-smp", "1", "-kernel", "/img/vmlinuz", "-initrd", "/img/initrd.img"],
             &["-append", "console=ttyS0 root=/dev/vda ro"],
             &["-chardev", "file,id=ser0,path=/run/vm/fn-1/serial.log", "-serial", "chardev:ser0"],

@@ -19,6 +19,21 @@ _bytes_address = ctypes.pythonapi.PyBytes_AsString
 _bytes_address.argtypes = [ctypes.py_object]
 _bytes_address.restype = ctypes.c_void_p
 
+# A large body is copied into memory nobody has touched yet: asking for transparent huge pages
+# first makes that one page fault per 2 MiB instead of one per 4 KiB. Advice only; a kernel
+# without THP (or not in "madvise" mode) ignores it.
+_HUGE_PAGE = 2 << 20
+_MADV_HUGEPAGE = 14
+_madvise = ctypes.CDLL(None, use_errno=True).madvise
+_madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+
+
+def _advise_huge_pages(address, n):
+    start = -(-address // _HUGE_PAGE) * _HUGE_PAGE
+    end = (address + n) // _HUGE_PAGE * _HUGE_PAGE
+    if end > start:
+        _madvise(start, end - start, _MADV_HUGEPAGE)
+
 
 class ObjectStream:
     """The raw stream under a get_object Body. A streamed object owns one leased buffer, given
@@ -76,12 +91,14 @@ class ObjectStream:
         n = left if amt is None or amt < 0 else min(amt, left)
         if n <= 0 or not self._available():
             return b""
-        if n <= len(self._chunk) - self._offset:
+        if n <= len(self._chunk) - self._offset and n < _HUGE_PAGE:
             data = self._chunk[self._offset : self._offset + n].tobytes()
             self._consume(n)
             return data
         data = _new_bytes(None, n)
-        filled = self._copy_to_address(_bytes_address(data), n)
+        address = _bytes_address(data)
+        _advise_huge_pages(address, n)
+        filled = self._copy_to_address(address, n)
         return data if filled == n else data[:filled]
 
     def _copy_to_address(self, address, n):
