@@ -16,7 +16,7 @@ use crate::{setup, workspace_root};
 
 const INPUT_MIB: usize = 64;
 const INPUT_KEY: &str = "in/64mib";
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 pub fn run() -> Result<()> {
     let tools = setup::run()?;
