@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 use memmap2::{MmapOptions, MmapRaw};
 
 use crate::layout::{
-    header, host_state, Geometry, GeometryError, Header, Plain, RingId, CACHE_LINE,
+    header, host_state, Geometry, GeometryError, Header, Plain, RingId, CACHE_LINE, HEADER_SIZE,
 };
 
 /// Errors from creating, opening or accessing a region.
@@ -37,6 +37,15 @@ pub enum RegionError {
     /// An atomic word is not naturally aligned.
     #[error("Atomic access at offset {0} is misaligned")]
     Misaligned(usize),
+    /// Pages of the region could not be freed.
+    #[error("Cannot free {len} bytes at offset {offset} of region {path}")]
+    Discard {
+        path: PathBuf,
+        offset: usize,
+        len: usize,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// A shared-memory region mapped into this process.
@@ -114,6 +123,26 @@ impl Region {
     /// Whether the mapping is empty (never true for a valid region).
     pub fn is_empty(&self) -> bool {
         self.map.len() == 0
+    }
+
+    /// Frees the memory behind `len` bytes at `offset` (whole pages): they read as zeros again
+    /// and cost nothing until written. For data nobody needs, e.g. what a VMM restoring a
+    /// snapshot wrote into the buffers.
+    pub fn discard(&self, offset: usize, len: usize) -> Result<(), RegionError> {
+        let error = |source| RegionError::Discard { path: self.path.clone(), offset, len, source };
+        if offset % HEADER_SIZE != 0 || len % HEADER_SIZE != 0 {
+            return Err(error(io::Error::from(io::ErrorKind::InvalidInput)));
+        }
+        let p = self.span(offset, len)?;
+        // SAFETY: `span` checked the range lies inside this shared mapping, and the range is
+        // page-aligned; MADV_REMOVE frees its backing pages (a hole in the file), after which
+        // reads see zeros: no Rust reference into the mapping outlives such a change (every
+        // access goes through volatile copies or atomics).
+        let rc = unsafe { libc::madvise(p.cast(), len, libc::MADV_REMOVE) };
+        if rc != 0 {
+            return Err(error(io::Error::last_os_error()));
+        }
+        Ok(())
     }
 
     /// Returns a pointer to `len` bytes at `offset` after checking they lie inside the mapping.
@@ -205,6 +234,20 @@ mod tests {
 
     fn geometry() -> Geometry {
         Geometry::new(1 << 20, 64 << 10, 16, 2).unwrap()
+    }
+
+    #[test]
+    fn discarded_pages_read_as_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let region = Region::create(&dir.path().join("r"), &geometry()).unwrap();
+        let data = geometry().data_offset as usize;
+        region.copy_in(data, &[7; 8192]).unwrap();
+        region.discard(data, 4096).unwrap();
+        let mut bytes = [1; 8192];
+        region.copy_out(data, &mut bytes).unwrap();
+        assert!(bytes[..4096].iter().all(|&b| b == 0) && bytes[4096..].iter().all(|&b| b == 7));
+        assert!(region.discard(data + 1, 4096).is_err(), "whole pages only");
+        assert!(region.discard(data, 1 << 20).is_err(), "inside the region only");
     }
 
     #[test]
