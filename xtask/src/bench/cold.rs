@@ -36,12 +36,11 @@ pub fn run() -> Result<()> {
     stack.deploy("cold", &code, "io.py:handler", Flavour::Nexus, function.clone())?;
 
     println!("bench: (a) {ROUNDS} cold boots");
-    let booted = rounds(&stack, false)?;
+    let booted = Cold::median(&rounds(&stack, &[false])?[0]);
     stack.backend.api("POST", "/v1/functions/cold/snapshot", None)?;
-    println!("bench: (b) {ROUNDS} restores, the handler fetching its input");
-    let sequential = rounds(&stack, false)?;
-    println!("bench: (c) {ROUNDS} restores with the input prefetched meanwhile");
-    let overlapped = rounds(&stack, true)?;
+    println!("bench: (b) and (c) {ROUNDS} restores each, taking turns");
+    let turns = rounds(&stack, &[false, true])?;
+    let (sequential, overlapped) = (Cold::median(&turns[0]), Cold::median(&turns[1]));
     println!("bench: {ROUNDS} warm invocations writing {INPUT_MIB} MiB, write-back and strict");
     let written_back = warm_writes(&stack, &code, "async", &function)?;
     let strict = warm_writes(&stack, &code, "strict", &function)?;
@@ -79,7 +78,7 @@ pub fn run() -> Result<()> {
             },
         ],
         notes: vec![format!(
-            "Machine: {}. One run, median of {ROUNDS} cold invocations each, end to end at the API \
+            "Machine: {}. One run, median of {ROUNDS} cold invocations each ((b) and (c) taking turns), end to end at the API \
              (the \"baseline\" column is (b) for the cold rows and strict for the write-back row, the spool drained between rounds). The function (`guest/python/examples/bench/io.py`) \
              reads a {INPUT_MIB} MiB object from a Garage S3 server through the backend (its cache off) and \
              computes its CRC-32; \"input read\" is its own timing of `get_object(...)[\"Body\"].read()`. \
@@ -97,8 +96,8 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-/// Medians of cold invocations, in seconds: end to end, until the VM was ready, and the
-/// handler's read of its input (as the handler timed it).
+/// A cold invocation, in seconds: end to end, until the VM was ready, and the handler's read
+/// of its input (as the handler timed it).
 #[derive(Clone, Copy)]
 struct Cold {
     total: f64,
@@ -106,22 +105,35 @@ struct Cold {
     read: f64,
 }
 
-/// `ROUNDS` cold invocations (the VM stopped before each), the input prefetched during the
-/// VM's start if `prefetch`.
-fn rounds(stack: &Stack, prefetch: bool) -> Result<Cold> {
-    let (mut totals, mut starts, mut reads) = (Vec::new(), Vec::new(), Vec::new());
-    let hints: &[(&str, &str)] = if prefetch { &[(BUCKET, INPUT_KEY)] } else { &[] };
-    for _ in 0..ROUNDS {
-        stack.backend.api("POST", "/v1/functions/cold/stop", None)?;
-        let invoked =
-            stack.invoke("cold", &json!({ "bucket": BUCKET, "key": INPUT_KEY }), hints)?;
-        let result = &invoked.result;
-        ensure!(result["input_bytes"] == json!(INPUT_MIB << 20), "short read: {result}");
-        totals.push(invoked.seconds);
-        starts.push(invoked.start_seconds.unwrap_or(0.0));
-        reads.push(result["read_seconds"].as_f64().unwrap_or(0.0));
+impl Cold {
+    /// The median of each figure.
+    fn median(samples: &[Cold]) -> Cold {
+        let of = |figure: fn(&Cold) -> f64| median(&samples.iter().map(figure).collect::<Vec<_>>());
+        Cold { total: of(|c| c.total), start: of(|c| c.start), read: of(|c| c.read) }
     }
-    Ok(Cold { total: median(&totals), start: median(&starts), read: median(&reads) })
+}
+
+/// `ROUNDS` cold invocations (the VM stopped before each) of each kind in `prefetch`, the kinds
+/// taking turns so that they share the machine's noise; with `true` the input is prefetched
+/// during the VM's start. Returns the samples of each kind.
+fn rounds(stack: &Stack, prefetch: &[bool]) -> Result<Vec<Vec<Cold>>> {
+    let mut samples = vec![Vec::new(); prefetch.len()];
+    for _ in 0..ROUNDS {
+        for (kind, &prefetch) in prefetch.iter().enumerate() {
+            let hints: &[(&str, &str)] = if prefetch { &[(BUCKET, INPUT_KEY)] } else { &[] };
+            stack.backend.api("POST", "/v1/functions/cold/stop", None)?;
+            let invoked =
+                stack.invoke("cold", &json!({ "bucket": BUCKET, "key": INPUT_KEY }), hints)?;
+            let result = &invoked.result;
+            ensure!(result["input_bytes"] == json!(INPUT_MIB << 20), "short read: {result}");
+            samples[kind].push(Cold {
+                total: invoked.seconds,
+                start: invoked.start_seconds.unwrap_or(0.0),
+                read: result["read_seconds"].as_f64().unwrap_or(0.0),
+            });
+        }
+    }
+    Ok(samples)
 }
 
 /// Median seconds of `ROUNDS` warm invocations of function `name` writing a 64 MiB output
