@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 
 use crate::{cmd, workspace_root};
 
-const TARGETS: [&str; 2] = ["call_parser", "hostile_region"];
+const TARGETS: [&str; 3] = ["call_parser", "hostile_region", "staging_directory"];
 
 pub fn run(seconds: u64) -> Result<()> {
     let installed = Command::new("cargo").args(["fuzz", "--version"]).output();
