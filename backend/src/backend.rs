@@ -17,13 +17,13 @@ use serde::Serialize;
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
-use crate::cache::{Cached, ObjectCache};
+use crate::cache::ObjectCache;
 use crate::config::{is_function_name, Config};
 use crate::invoke::{InvokeError, Outcome};
 use crate::metrics::Metrics;
+use crate::ops;
 use crate::ops::Context;
-use crate::ops::{self, OpError};
-use crate::policy::Policy;
+use crate::policy::{Access, Policy};
 use crate::serve::{serve, Shared};
 use crate::served::{Prefetched, ServedRegion};
 use crate::spool::{Spool, SpoolError};
@@ -254,25 +254,34 @@ impl Backend {
         served.notifier.kick_peer().map_err(|source| BackendError::Region { id: id.into(), source })
     }
 
-    /// Reads `bucket/key` whole from storage, to stage it for an invocation.
-    pub async fn fetch_object(&self, bucket: &str, key: &str) -> Result<Cached, OpError> {
-        ops::get::fetch_whole(&self.shared.context, bucket, key).await
-    }
-
     /// Starts fetching the objects `hints` name at once (on other workers, so that they
     /// arrive while the caller does something else, e.g. starts a VM); the future yields those
-    /// that arrived. A hint that cannot be fetched is skipped: it costs only its fetch.
+    /// that arrived. Only objects `policy` lets the function read are fetched, each of at most
+    /// its size limit and of what the backend would keep of it (the staging area, or the
+    /// cache's largest object). A hint that is skipped or fails costs only its fetch.
     pub fn prefetch(
         self: &Arc<Self>,
+        policy: &Policy,
         hints: &[ObjectRef],
     ) -> impl Future<Output = Vec<Prefetched>> {
+        let kept =
+            self.config.region.geometry().staging_size.max(self.config.cache.max_object_bytes);
+        let max_bytes = policy.max_object_size.min(kept);
         let tasks: Vec<_> = hints
             .iter()
+            .filter(|hint| match policy.check(Access::Read, &hint.bucket, &hint.key) {
+                Ok(()) => true,
+                Err(denied) => {
+                    tracing::info!(bucket = %hint.bucket, key = %hint.key, "Prefetch hint skipped: {denied}");
+                    false
+                }
+            })
             .map(|hint| {
                 let (backend, hint) = (self.clone(), hint.clone());
                 tokio::spawn(async move {
                     let started = std::time::Instant::now();
-                    match backend.fetch_object(&hint.bucket, &hint.key).await {
+                    let context = &backend.shared.context;
+                    match ops::get::fetch_whole(context, &hint.bucket, &hint.key, max_bytes).await {
                         Ok(object) => {
                             let ms = started.elapsed().as_millis() as u64;
                             let bytes = object.bytes.len();
@@ -291,6 +300,11 @@ impl Backend {
             let fetched = futures::future::join_all(tasks).await;
             fetched.into_iter().filter_map(|task| task.ok().flatten()).collect()
         }
+    }
+
+    /// The policy of region `id`'s function.
+    pub fn region_policy(&self, id: &str) -> Result<Policy, BackendError> {
+        Ok(self.served(id)?.policy.clone())
     }
 
     /// Stops serving region `id` and removes its file.

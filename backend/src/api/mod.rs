@@ -182,7 +182,8 @@ async fn invoke_region(
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("The event is not JSON: {e}")))?;
     let deadline =
         Duration::from_secs_f64(query.timeout.unwrap_or(DEFAULT_TIMEOUT_S).clamp(0.001, 3600.0));
-    let staged = api.backend.prefetch(&prefetch_hints(&headers)?).await;
+    let hints = prefetch_hints(&headers)?;
+    let staged = api.backend.prefetch(&api.backend.region_policy(&id)?, &hints).await;
     let prefetched = staged.len();
     let outcome = api.backend.invoke_region(&id, &event, deadline, staged).await?;
     let mut response = outcome_response(outcome);

@@ -142,7 +142,8 @@ impl Functions {
             if let Some(dead) = warm.take() {
                 dead.stop(&self.backend);
             }
-            let fetching = self.backend.prefetch(hints);
+            let policy = deployed.spec.policy_in(self.backend.config());
+            let fetching = self.backend.prefetch(&policy, hints);
             let snapshot = lock(&deployed.snapshot).clone();
             let started = self.start(&deployed, snapshot.as_ref())?;
             cold_start = Some(match snapshot {

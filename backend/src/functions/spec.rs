@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::is_function_name;
+use crate::config::{is_function_name, Config};
 use crate::policy::Policy;
 
 /// The guest image a function runs on.
@@ -92,6 +92,11 @@ pub enum SpecError {
 }
 
 impl FunctionSpec {
+    /// The function's policy: its own, or the one the backend's config gives it.
+    pub fn policy_in(&self, config: &Config) -> Policy {
+        self.policy.clone().unwrap_or_else(|| config.policy_for(&self.name).clone())
+    }
+
     /// Checks the spec against the files it names.
     pub fn validate(&self) -> Result<(), SpecError> {
         if !is_function_name(&self.name) {

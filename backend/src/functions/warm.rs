@@ -106,8 +106,7 @@ pub fn start(
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(|e| FunctionError::Io(work.clone(), e))?;
     let doorbell = work.join("doorbell.sock");
-    let policy =
-        spec.policy.clone().unwrap_or_else(|| backend.config().policy_for(&spec.name).clone());
+    let policy = spec.policy_in(backend.config());
     let region_size = backend.config().region.size;
     let mut created = None;
     let region =

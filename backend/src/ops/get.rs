@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 
 use super::{no_stream, Context, OpError, Out};
 use crate::cache::{Cached, ObjectInfo};
-use crate::policy::Access;
+use crate::policy::{Access, Denied};
 use crate::served::{Answer, ServedRegion};
 use crate::spool::Spooled;
 use crate::storage::key_path;
@@ -113,10 +113,19 @@ fn cached(ctx: &Context, served: &ServedRegion, object: &ObjectRef) -> Option<Ca
         .or_else(|| ctx.cache.get(&object.bucket, &object.key, Instant::now()))
 }
 
-/// Reads a whole object from storage into memory (to stage it before an invocation needs it).
-pub async fn fetch_whole(ctx: &Context, bucket: &str, key: &str) -> Result<Cached, OpError> {
+/// Reads a whole object of at most `max_bytes` from storage into memory (to stage it before an
+/// invocation needs it).
+pub async fn fetch_whole(
+    ctx: &Context,
+    bucket: &str,
+    key: &str,
+    max_bytes: u64,
+) -> Result<Cached, OpError> {
     let store = ctx.storage.bucket(bucket)?;
     let result = store.get_opts(&key_path(key)?, GetOptions::default()).await?;
+    if result.meta.size > max_bytes {
+        return Err(Denied::TooLarge { size: result.meta.size, max: max_bytes }.into());
+    }
     let info = attributes(&result);
     Ok(Cached { info, bytes: result.bytes().await? })
 }
