@@ -162,6 +162,9 @@ impl ServedRegion {
     /// completes, so the guest's next read of it is a call that sees the write.
     pub fn forget_staged(&self, bucket: &str, key: &str) {
         let mut staged = self.staged.lock().unwrap_or_else(|e| e.into_inner());
+        if staged.in_memory.is_empty() {
+            return; // nothing staged (every in-region object is in memory too)
+        }
         let name = (bucket.to_owned(), key.to_owned());
         staged.in_memory.remove(&name);
         if staged.in_region.contains(&name) {
