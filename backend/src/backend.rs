@@ -210,10 +210,11 @@ impl Backend {
             }
         };
         // Whatever attached may have written the region (a VM restored from a snapshot brings
-        // its old contents back, touching every page): free the data area, then start from a
-        // clean header and empty rings.
+        // its old contents back, writing every page): free the pages that hold only zeros
+        // (a body the guest still holds keeps its bytes), then start from a clean header and
+        // empty rings.
         let data = geometry.data_offset as usize;
-        region.discard(data, region.len() - data).map_err(region_err)?;
+        region.discard_zero_pages(data, region.len() - data).map_err(region_err)?;
         region.initialize(&geometry).map_err(region_err)?;
         let spin = Duration::from_micros(self.config.region.spin_us);
         let served = Arc::new(ServedRegion::new(

@@ -125,10 +125,36 @@ impl Region {
         self.map.len() == 0
     }
 
-    /// Frees the memory behind `len` bytes at `offset` (whole pages): they read as zeros again
-    /// and cost nothing until written. For data nobody needs, e.g. what a VMM restoring a
-    /// snapshot wrote into the buffers.
-    pub fn discard(&self, offset: usize, len: usize) -> Result<(), RegionError> {
+    /// Frees the pages among `len` bytes at `offset` (whole pages) that hold only zeros: what
+    /// anyone reads does not change, and they cost nothing until written again. A VMM restoring
+    /// a snapshot writes every page of the region, zeros included. Returns the bytes freed.
+    pub fn discard_zero_pages(&self, offset: usize, len: usize) -> Result<usize, RegionError> {
+        let end = offset.checked_add(len).filter(|&end| end <= self.map.len());
+        let Some(end) = end.filter(|_| offset % HEADER_SIZE == 0 && len % HEADER_SIZE == 0) else {
+            let source = io::Error::from(io::ErrorKind::InvalidInput);
+            return Err(RegionError::Discard { path: self.path.clone(), offset, len, source });
+        };
+        let (mut page, mut run_start, mut freed) = ([0u8; HEADER_SIZE], None, 0);
+        for at in (offset..end).step_by(HEADER_SIZE).chain([end]) {
+            let zero = at < end && {
+                self.copy_out(at, &mut page)?;
+                page.iter().fold(0, |any, &b| any | b) == 0
+            };
+            match (zero, run_start) {
+                (true, None) => run_start = Some(at),
+                (false, Some(start)) => {
+                    self.discard(start, at - start)?;
+                    freed += at - start;
+                    run_start = None;
+                }
+                _ => {}
+            }
+        }
+        Ok(freed)
+    }
+
+    /// Frees the memory behind `len` bytes at `offset` (whole pages): they read as zeros again.
+    fn discard(&self, offset: usize, len: usize) -> Result<(), RegionError> {
         let error = |source| RegionError::Discard { path: self.path.clone(), offset, len, source };
         if offset % HEADER_SIZE != 0 || len % HEADER_SIZE != 0 {
             return Err(error(io::Error::from(io::ErrorKind::InvalidInput)));
@@ -237,17 +263,29 @@ mod tests {
     }
 
     #[test]
-    fn discarded_pages_read_as_zeros() {
+    fn zero_pages_are_freed_and_nothing_reads_differently() {
+        use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
-        let region = Region::create(&dir.path().join("r"), &geometry()).unwrap();
+        let path = dir.path().join("r");
+        let region = Region::create(&path, &geometry()).unwrap();
         let data = geometry().data_offset as usize;
-        region.copy_in(data, &[7; 8192]).unwrap();
-        region.discard(data, 4096).unwrap();
-        let mut bytes = [1; 8192];
+        let len = region.len() - data;
+        region.copy_in(data, &vec![0; len]).unwrap(); // as a restore does: every page written
+        region.copy_in(data + 4096, &[7; 8192]).unwrap();
+        region.copy_in(data + 5 * 4096 + 100, &[9]).unwrap();
+        let allocated = || std::fs::metadata(&path).map(|m| m.blocks() * 512).unwrap();
+        let before = allocated();
+
+        assert_eq!(region.discard_zero_pages(data, len).unwrap(), len - 3 * 4096);
+        assert!(allocated() < before, "{} bytes still allocated", allocated());
+        let mut bytes = vec![1; 6 * 4096];
         region.copy_out(data, &mut bytes).unwrap();
-        assert!(bytes[..4096].iter().all(|&b| b == 0) && bytes[4096..].iter().all(|&b| b == 7));
-        assert!(region.discard(data + 1, 4096).is_err(), "whole pages only");
-        assert!(region.discard(data, 1 << 20).is_err(), "inside the region only");
+        let mut expected = vec![0; 6 * 4096];
+        expected[4096..3 * 4096].fill(7);
+        expected[5 * 4096 + 100] = 9;
+        assert!(bytes == expected, "contents changed");
+        assert!(region.discard_zero_pages(data + 1, 4096).is_err(), "whole pages only");
+        assert!(region.discard_zero_pages(data, 1 << 20).is_err(), "inside the region only");
     }
 
     #[test]
