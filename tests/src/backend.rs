@@ -22,13 +22,15 @@ const LOG_LINES: usize = 40;
 #[derive(Debug)]
 pub struct Backend {
     pub socket: PathBuf,
-    /// The tempdir holding config, socket, regions, spool, log (and a local store, if used).
+    /// The tempdir holding config, socket, spool, log (and a local store, if used).
     pub dir: PathBuf,
     binary: PathBuf,
     config: PathBuf,
     log: PathBuf,
     child: Option<Child>,
     _dir: TempDir,
+    /// The region files: on tmpfs as in production (`/dev/shm`), where there is one.
+    _regions: TempDir,
 }
 
 impl Backend {
@@ -53,15 +55,20 @@ impl Backend {
     ) -> Result<Self, HarnessError> {
         let tmp = tempfile::tempdir().map_err(HarnessError::io("create a backend tempdir"))?;
         let dir = tmp.path().to_owned();
+        let shm = Path::new("/dev/shm");
+        let regions = tempfile::Builder::new()
+            .prefix("nexus-test-regions-")
+            .tempdir_in(if shm.is_dir() { shm } else { &dir })
+            .map_err(HarnessError::io("create a regions tempdir"))?;
         for bucket in local_buckets {
             fs::create_dir_all(dir.join("objects").join(bucket))
                 .map_err(HarnessError::io("create a local bucket"))?;
         }
         let socket = dir.join("nexus.sock");
         let mut config = format!(
-            "api: {{ socket: {sock} }}\nregion: {{ dir: {dir}/regions, {region} }}\n{settings}",
+            "api: {{ socket: {sock} }}\nregion: {{ dir: {regions}, {region} }}\n{settings}",
             sock = socket.display(),
-            dir = dir.display(),
+            regions = regions.path().display(),
             settings = settings.replace("{dir}", &dir.display().to_string()),
         );
         if !settings.contains("writeback:") {
@@ -78,6 +85,7 @@ impl Backend {
             log,
             child: None,
             _dir: tmp,
+            _regions: regions,
         };
         backend.launch()?;
         Ok(backend)

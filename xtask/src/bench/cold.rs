@@ -16,15 +16,19 @@ use crate::{setup, workspace_root};
 
 const INPUT_MIB: usize = 64;
 const INPUT_KEY: &str = "in/64mib";
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 7;
 
 pub fn run() -> Result<()> {
     let tools = setup::run()?;
     let strict = format!(
         "functions:\n  strict: {{ write_back: strict, policy: {{ grants: [{{ bucket: {BUCKET}, access: [read, write] }}], max_object_size: 1GiB }} }}\n"
     );
-    let stack =
-        Stack::start(&tools, &[Flavour::Nexus], "size: 256MiB, buffer_size: 4MiB", &strict)?;
+    let stack = Stack::start(
+        &tools,
+        &[Flavour::Nexus],
+        "size: 128MiB, buffer_size: 4MiB, staging_size: 80MiB",
+        &strict,
+    )?;
     stack.seed(
         &tools.python,
         &format!(
