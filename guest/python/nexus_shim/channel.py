@@ -87,6 +87,7 @@ class Channel:
             raise last_error(self._lib)
         self.buffer_size = self._lib.nexus_buffer_size(self._client)
         self._freed = threading.Condition(threading.RLock())
+        self._per_thread = threading.local()
 
     def lease(self):
         """Leases a buffer. When all are taken, unreachable response bodies (e.g. caught in
@@ -164,7 +165,10 @@ class Channel:
         """``(meta, address, size)`` of ``bucket/key`` if the host staged it for the running
         invocation (channel/src/staging.rs), else None. No call is made."""
         bucket, key = bucket.encode("utf-8"), key.encode("utf-8")
-        meta = ctypes.create_string_buffer(_STAGED_META_BYTES)
+        # Every get asks, so the meta buffer is made once per thread, not per call.
+        meta = getattr(self._per_thread, "staged_meta", None)
+        if meta is None:
+            meta = self._per_thread.staged_meta = ctypes.create_string_buffer(_STAGED_META_BYTES)
         out = NexusStaged()
         rc = self._lib.nexus_staged(
             self._client, bucket, len(bucket), key, len(key), meta, len(meta), ctypes.byref(out)
@@ -173,7 +177,7 @@ class Channel:
             raise last_error(self._lib)
         if rc == 0:
             return None
-        return json.loads(meta.raw[: out.meta_len]), out.ptr or 0, out.len
+        return json.loads(ctypes.string_at(meta, out.meta_len)), out.ptr or 0, out.len
 
     def ready(self):
         """Tells the host this process is ready for invocations."""
