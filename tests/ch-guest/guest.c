@@ -389,6 +389,8 @@ void guest_main(void) {
     for (;;) {
         u64 epoch = host_epoch();
         if (load32(NX_HOST_STATE) == NX_HOST_READY && epoch != synced) {
+            /* A restore may have put this VM on a new region: take its geometry afresh. */
+            if (!read_header()) continue;
             attach();
             if (!ping()) continue;
             store64(NX_EPOCH_ACK, epoch);
