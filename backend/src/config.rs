@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use nexus_channel::layout::{Geometry, GeometryError};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::policy::Policy;
 
@@ -153,6 +153,16 @@ pub struct VmConfig {
     pub accel: String,
     /// Seconds a VM may take from start to its runtime being ready.
     pub boot_timeout_secs: u64,
+    /// The VMM of functions whose spec names none.
+    pub vmm: VmmKind,
+}
+
+/// The VMMs function VMs can run on; each is an adapter of `nexus-plugin`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VmmKind {
+    #[default]
+    Qemu,
 }
 
 impl Default for VmConfig {
@@ -162,6 +172,7 @@ impl Default for VmConfig {
             state_dir: "/var/lib/nexus/vms".into(),
             accel: "auto".into(),
             boot_timeout_secs: 120,
+            vmm: VmmKind::default(),
         }
     }
 }

@@ -32,4 +32,4 @@ pub use accel::{detect_accel, Accel, AccelError};
 pub use error::VmmError;
 pub use serial::wait_for_serial;
 pub use spec::{AccelChoice, Disk, Network, RegionSpec, VmSpec};
-pub use vm::{Snapshot, Vm, VmInfo, VmState, Vmm};
+pub use vm::{RegionOnRestore, Snapshot, Vm, VmInfo, VmState, Vmm};

@@ -20,6 +20,7 @@ use nexus_plugin::{Snapshot, Vmm, VmmError};
 use serde::Serialize;
 
 use crate::backend::{Backend, BackendError};
+use crate::config::VmmKind;
 use crate::invoke::Outcome;
 pub use spec::{Flavour, FunctionSpec, SpecError};
 pub use warm::WarmInfo;
@@ -95,16 +96,36 @@ pub struct Invoked {
 #[derive(Debug)]
 pub struct Functions {
     backend: Arc<Backend>,
-    vmm: Result<Box<dyn Vmm>, String>,
+    /// One adapter per VMM kind, started when a function first needs it.
+    vmms: Mutex<BTreeMap<VmmKind, Arc<dyn Vmm>>>,
     deployed: Mutex<BTreeMap<String, Arc<Deployed>>>,
     instances: AtomicU64,
 }
 
 impl Functions {
-    /// The functions of `backend`; VMs run on QEMU.
+    /// The functions of `backend`.
     pub fn new(backend: Arc<Backend>) -> Self {
-        let vmm = Qemu::new().map(|q| Box::new(q) as Box<dyn Vmm>).map_err(|e| e.to_string());
-        Self { backend, vmm, deployed: Mutex::default(), instances: AtomicU64::new(1) }
+        Self {
+            backend,
+            vmms: Mutex::default(),
+            deployed: Mutex::default(),
+            instances: AtomicU64::new(1),
+        }
+    }
+
+    /// The adapter of `kind`, started on first use.
+    fn vmm_for(&self, kind: VmmKind) -> Result<Arc<dyn Vmm>, FunctionError> {
+        let mut vmms = lock(&self.vmms);
+        if let Some(vmm) = vmms.get(&kind) {
+            return Ok(vmm.clone());
+        }
+        let vmm: Arc<dyn Vmm> = match kind {
+            VmmKind::Qemu => {
+                Arc::new(Qemu::new().map_err(|e| FunctionError::NoVmm(e.to_string()))?)
+            }
+        };
+        vmms.insert(kind, vmm.clone());
+        Ok(vmm)
     }
 
     /// Deploys (or replaces) a function; blocking: it builds the code disk.
@@ -166,7 +187,7 @@ impl Functions {
         deployed: &Deployed,
         snapshot: Option<&Snapshot>,
     ) -> Result<Warm, FunctionError> {
-        let vmm = self.vmm.as_ref().map_err(|e| FunctionError::NoVmm(e.clone()))?;
+        let vmm = self.vmm_for(deployed.spec.vmm_in(self.backend.config()))?;
         let instance = self.instances.fetch_add(1, Ordering::Relaxed);
         let from = snapshot.map_or(Start::Boot, Start::Restore);
         // Starting blocks for seconds (QEMU, the guest): keep it off the other async workers,

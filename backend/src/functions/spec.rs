@@ -5,6 +5,7 @@
 //! code: examples/compress          # a directory; relative to the spec file for `nexus fn deploy`
 //! handler: handler.py:handler      # module file (relative to code) and function
 //! flavour: nexus                   # nexus (no NIC, the shim) | baseline (NIC, real boto3)
+//! vmm: qemu                        # optional; else the backend config's vm.vmm
 //! memory_mib: 256
 //! vcpus: 1
 //! timeout_secs: 60
@@ -17,7 +18,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{is_function_name, Config};
+use crate::config::{is_function_name, Config, VmmKind};
 use crate::policy::Policy;
 
 /// The guest image a function runs on.
@@ -50,6 +51,9 @@ pub struct FunctionSpec {
     pub handler: String,
     #[serde(default)]
     pub flavour: Flavour,
+    /// The VMM its VMs run on; `None`: the config's `vm.vmm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm: Option<VmmKind>,
     #[serde(default = "default_memory")]
     pub memory_mib: u32,
     #[serde(default = "default_vcpus")]
@@ -95,6 +99,11 @@ impl FunctionSpec {
     /// The function's policy: its own, or the one the backend's config gives it.
     pub fn policy_in(&self, config: &Config) -> Policy {
         self.policy.clone().unwrap_or_else(|| config.policy_for(&self.name).clone())
+    }
+
+    /// The VMM its VMs run on: its own choice, or the config's default.
+    pub fn vmm_in(&self, config: &Config) -> VmmKind {
+        self.vmm.unwrap_or(config.vm.vmm)
     }
 
     /// Checks the spec against the files it names.
@@ -155,5 +164,22 @@ mod tests {
         assert!(matches!(bad(|s| s.handler = "handler.py".into()), SpecError::Handler(_)));
         assert!(matches!(bad(|s| s.memory_mib = 1), SpecError::Range(_)));
         assert!(matches!(bad(|s| s.code = "/nonexistent".into()), SpecError::Code(_)));
+    }
+
+    #[test]
+    fn the_vmm_is_the_specs_own_or_the_configs() {
+        let code = tempfile::tempdir().unwrap();
+        let config = Config::default();
+        assert_eq!(spec(code.path()).vmm_in(&config), config.vm.vmm);
+        let named = serde_json::json!({
+            "name": "f", "code": code.path(), "handler": "h.py:handler", "vmm": "qemu"
+        });
+        let named: FunctionSpec = serde_json::from_value(named).unwrap();
+        assert_eq!(named.vmm, Some(VmmKind::Qemu));
+        let unknown = serde_json::json!({
+            "name": "f", "code": code.path(), "handler": "h.py:handler", "vmm": "firecracker"
+        });
+        let error = serde_json::from_value::<FunctionSpec>(unknown).unwrap_err().to_string();
+        assert!(error.contains("unknown variant `firecracker`"), "{error}");
     }
 }

@@ -1,14 +1,13 @@
 //! Booting a function's VM and keeping it warm.
 //!
 //! ```text
-//!  region file created ─► VMM started with it (paused) ─► doorbell socket connected
+//!  region file created ─► VMM started with it (paused) ─► doorbell's host end connected
 //!  ─► region served (stream kick) ─► boot ─► agent starts the runtime ─► runtime acks the
 //!  epoch (ready) ─► invocations
 //! ```
 //! A VM that exits or is not ready in time is stopped, its region removed, and the error
 //! carries the tail of its console.
 
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -105,7 +104,6 @@ pub fn start(
     let work = config.state_dir.join("vms").join(format!("{}-{instance}", spec.name));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(|e| FunctionError::Io(work.clone(), e))?;
-    let doorbell = work.join("doorbell.sock");
     let policy = spec.policy_in(backend.config());
     let region_size = backend.config().region.size;
     let mut created = None;
@@ -121,15 +119,14 @@ pub fn start(
             vm.memory_mib = spec.memory_mib;
             vm.vcpus = spec.vcpus;
             vm.region = Some(RegionSpec { path: region.to_owned(), size: region_size });
-            vm.doorbell = Some(doorbell.clone());
+            vm.doorbell = true;
             vm.network = (spec.flavour == Flavour::Baseline).then_some(Network::User);
             vm.accel = accel(config);
-            let vm = match from {
+            let mut vm = match from {
                 Start::Boot => vmm.create(&vm)?,
                 Start::Restore(snapshot) => vmm.restore(&vm, snapshot)?,
             };
-            let stream =
-                UnixStream::connect(&doorbell).map_err(VmmError::io("connect to the doorbell"))?;
+            let stream = vm.doorbell()?;
             created = Some(vm);
             Ok(Kick::Stream(stream.into()))
         });

@@ -48,6 +48,9 @@ pub struct WorkPaths {
     pub pid_file: PathBuf,
     /// QEMU's own stdout and stderr.
     pub log: PathBuf,
+    /// The doorbell's host end: a socket QEMU listens on, relayed to the guest's
+    /// virtio-serial port [`DOORBELL_PORT`].
+    pub doorbell: PathBuf,
 }
 
 impl WorkPaths {
@@ -57,6 +60,7 @@ impl WorkPaths {
             serial: work_dir.join("serial.log"),
             pid_file: work_dir.join("qemu.pid"),
             log: work_dir.join("qemu.log"),
+            doorbell: work_dir.join("doorbell.sock"),
         }
     }
 }
@@ -109,9 +113,9 @@ pub fn qemu_args(spec: &VmSpec, accel: Accel, paths: &WorkPaths, start: Start) -
         // master=on: this VM owns the region's contents, which lets QEMU migrate (snapshot) it.
         args.add(["-device", "ivshmem-plain,memdev=nexus-region,master=on"]);
     }
-    if let Some(socket) = &spec.doorbell {
+    if spec.doorbell {
         args.add(["-device", "virtio-serial-pci", "-chardev"]);
-        args.push(option("socket,id=nexus-doorbell,path=", socket, ",server=on,wait=off"));
+        args.push(option("socket,id=nexus-doorbell,path=", &paths.doorbell, ",server=on,wait=off"));
         let port = format!("virtserialport,chardev=nexus-doorbell,name={DOORBELL_PORT}");
         args.add(["-device", &port]);
     }
@@ -227,7 +231,7 @@ mod tests {
     fn attaches_region_doorbell_and_network() {
         let spec = VmSpec {
             region: Some(RegionSpec { path: "/dev/shm/nexus/fn-1.region".into(), size: 16 << 20 }),
-            doorbell: Some("/run/vm/fn-1/doorbell.sock".into()),
+            doorbell: true,
             network: Some(Network::User),
             ..spec()
         };

@@ -9,8 +9,9 @@
 //!  stop()         quit, wait ≤ 5 s, else SIGKILL; reap                                  Stopped
 //! ```
 //!
-//! The work dir holds `qmp.sock`, `serial.log` (the guest console), `qemu.pid` and `qemu.log`
-//! (QEMU's stdout and stderr, whose tail goes into start-up errors). The region is an
+//! The work dir holds `qmp.sock`, `serial.log` (the guest console), `qemu.pid`, `qemu.log`
+//! (QEMU's stdout and stderr, whose tail goes into start-up errors) and `doorbell.sock` (the
+//! doorbell's host end, a virtio-serial port in the guest). The region is an
 //! `ivshmem-plain` device backed by the region file (`share=on`), with `master=on` because
 //! QEMU refuses to migrate ivshmem otherwise. The command line is built in `args.rs`.
 //!
@@ -33,6 +34,7 @@ mod snapshot;
 
 use std::fs;
 use std::io;
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, ExitStatus};
 use std::thread;
@@ -48,7 +50,7 @@ use self::snapshot::Shape;
 use crate::accel::Accel;
 use crate::error::VmmError;
 use crate::spec::VmSpec;
-use crate::vm::{Snapshot, Vm, VmInfo, VmState, Vmm};
+use crate::vm::{RegionOnRestore, Snapshot, Vm, VmInfo, VmState, Vmm};
 
 /// The adapter's name, also in the snapshots it writes.
 const NAME: &str = "qemu";
@@ -149,6 +151,11 @@ impl Qemu {
 impl Vmm for Qemu {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn region_on_restore(&self) -> RegionOnRestore {
+        // master=on puts the region's contents into the migration stream.
+        RegionOnRestore::Rewritten
     }
 
     fn create(&self, spec: &VmSpec) -> Result<Box<dyn Vm>, VmmError> {
@@ -347,6 +354,19 @@ impl Vm for QemuVm {
 
     fn serial_tail(&self, lines: usize) -> String {
         crate::serial::tail_lines(&self.paths.serial, lines)
+    }
+
+    fn doorbell(&mut self) -> Result<UnixStream, VmmError> {
+        if !self.shape.has_doorbell() {
+            return Err(VmmError::InvalidSpec {
+                vm: self.name.clone(),
+                reason: "its spec asked for no doorbell".into(),
+            });
+        }
+        UnixStream::connect(&self.paths.doorbell).map_err(VmmError::io(format!(
+            "connect to the doorbell {}",
+            self.paths.doorbell.display()
+        )))
     }
 }
 
