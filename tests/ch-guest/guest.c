@@ -303,8 +303,12 @@ static void serve_invocation(u64 epoch) {
     u32 buffer = load32(slot + NX_INVOCATION_BUFFER);
     u64 len = load64(slot + NX_INVOCATION_LEN);
     store32(ring_base(NX_RING_INVOCATIONS) + NX_RING_CONSUMER, ++invocations_head);
-    if (buffer < geo.guest_buffers || buffer >= geo.buffer_count || len > geo.buffer_size)
+    if (buffer < geo.guest_buffers || buffer >= geo.buffer_count || len > geo.buffer_size) {
+        /* A restore onto a fresh region between the epoch check and here: not the host's
+         * fault, and the main loop syncs to the new epoch next. */
+        if (host_epoch() != epoch) return;
         halt("an invocation in a buffer that is not the host's");
+    }
     const volatile u8 *event = region + buffer_at(buffer);
     static char bucket[MAX_NAME], key[MAX_NAME];
     long bucket_len = string_field(event, len, "bucket", bucket);
@@ -397,8 +401,10 @@ void guest_main(void) {
             synced = epoch;
             say("epoch "); putu(epoch, 10); puts_(" ping ok\n");
         }
-        if (synced == epoch && load32(ring_base(NX_RING_INVOCATIONS) + NX_RING_PRODUCER) != invocations_head)
-            serve_invocation(epoch);
+        /* The epoch is read again after the index: a VM restored onto a fresh region under
+         * this loop must not take the new region's index for a new invocation. */
+        u32 produced = load32(ring_base(NX_RING_INVOCATIONS) + NX_RING_PRODUCER);
+        if (produced != invocations_head && host_epoch() == synced) serve_invocation(synced);
         __asm__ volatile("pause");
     }
 }

@@ -28,7 +28,8 @@ use nexus_channel::wire::{flags, Op, Status};
 use crate::HarnessError;
 
 /// The guest's sources, relative to the workspace root.
-const SOURCES: [&str; 3] = ["tests/ch-guest/entry.S", "tests/ch-guest/guest.c", "tests/ch-guest/guest.ld"];
+const SOURCES: [&str; 3] =
+    ["tests/ch-guest/entry.S", "tests/ch-guest/guest.c", "tests/ch-guest/guest.ld"];
 /// How gcc compiles the guest: freestanding, no SSE (see FIELD-NOTES: SSE kills the vCPU under
 /// this machine's KVM), no red zone (no interrupts here, but no surprises), absolute addresses.
 const CFLAGS: [&str; 11] = [
@@ -134,7 +135,8 @@ fn build() -> Result<PathBuf, HarnessError> {
     let mut hasher = DefaultHasher::new();
     (header.as_str(), CFLAGS).hash(&mut hasher);
     for source in SOURCES {
-        let text = fs::read(root.join(source)).map_err(HarnessError::io(format!("read {source}")))?;
+        let text =
+            fs::read(root.join(source)).map_err(HarnessError::io(format!("read {source}")))?;
         (source, text).hash(&mut hasher);
     }
     let target = env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
@@ -156,10 +158,13 @@ fn build() -> Result<PathBuf, HarnessError> {
     }
     let mut ld = Command::new("ld");
     ld.args(["-nostdlib", "-static", "-no-pie", "--no-warn-rwx-segments", "-T"]);
-    ld.arg(root.join(SOURCES[2])).args(["entry.o", "guest.o", "-o", "guest.elf"]).current_dir(&work);
+    ld.arg(root.join(SOURCES[2]))
+        .args(["entry.o", "guest.o", "-o", "guest.elf"])
+        .current_dir(&work);
     run(ld)?;
     let _ = fs::remove_dir_all(&dir);
-    fs::rename(&work, &dir).map_err(HarnessError::io(format!("move {} into place", work.display())))?;
+    fs::rename(&work, &dir)
+        .map_err(HarnessError::io(format!("move {} into place", work.display())))?;
     Ok(elf)
 }
 
@@ -217,10 +222,8 @@ mod tests {
         let mut lines = text.lines();
         for capacity in [2u32, 64, 4096] {
             let geometry = Geometry::new(64 << 20, 4096, capacity, 1).unwrap();
-            for ring in [RingId::Calls, RingId::Completions, RingId::Invocations, RingId::Results]
-            {
-                let expected =
-                    format!("{capacity} {} {}", ring as u32, geometry.ring_offset(ring));
+            for ring in [RingId::Calls, RingId::Completions, RingId::Invocations, RingId::Results] {
+                let expected = format!("{capacity} {} {}", ring as u32, geometry.ring_offset(ring));
                 assert_eq!(lines.next(), Some(expected.as_str()));
             }
         }

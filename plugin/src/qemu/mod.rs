@@ -24,11 +24,11 @@
 //! **No QEMU outlives its owner.** Every QEMU is started with `PR_SET_PDEATHSIG(SIGKILL)`. The
 //! kernel sends that signal when the *thread* that forked the child exits, not the process, so
 //! all QEMUs are forked by one long-lived `vmm-spawner` thread owned by the adapter (and kept
-//! alive by every VM it started), never by the short-lived thread that asked (see `process.rs`).
+//! alive by every VM it started), never by the short-lived thread that asked (see
+//! `crate::process`).
 //! Dropping a [`QemuVm`] stops it.
 
 mod args;
-mod process;
 mod qmp;
 mod snapshot;
 
@@ -43,12 +43,12 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use self::args::{qemu_args, Start, WorkPaths};
-use self::process::{Process, Spawner};
 use self::qmp::Qmp;
 pub use self::qmp::QmpError;
 use self::snapshot::Shape;
 use crate::accel::Accel;
 use crate::error::VmmError;
+use crate::process::{remove_stale, Process, Spawner};
 use crate::spec::VmSpec;
 use crate::vm::{RegionOnRestore, Snapshot, Vm, VmInfo, VmState, Vmm};
 
@@ -382,14 +382,4 @@ impl Drop for QemuVm {
 fn refused(vm: &str, command: &str) -> impl FnOnce(QmpError) -> VmmError {
     let (vm, command) = (vm.to_owned(), command.to_owned());
     move |error| VmmError::Control { vm, command, source: Box::new(error) }
-}
-
-/// Removes a file left by an earlier QEMU in the same work dir.
-fn remove_stale(path: &Path) -> Result<(), VmmError> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            Err(VmmError::io(format!("remove stale {}", path.display()))(e))
-        }
-        _ => Ok(()),
-    }
 }
