@@ -155,6 +155,9 @@ pub struct VmConfig {
     pub boot_timeout_secs: u64,
     /// The VMM of functions whose spec names none.
     pub vmm: VmmKind,
+    /// The `cloud-hypervisor` binary (built with `--features ivshmem`); `None`:
+    /// `$NEXUS_CLOUD_HYPERVISOR`, else `PATH`.
+    pub cloud_hypervisor: Option<PathBuf>,
 }
 
 /// The VMMs function VMs can run on; each is an adapter of `nexus-plugin`.
@@ -163,6 +166,7 @@ pub struct VmConfig {
 pub enum VmmKind {
     #[default]
     Qemu,
+    CloudHypervisor,
 }
 
 impl Default for VmConfig {
@@ -173,6 +177,7 @@ impl Default for VmConfig {
             accel: "auto".into(),
             boot_timeout_secs: 120,
             vmm: VmmKind::default(),
+            cloud_hypervisor: None,
         }
     }
 }

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nexus_channel::wire::ObjectRef;
+use nexus_plugin::cloud_hypervisor::{ChOptions, CloudHypervisor, MemoryRestoreMode};
 use nexus_plugin::qemu::Qemu;
 use nexus_plugin::{Snapshot, Vmm, VmmError};
 use serde::Serialize;
@@ -122,6 +123,14 @@ impl Functions {
         let vmm: Arc<dyn Vmm> = match kind {
             VmmKind::Qemu => {
                 Arc::new(Qemu::new().map_err(|e| FunctionError::NoVmm(e.to_string()))?)
+            }
+            VmmKind::CloudHypervisor => {
+                let options = ChOptions {
+                    binary: self.backend.config().vm.cloud_hypervisor.clone(),
+                    memory_restore_mode: MemoryRestoreMode::OnDemand,
+                };
+                let ch = CloudHypervisor::new(options);
+                Arc::new(ch.map_err(|e| FunctionError::NoVmm(e.to_string()))?)
             }
         };
         vmms.insert(kind, vmm.clone());

@@ -5,7 +5,7 @@
 //! code: examples/compress          # a directory; relative to the spec file for `nexus fn deploy`
 //! handler: handler.py:handler      # module file (relative to code) and function
 //! flavour: nexus                   # nexus (no NIC, the shim) | baseline (NIC, real boto3)
-//! vmm: qemu                        # optional; else the backend config's vm.vmm
+//! vmm: qemu                        # qemu | cloud-hypervisor; optional, else the config's vm.vmm
 //! memory_mib: 256
 //! vcpus: 1
 //! timeout_secs: 60

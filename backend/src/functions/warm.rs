@@ -96,7 +96,7 @@ pub fn start(
     let started = Instant::now();
     let config = &backend.config().vm;
     let image = config.images.join(spec.flavour.name());
-    let files = ["vmlinuz", "initrd.img", "rootfs.ext4"].map(|f| image.join(f));
+    let files = [kernel_file(vmm), "initrd.img", "rootfs.ext4"].map(|f| image.join(f));
     if let Some(missing) = files.iter().find(|f| !f.is_file()) {
         return Err(FunctionError::NoImage(missing.clone()));
     }
@@ -189,6 +189,15 @@ fn run(
             return Err(format!("the runtime was not ready after {} s", config.boot_timeout_secs));
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The image's kernel `vmm` boots: Cloud Hypervisor loads ELF kernels only (the PVH
+/// `vmlinux` the image builder extracts), QEMU the bzImage.
+fn kernel_file(vmm: &dyn Vmm) -> &'static str {
+    match vmm.name() {
+        nexus_plugin::cloud_hypervisor::NAME => "vmlinux",
+        _ => "vmlinuz",
     }
 }
 

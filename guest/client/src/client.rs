@@ -1,6 +1,5 @@
 //! A guest's connection to the backend over one region.
 
-use std::fs::OpenOptions;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,7 +16,7 @@ use nexus_channel::{
     ResultDesc,
 };
 
-use crate::locate::find_doorbell;
+use crate::locate::{find_doorbell, Doorbell};
 
 /// How long a call may wait for its completion before the client gives up.
 const CALL_TIMEOUT: Duration = Duration::from_secs(300);
@@ -49,10 +48,10 @@ pub enum ClientError {
     /// The host answered something that does not belong to the call.
     #[error("Protocol error: {0}")]
     Protocol(&'static str),
-    /// The doorbell port could not be opened.
-    #[error("Cannot open the doorbell {path}")]
+    /// The doorbell could not be opened.
+    #[error("Cannot open the doorbell {doorbell:?}")]
     Doorbell {
-        path: std::path::PathBuf,
+        doorbell: Doorbell,
         #[source]
         source: std::io::Error,
     },
@@ -117,13 +116,11 @@ impl Client {
     /// [`find_doorbell`] finds, or on a shared futex when there is none.
     pub fn open(path: &Path) -> Result<Self, ClientError> {
         let kick = match find_doorbell() {
-            Some(port) => {
-                let stream = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&port)
-                    .map_err(|source| ClientError::Doorbell { path: port, source })?;
-                Kick::Stream(stream.into())
+            Some(doorbell) => {
+                let stream = doorbell
+                    .connect()
+                    .map_err(|source| ClientError::Doorbell { doorbell, source })?;
+                Kick::Stream(stream)
             }
             None => Kick::Futex,
         };

@@ -57,7 +57,7 @@ use crate::spec::VmSpec;
 use crate::vm::{RegionOnRestore, Snapshot, Vm, VmInfo, VmState, Vmm};
 
 /// The adapter's name, also in the snapshots it writes.
-const NAME: &str = "cloud-hypervisor";
+pub const NAME: &str = "cloud-hypervisor";
 /// How long CH may take to open its API socket.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const START_POLL: Duration = Duration::from_millis(5);
