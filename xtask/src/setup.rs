@@ -25,6 +25,8 @@ const APT_PACKAGES: &[&str] = &[
     "kmod",
     "qemu-system-x86",
     "qemu-utils",
+    // The freestanding test guest (tests/ch-guest), built by the tests.
+    "gcc",
 ];
 const GARAGE_VERSION: &str = "2.5.0";
 
