@@ -324,6 +324,7 @@ fn table(
         notes: notes(options, pairs, plots, elapsed, &accel),
         rows,
         extra_columns: EXTRA_COLUMNS.map(String::from).to_vec(),
+        sides: None,
     }
 }
 
