@@ -54,6 +54,8 @@ pub fn run() -> Result<()> {
         anyhow!("no cloud-hypervisor: set NEXUS_CLOUD_HYPERVISOR or put it on PATH")
     })?;
     check_kvm().map_err(|e| anyhow!("KVM cannot run guests here: {e}"))?;
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = load.split_whitespace().next().unwrap_or("?").to_owned();
     let guest = test_guest()?;
     let backend = Backend::start_with(&nexus_binary(), REGION, "", &[])?;
     let ch = CloudHypervisor::new(ChOptions { binary: Some(binary), ..ChOptions::default() })?;
@@ -80,7 +82,7 @@ pub fn run() -> Result<()> {
         ch_rounds.push(measure(&backend, ch, &guest, &work, &[&copy, &on_demand])?);
     }
     let _ = std::fs::remove_dir_all(&work);
-    let table = ch_table(&qemu_rounds, &ch_rounds, &detect_accel().to_string());
+    let table = ch_table(&qemu_rounds, &ch_rounds, &detect_accel().to_string(), &load);
     print!("\n{}", table.text());
     let file = workspace_root().join("docs/BENCHMARKS.md");
     table.write_section(&file)?;
@@ -170,7 +172,7 @@ fn tempfile_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn ch_table(qemu: &[Round], ch: &[Round], accel: &str) -> Table {
+fn ch_table(qemu: &[Round], ch: &[Round], accel: &str, load: &str) -> Table {
     let med = |rounds: &[Round], f: &dyn Fn(&Round) -> f64| {
         median(&rounds.iter().map(f).collect::<Vec<_>>())
     };
@@ -197,7 +199,7 @@ fn ch_table(qemu: &[Round], ch: &[Round], accel: &str) -> Table {
             row("one call (Ping), guest polling, host spinning", &|r| r.call, &|r| r.call),
         ],
         notes: vec![format!(
-            "Machine: {}. Medians of {ROUNDS} rounds, one run. Both VMMs run the freestanding test \
+            "Machine: {}, load average {load} at the start. Medians of {ROUNDS} rounds, one run. Both VMMs run the freestanding test \
              guest (`tests/ch-guest`, a PVH ELF) with {MEMORY_MIB} MiB of memory and a 32 MiB region \
              served by the real backend; QEMU on {accel} (this host's KVM has no VT-x/AMD-V, which \
              QEMU's accelerator detection requires), Cloud Hypervisor on KVM. A QEMU restore is always \
