@@ -204,6 +204,70 @@ fn the_vsock_doorbell_listens_before_the_guest_runs_and_ch_carries_the_vsock() {
     assert!(!vsock.exists(), "sockets are cleaned up");
 }
 
+/// Functions on Cloud Hypervisor through the backend (`vm.vmm: cloud-hypervisor`), with an
+/// "image" whose kernel is the test guest (it ignores the initramfs and disks, and serves the
+/// invocation itself): a cold boot, a snapshot, then a cold start restored from it with the
+/// input written into the region while CH restores and read in place by the guest.
+#[test]
+fn functions_run_on_cloud_hypervisor_and_restore_with_their_input_staged() {
+    use nexus_backend::api::{COLD_START_FROM, PREFETCHED};
+    let Some(_ch) = cloud_hypervisor() else { return };
+    let images = tempfile::tempdir().unwrap();
+    let image = images.path().join("nexus");
+    std::fs::create_dir(&image).unwrap();
+    std::fs::copy(test_guest().unwrap(), image.join("vmlinux")).unwrap();
+    std::fs::write(image.join("initrd.img"), [0u8; 4096]).unwrap();
+    std::fs::write(image.join("rootfs.ext4"), vec![0u8; 1 << 20]).unwrap();
+    let settings = format!(
+        "storage: {{ url: \"file://{{dir}}/objects\" }}\n\
+         default_policy: {{ grants: [{{ bucket: {BUCKET}, access: [read] }}] }}\n\
+         vm: {{ images: {}, state_dir: \"{{dir}}/vms\", vmm: cloud-hypervisor, boot_timeout_secs: 60 }}\n",
+        images.path().display()
+    );
+    let mut backend = Backend::start_with(&nexus_binary(), REGION, &settings, &[BUCKET]).unwrap();
+    let object = backend.dir.join("objects").join(BUCKET).join(KEY);
+    std::fs::create_dir_all(object.parent().unwrap()).unwrap();
+    std::fs::write(object, OBJECT).unwrap();
+    let code = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let spec =
+        json!({ "name": "guest", "code": code, "handler": "echo.py:handler", "memory_mib": 64 });
+    backend.api("POST", "/v1/functions", Some(&spec)).unwrap();
+
+    let event = json!({ "bucket": BUCKET, "key": KEY, "pings": 1 }).to_string();
+    let hints = json!([{ "bucket": BUCKET, "key": KEY }]).to_string();
+    let invoke = |headers: &[(&str, &str)]| {
+        let answer = exchange_with(
+            &backend.socket,
+            "POST",
+            "/v1/functions/guest/invoke",
+            headers,
+            event.as_bytes(),
+        )
+        .unwrap_or_else(|e| panic!("invoke: {e}\n{}", backend.log_tail()));
+        let result: Value = serde_json::from_str(&answer.body).unwrap();
+        (answer, result)
+    };
+    let get = json!({ "status": 0, "bytes": OBJECT.len(), "fnv": fnv(OBJECT), "more": false });
+
+    let (answer, booted) = invoke(&[]);
+    assert_eq!(answer.header(COLD_START_FROM), Some("boot"), "{}", answer.body);
+    assert_eq!((booted["get"].clone(), booted["staged"].clone()), (get.clone(), Value::Null));
+    let listed = backend.api("GET", "/v1/functions", None).unwrap();
+    assert_eq!(listed[0]["warm"]["vmm"], "cloud-hypervisor", "{listed}");
+
+    let snapshot = backend.api("POST", "/v1/functions/guest/snapshot", None).unwrap();
+    assert_eq!(snapshot["vmm"], "cloud-hypervisor");
+    backend.api("POST", "/v1/functions/guest/stop", None).unwrap();
+    let (answer, restored) = invoke(&[(PREFETCH, &hints)]);
+    assert_eq!(answer.header(COLD_START_FROM), Some("restore"), "{}", answer.body);
+    assert_eq!(answer.header(PREFETCHED), Some("1"));
+    assert_eq!(restored["get"], get, "{restored}");
+    assert_eq!(restored["staged"], json!({ "bytes": OBJECT.len(), "fnv": fnv(OBJECT) }));
+    assert_ne!(restored["epoch"], booted["epoch"], "a restore opens a new epoch");
+    assert!(backend.log().contains("Staged during the restore"), "{}", backend.log_tail());
+    assert!(backend.stop(), "{}", backend.log_tail());
+}
+
 /// The nexus guest image (Linux, the agent, the shim) as a function VM under Cloud Hypervisor,
 /// through the backend: boot, an invocation whose handler reads an object, a snapshot, a cold
 /// start restored from it with the object prefetched. Needs a KVM that runs Linux (VT-x or

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
 use nexus_channel::wire::ObjectRef;
 use nexus_plugin::cloud_hypervisor::{ChOptions, CloudHypervisor, MemoryRestoreMode};
 use nexus_plugin::qemu::Qemu;
@@ -173,9 +174,20 @@ impl Functions {
                 dead.stop(&self.backend);
             }
             let policy = deployed.spec.policy_in(self.backend.config());
-            let fetching = self.backend.prefetch(&policy, hints);
+            let fetching = self.backend.prefetch(&policy, hints).shared();
             let snapshot = lock(&deployed.snapshot).clone();
-            let started = self.start(&deployed, snapshot.as_ref())?;
+            // A VMM that keeps the region across a restore gets the inputs written into it
+            // while it restores (`warm::start`); others get them staged before the invocation.
+            let runtime = tokio::runtime::Handle::current();
+            let stage = |region: &nexus_channel::Region| {
+                let objects = runtime.block_on(fetching.clone());
+                self.backend
+                    .place_staged(region, &policy, &objects)
+                    .inspect_err(|e| tracing::warn!("Cannot stage during the restore: {e}"))
+                    .ok()
+            };
+            let stage = (!hints.is_empty()).then_some(&stage as warm::StageDuringRestore<'_>);
+            let started = self.start(&deployed, snapshot.as_ref(), stage)?;
             cold_start = Some(match snapshot {
                 Some(_) => ColdStart::Restored(started.booted_in),
                 None => ColdStart::Booted(started.booted_in),
@@ -190,11 +202,13 @@ impl Functions {
         Ok(Invoked { outcome, cold_start, prefetched })
     }
 
-    /// Starts a VM for `deployed`: restores `snapshot` if given, else boots.
+    /// Starts a VM for `deployed`: restores `snapshot` if given, else boots (see `warm::start`
+    /// for `stage`).
     fn start(
         &self,
         deployed: &Deployed,
         snapshot: Option<&Snapshot>,
+        stage: Option<warm::StageDuringRestore<'_>>,
     ) -> Result<Warm, FunctionError> {
         let vmm = self.vmm_for(deployed.spec.vmm_in(self.backend.config()))?;
         let instance = self.instances.fetch_add(1, Ordering::Relaxed);
@@ -209,6 +223,7 @@ impl Functions {
                 &deployed.code_disk,
                 instance,
                 from,
+                stage,
             )
         })
     }
@@ -221,7 +236,7 @@ impl Functions {
         let mut warm = deployed.warm.lock().await;
         if !warm.as_ref().is_some_and(Warm::alive) {
             let existing = lock(&deployed.snapshot).clone();
-            *warm = Some(self.start(&deployed, existing.as_ref())?);
+            *warm = Some(self.start(&deployed, existing.as_ref(), None)?);
         }
         let vm = &mut warm.as_mut().ok_or_else(|| FunctionError::NoFunction(name.into()))?.vm;
         let dir = self.backend.config().vm.state_dir.join("functions").join(name).join("snapshot");

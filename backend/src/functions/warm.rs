@@ -12,8 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nexus_channel::notify::Kick;
+use nexus_channel::Region;
 use nexus_plugin::{
-    AccelChoice, Disk, Network, RegionSpec, Snapshot, Vm, VmSpec, VmState, Vmm, VmmError,
+    AccelChoice, Disk, Network, RegionOnRestore, RegionSpec, Snapshot, Vm, VmSpec, VmState, Vmm,
+    VmmError,
 };
 use serde::Serialize;
 
@@ -21,6 +23,7 @@ use super::spec::{Flavour, FunctionSpec};
 use super::FunctionError;
 use crate::backend::{Backend, BackendError};
 use crate::config::VmConfig;
+use crate::served::Placed;
 use crate::storage::error_chain;
 
 /// Console lines an error carries.
@@ -84,7 +87,13 @@ pub enum Start<'a> {
     Restore(&'a Snapshot),
 }
 
+/// Fills a region's staging area while its VM restores (see [`start`]); what it placed.
+pub type StageDuringRestore<'a> = &'a dyn Fn(&Region) -> Option<Placed>;
+
 /// Starts a VM for `spec`, with `code` as its code disk, and waits until its runtime is ready.
+/// When a VMM that keeps the region's contents restores a snapshot, `stage` runs meanwhile on
+/// this thread and writes prefetched inputs straight into the region; they are published as
+/// soon as the region is served, before the VM resumes.
 pub fn start(
     backend: &Backend,
     vmm: &dyn Vmm,
@@ -92,6 +101,7 @@ pub fn start(
     code: &Path,
     instance: u64,
     from: Start<'_>,
+    stage: Option<StageDuringRestore<'_>>,
 ) -> Result<Warm, FunctionError> {
     let started = Instant::now();
     let config = &backend.config().vm;
@@ -106,7 +116,7 @@ pub fn start(
     std::fs::create_dir_all(&work).map_err(|e| FunctionError::Io(work.clone(), e))?;
     let policy = spec.policy_in(backend.config());
     let region_size = backend.config().region.size;
-    let mut created = None;
+    let (mut created, mut placed) = (None, None);
     let region =
         backend.create_region_with(&spec.name, policy, |region| -> Result<Kick, VmmError> {
             let mut vm = VmSpec::new(format!("{}-{instance}", spec.name), &kernel, &work);
@@ -118,13 +128,22 @@ pub fn start(
             ];
             vm.memory_mib = spec.memory_mib;
             vm.vcpus = spec.vcpus;
-            vm.region = Some(RegionSpec { path: region.to_owned(), size: region_size });
+            vm.region = Some(RegionSpec { path: region.path().to_owned(), size: region_size });
             vm.doorbell = true;
             vm.network = (spec.flavour == Flavour::Baseline).then_some(Network::User);
             vm.accel = accel(config);
-            let mut vm = match from {
-                Start::Boot => vmm.create(&vm)?,
-                Start::Restore(snapshot) => vmm.restore(&vm, snapshot)?,
+            let mut vm = match (from, stage) {
+                (Start::Boot, _) => vmm.create(&vm)?,
+                (Start::Restore(snapshot), Some(stage))
+                    if vmm.region_on_restore() == RegionOnRestore::Kept =>
+                {
+                    std::thread::scope(|s| {
+                        let restoring = s.spawn(|| vmm.restore(&vm, snapshot));
+                        placed = stage(region);
+                        restoring.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                    })?
+                }
+                (Start::Restore(snapshot), _) => vmm.restore(&vm, snapshot)?,
             };
             let stream = vm.doorbell()?;
             created = Some(vm);
@@ -145,6 +164,14 @@ pub fn start(
             serial: String::new(),
         });
     };
+    if let Some(placed) = placed {
+        match backend.adopt_staged(&region.id, placed) {
+            Ok(in_place) => {
+                tracing::info!(region = %region.id, in_place, "Staged during the restore")
+            }
+            Err(e) => tracing::warn!(region = %region.id, "Cannot publish the staged objects: {e}"),
+        }
+    }
     let mut warm = Warm { region: region.id, vm, booted_in: Duration::ZERO };
     match run(backend, &mut warm, config, from) {
         Ok(()) => {
