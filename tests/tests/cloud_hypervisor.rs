@@ -253,7 +253,7 @@ fn functions_run_on_cloud_hypervisor_and_restore_with_their_input_staged() {
     assert_eq!(answer.header(COLD_START_FROM), Some("boot"), "{}", answer.body);
     assert_eq!((booted["get"].clone(), booted["staged"].clone()), (get.clone(), Value::Null));
     let listed = backend.api("GET", "/v1/functions", None).unwrap();
-    assert_eq!(listed[0]["warm"]["vmm"], "cloud-hypervisor", "{listed}");
+    assert_eq!(listed[0]["vms"][0]["vmm"], "cloud-hypervisor", "{listed}");
 
     let snapshot = backend.api("POST", "/v1/functions/guest/snapshot", None).unwrap();
     assert_eq!(snapshot["vmm"], "cloud-hypervisor");
@@ -324,7 +324,7 @@ fn linux_image_under_cloud_hypervisor() {
     let result: Value = serde_json::from_str(&answer.body).unwrap();
     assert_eq!(result["got"].as_str(), std::str::from_utf8(OBJECT).ok(), "{result}");
     let listed = backend.api("GET", "/v1/functions", None).unwrap();
-    assert_eq!(listed[0]["warm"]["vmm"], "cloud-hypervisor", "{listed}");
+    assert_eq!(listed[0]["vms"][0]["vmm"], "cloud-hypervisor", "{listed}");
 
     backend.api("POST", "/v1/functions/echo/snapshot", None).unwrap();
     backend.api("POST", "/v1/functions/echo/stop", None).unwrap();

@@ -6,6 +6,7 @@
 //! handler: handler.py:handler      # module file (relative to code) and function
 //! flavour: nexus                   # nexus (no NIC, the shim) | baseline (NIC, real boto3)
 //! vmm: qemu                        # qemu | cloud-hypervisor; optional, else the config's vm.vmm
+//! max_vms: 4                       # optional; else the backend config's vm.max_vms
 //! memory_mib: 256
 //! vcpus: 1
 //! timeout_secs: 60
@@ -18,7 +19,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{is_function_name, Config, VmmKind};
+use crate::config::{is_function_name, Config, VmmKind, MAX_VMS};
 use crate::policy::Policy;
 
 /// The guest image a function runs on.
@@ -54,6 +55,9 @@ pub struct FunctionSpec {
     /// The VMM its VMs run on; `None`: the config's `vm.vmm`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vmm: Option<VmmKind>,
+    /// Warm VMs it may have at once; `None`: the config's `vm.max_vms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_vms: Option<u32>,
     #[serde(default = "default_memory")]
     pub memory_mib: u32,
     #[serde(default = "default_vcpus")]
@@ -101,6 +105,11 @@ impl FunctionSpec {
         self.policy.clone().unwrap_or_else(|| config.policy_for(&self.name).clone())
     }
 
+    /// How many warm VMs it may have: its own limit, or the config's default.
+    pub fn max_vms_in(&self, config: &Config) -> u32 {
+        self.max_vms.unwrap_or(config.vm.max_vms)
+    }
+
     /// The VMM its VMs run on: its own choice, or the config's default.
     pub fn vmm_in(&self, config: &Config) -> VmmKind {
         self.vmm.unwrap_or(config.vm.vmm)
@@ -127,6 +136,9 @@ impl FunctionSpec {
         }
         if self.timeout_secs == 0 {
             return Err(SpecError::Range("timeout_secs: must be at least 1"));
+        }
+        if self.max_vms.is_some_and(|n| !(1..=MAX_VMS).contains(&n)) {
+            return Err(SpecError::Range("max_vms: must be from 1 to 256"));
         }
         Ok(())
     }
@@ -164,6 +176,9 @@ mod tests {
         assert!(matches!(bad(|s| s.handler = "handler.py".into()), SpecError::Handler(_)));
         assert!(matches!(bad(|s| s.memory_mib = 1), SpecError::Range(_)));
         assert!(matches!(bad(|s| s.code = "/nonexistent".into()), SpecError::Code(_)));
+        assert!(matches!(bad(|s| s.max_vms = Some(0)), SpecError::Range(_)));
+        assert!(matches!(bad(|s| s.max_vms = Some(MAX_VMS + 1)), SpecError::Range(_)));
+        assert_eq!(spec(code.path()).max_vms_in(&Config::default()), 1);
     }
 
     #[test]

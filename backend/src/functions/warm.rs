@@ -9,6 +9,7 @@
 //! carries the tail of its console.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use nexus_channel::notify::Kick;
@@ -19,6 +20,7 @@ use nexus_plugin::{
 };
 use serde::Serialize;
 
+use super::pool::Vital;
 use super::spec::{Flavour, FunctionSpec};
 use super::FunctionError;
 use crate::backend::{Backend, BackendError};
@@ -33,7 +35,8 @@ const SERIAL_LINES: usize = 30;
 #[derive(Debug)]
 pub struct Warm {
     pub region: String,
-    pub vm: Box<dyn Vm>,
+    /// Locked only for a lifecycle call (pause, snapshot, stop), never across an invocation.
+    pub vm: Mutex<Box<dyn Vm>>,
     pub booted_in: Duration,
 }
 
@@ -47,17 +50,26 @@ pub struct WarmInfo {
     pub pid: Option<u32>,
     pub boot_ms: u64,
     pub serial_log: PathBuf,
+    /// Serving an invocation (or being snapshotted) now.
+    pub busy: bool,
+}
+
+impl Vital for Warm {
+    fn alive(&self) -> bool {
+        !matches!(self.vm().info().state, VmState::Exited | VmState::Stopped)
+    }
 }
 
 impl Warm {
-    /// Whether the VM still runs.
-    pub fn alive(&self) -> bool {
-        !matches!(self.vm.info().state, VmState::Exited | VmState::Stopped)
+    /// The VM, for a lifecycle call.
+    pub fn vm(&self) -> MutexGuard<'_, Box<dyn Vm>> {
+        self.vm.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn info(&self) -> WarmInfo {
-        let info = self.vm.info();
+    pub fn info(&self, busy: bool) -> WarmInfo {
+        let info = self.vm().info();
         WarmInfo {
+            busy,
             region: self.region.clone(),
             vmm: info.vmm,
             accel: info.accel.to_string(),
@@ -68,9 +80,9 @@ impl Warm {
         }
     }
 
-    /// Stops the VM and removes its region.
-    pub fn stop(mut self, backend: &Backend) {
-        if let Err(e) = self.vm.stop() {
+    /// Stops the VM and removes its region (an invocation still running in it fails).
+    pub fn stop(&self, backend: &Backend) {
+        if let Err(e) = self.vm().stop() {
             tracing::warn!(region = %self.region, "Stopping the VM failed: {e}");
         }
         let _ = backend.remove_region(&self.region);
@@ -88,7 +100,7 @@ pub enum Start<'a> {
 }
 
 /// Fills a region's staging area while its VM restores (see [`start`]); what it placed.
-pub type StageDuringRestore<'a> = &'a dyn Fn(&Region) -> Option<Placed>;
+pub type StageDuringRestore<'a> = &'a (dyn Fn(&Region) -> Option<Placed> + Sync);
 
 /// Starts a VM for `spec`, with `code` as its code disk, and waits until its runtime is ready.
 /// When a VMM that keeps the region's contents restores a snapshot, `stage` runs meanwhile on
@@ -172,8 +184,8 @@ pub fn start(
             Err(e) => tracing::warn!(region = %region.id, "Cannot publish the staged objects: {e}"),
         }
     }
-    let mut warm = Warm { region: region.id, vm, booted_in: Duration::ZERO };
-    match run(backend, &mut warm, config, from) {
+    let mut warm = Warm { region: region.id, vm: Mutex::new(vm), booted_in: Duration::ZERO };
+    match run(backend, &warm, config, from) {
         Ok(()) => {
             warm.booted_in = started.elapsed();
             let ms = warm.booted_in.as_millis() as u64;
@@ -182,7 +194,7 @@ pub fn start(
             Ok(warm)
         }
         Err(reason) => {
-            let serial = warm.vm.serial_tail(SERIAL_LINES);
+            let serial = warm.vm().serial_tail(SERIAL_LINES);
             warm.stop(backend);
             Err(FunctionError::Boot { name: spec.name.clone(), reason, serial })
         }
@@ -190,16 +202,11 @@ pub fn start(
 }
 
 /// Runs the VM and waits for the runtime's ready; the error says what went wrong.
-fn run(
-    backend: &Backend,
-    warm: &mut Warm,
-    config: &VmConfig,
-    from: Start<'_>,
-) -> Result<(), String> {
+fn run(backend: &Backend, warm: &Warm, config: &VmConfig, from: Start<'_>) -> Result<(), String> {
     match from {
-        Start::Boot => warm.vm.boot().map_err(|e| e.to_string())?,
+        Start::Boot => warm.vm().boot().map_err(|e| e.to_string())?,
         Start::Restore(_) => {
-            warm.vm.resume().map_err(|e| e.to_string())?;
+            warm.vm().resume().map_err(|e| e.to_string())?;
             // The restored runtime sleeps on its doorbell with no flag left to say so.
             backend.kick_guest(&warm.region).map_err(|e| e.to_string())?;
         }

@@ -173,7 +173,7 @@ impl Stack {
     pub fn warm_vm(&self, name: &str) -> Result<WarmVm> {
         let listed = self.backend.api("GET", "/v1/functions", None)?;
         let function = listed.as_array().into_iter().flatten().find(|f| f["spec"]["name"] == name);
-        let warm = &function.with_context(|| format!("{name} is not listed"))?["warm"];
+        let warm = &function.with_context(|| format!("{name} is not listed"))?["vms"][0];
         Ok(WarmVm {
             pid: warm["pid"]
                 .as_u64()
