@@ -274,12 +274,12 @@ impl Functions {
         snapshot: Option<&Snapshot>,
         stage: Option<warm::StageDuringRestore<'_>>,
     ) -> Result<Warm, FunctionError> {
-        let vmm = self.vmm_for(deployed.spec.vmm_in(self.backend.config()))?;
         let instance = self.instances.fetch_add(1, Ordering::Relaxed);
         let from = snapshot.map_or(Start::Boot, Start::Restore);
-        // Starting blocks for seconds (the VMM, the guest): keep it off the other async
-        // workers, which meanwhile run the prefetches.
+        // Starting blocks for seconds (the VMM, the guest; the first use of an adapter probes
+        // its VMM): keep it off the other async workers, which meanwhile run the prefetches.
         tokio::task::block_in_place(|| {
+            let vmm = self.vmm_for(deployed.spec.vmm_in(self.backend.config()))?;
             warm::start(
                 &self.backend,
                 vmm.as_ref(),
