@@ -82,6 +82,8 @@ pub struct RegionInfo {
     pub path: PathBuf,
     pub state: &'static str,
     pub open_streams: usize,
+    /// Invocations sent to the guest and not answered yet.
+    pub invocations_in_flight: usize,
 }
 
 #[derive(Debug)]
@@ -100,6 +102,7 @@ impl Attached {
             path: self.path.clone(),
             state: if self.served.is_faulted() { "faulted" } else { "serving" },
             open_streams: self.served.streams.len(),
+            invocations_in_flight: self.served.invocations.in_flight(),
         }
     }
 

@@ -268,6 +268,160 @@ fn functions_run_on_cloud_hypervisor_and_restore_with_their_input_staged() {
     assert!(backend.stop(), "{}", backend.log_tail());
 }
 
+/// A process the test started, killed and reaped on drop.
+struct Spawned(std::process::Child);
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until `path` exists.
+fn wait_for(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "{} never appeared", path.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A VMM as a user runs it (no VM yet), and `nexus ch-proxy` in front of it; the proxy's socket.
+fn vmm_behind_a_proxy(ch: &Path, backend: &Backend, dir: &Path) -> (Spawned, Spawned, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let (api, proxy) = (dir.join("ch.sock"), dir.join("nexus-ch.sock"));
+    let log = std::fs::File::create(dir.join("ch.log")).unwrap();
+    let vmm = std::process::Command::new(ch)
+        .arg("--api-socket")
+        .arg(format!("path={}", api.display()))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let vmm = Spawned(vmm);
+    wait_for(&api);
+    let log = std::fs::File::create(dir.join("proxy.log")).unwrap();
+    let proxied = std::process::Command::new(nexus_binary())
+        .arg("--socket")
+        .arg(&backend.socket)
+        .arg("ch-proxy")
+        .arg("--listen")
+        .arg(&proxy)
+        .arg("--ch-socket")
+        .arg(&api)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let proxied = Spawned(proxied);
+    wait_for(&proxy);
+    (vmm, proxied, proxy)
+}
+
+/// Runs `ch-remote --api-socket <socket> <args>`; its exit status and output.
+fn ch_remote(binary: &Path, socket: &Path, args: &[&str]) -> (bool, String) {
+    let output = std::process::Command::new(binary)
+        .arg("--api-socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
+/// The regions the backend serves for `function`.
+fn regions_of(backend: &Backend, function: &str) -> Vec<Value> {
+    let all = backend.api("GET", "/v1/regions", None).unwrap();
+    all.as_array().unwrap().iter().filter(|r| r["function"] == function).cloned().collect()
+}
+
+/// An invocation (no prefetch) of a region whose guest may still be coming up: retried until
+/// the guest is ready for it.
+fn invoke_when_ready(backend: &Backend, region: &Path) -> Value {
+    let deadline = Instant::now() + SERIAL_TIMEOUT;
+    let event = json!({ "bucket": BUCKET, "key": KEY, "pings": 1 }).to_string();
+    let path = format!("/v1/regions/{}/invoke?timeout=60", region_id(region));
+    loop {
+        match exchange_with(&backend.socket, "POST", &path, &[], event.as_bytes()) {
+            Ok(answer) => return serde_json::from_str(&answer.body).unwrap(),
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("invoke {path}: {e}\n{}", backend.log_tail()),
+        }
+    }
+}
+
+/// Users who run CH themselves: `ch-remote` against `nexus ch-proxy` creates, boots, pauses,
+/// snapshots and shuts down a VM on a region the backend made, then restores it in a new VMM,
+/// where the proxy gives it a new region (a new epoch) and releases regions as VMs go.
+#[test]
+fn ch_remote_drives_cloud_hypervisor_through_the_nexus_proxy() {
+    let Some(_ch) = cloud_hypervisor() else { return };
+    let binary = find_binary(None).unwrap();
+    let Some(remote) = binary.parent().map(|d| d.join("ch-remote")).filter(|p| p.is_file()) else {
+        println!("skipped: no ch-remote beside {}", binary.display());
+        return;
+    };
+    let backend = backend();
+    let work = tempfile::tempdir().unwrap();
+    let region = backend.create_region("proxied").unwrap();
+    let serial = work.path().join("serial.log");
+    let config = json!({
+        "payload": { "kernel": test_guest().unwrap() },
+        "cpus": { "boot_vcpus": 1, "max_vcpus": 1 },
+        "memory": { "size": 64u64 << 20 },
+        "serial": { "mode": "File", "file": serial },
+        "console": { "mode": "Off" },
+        "ivshmem": { "path": region, "size": REGION_SIZE },
+    });
+    let config_file = work.path().join("vm.json");
+    std::fs::write(&config_file, config.to_string()).unwrap();
+
+    let (first_vmm, _first_proxy, proxy) =
+        vmm_behind_a_proxy(&binary, &backend, &work.path().join("first"));
+    let remote = |socket: &Path, args: &[&str]| ch_remote(&remote, socket, args);
+    let ok = |(success, text): (bool, String)| assert!(success, "{text}");
+    ok(remote(&proxy, &["ping"]));
+    ok(remote(&proxy, &["create", config_file.to_str().unwrap()]));
+    ok(remote(&proxy, &["boot"]));
+    let first = invoke_when_ready(&backend, &region);
+    assert_eq!(first["get"]["fnv"], fnv(OBJECT), "{first}");
+    let (_, info) = remote(&proxy, &["info"]);
+    assert!(
+        info.contains("\"state\": \"Running\"") || info.contains("\"state\":\"Running\""),
+        "{info}"
+    );
+    let (booted_twice, error) = remote(&proxy, &["boot"]);
+    assert!(!booted_twice, "CH refuses a second boot, through the proxy too: {error}");
+
+    let snapshot = work.path().join("snapshot");
+    std::fs::create_dir(&snapshot).unwrap();
+    ok(remote(&proxy, &["pause"]));
+    ok(remote(&proxy, &["snapshot", &format!("file://{}", snapshot.display())]));
+    ok(remote(&proxy, &["shutdown-vmm"]));
+    drop(first_vmm);
+    assert!(regions_of(&backend, "proxied").is_empty(), "the proxy released the region");
+
+    let (_second_vmm, _second_proxy, proxy) =
+        vmm_behind_a_proxy(&binary, &backend, &work.path().join("second"));
+    ok(remote(&proxy, &["restore", &format!("source_url=file://{}", snapshot.display())]));
+    let restored = regions_of(&backend, "proxied");
+    assert_eq!(restored.len(), 1, "a new region for the restored VM: {restored:?}");
+    let restored_region = PathBuf::from(restored[0]["path"].as_str().unwrap());
+    assert_ne!(restored_region, region);
+    ok(remote(&proxy, &["resume"]));
+    // Ready (a failed attempt would use up the region's one staging), then with a prefetch.
+    invoke_when_ready(&backend, &restored_region);
+    let second = invoke(&backend, &restored_region, true, 1);
+    assert_eq!(second["get"]["fnv"], fnv(OBJECT), "{second}");
+    assert_eq!(second["staged"], json!({ "bytes": OBJECT.len(), "fnv": fnv(OBJECT) }), "{second}");
+    assert_ne!(second["epoch"], first["epoch"], "a new epoch after the restore");
+    ok(remote(&proxy, &["shutdown-vmm"]));
+    assert!(regions_of(&backend, "proxied").is_empty(), "released again");
+}
+
 /// The nexus guest image (Linux, the agent, the shim) as a function VM under Cloud Hypervisor,
 /// through the backend: boot, an invocation whose handler reads an object, a snapshot, a cold
 /// start restored from it with the object prefetched. Needs a KVM that runs Linux (VT-x or

@@ -48,6 +48,7 @@ use self::api::{Api, ApiRuntime};
 pub use self::doorbell::guest_port_path;
 use self::doorbell::VsockDoorbell;
 pub use self::probe::{check_kvm, find_binary, BINARY_ENV};
+pub use self::snapshot::copy_for_restore;
 use self::snapshot::Shape;
 use self::vm_config::OwnFiles;
 use crate::accel::Accel;

@@ -105,10 +105,21 @@ pub fn prepare_restore(
     files: &OwnFiles<'_>,
     into: &Path,
 ) -> Result<(), VmmError> {
-    let bad = |reason: String| VmmError::BadSnapshot { dir: snapshot.dir.clone(), reason };
+    copy_for_restore(&snapshot.dir, into, |config| repoint(config, spec, files))
+}
+
+/// Makes `into` a copy of the CH snapshot in `from` for one restore: its `config.json` edited by
+/// `edit`, every other file (bar our manifest) linked. `vm.restore` from `file://<into>` then
+/// uses the edited paths (CH reuses the paths a config names).
+pub fn copy_for_restore(
+    from: &Path,
+    into: &Path,
+    edit: impl FnOnce(&mut Value) -> Result<(), String>,
+) -> Result<(), VmmError> {
+    let bad = |reason: String| VmmError::BadSnapshot { dir: from.to_owned(), reason };
     let _ = fs::remove_dir_all(into);
     fs::create_dir_all(into).map_err(VmmError::io(format!("create {}", into.display())))?;
-    let entries = fs::read_dir(&snapshot.dir).map_err(|e| bad(format!("cannot list it: {e}")))?;
+    let entries = fs::read_dir(from).map_err(|e| bad(format!("cannot list it: {e}")))?;
     for entry in entries {
         let entry = entry.map_err(|e| bad(format!("cannot list it: {e}")))?;
         let name = entry.file_name();
@@ -119,11 +130,11 @@ pub fn prepare_restore(
         std::os::unix::fs::symlink(entry.path(), &link)
             .map_err(VmmError::io(format!("link {}", link.display())))?;
     }
-    let text = fs::read_to_string(snapshot.dir.join(CONFIG))
+    let text = fs::read_to_string(from.join(CONFIG))
         .map_err(|e| bad(format!("cannot read {CONFIG}: {e}")))?;
     let mut config: Value =
         serde_json::from_str(&text).map_err(|e| bad(format!("invalid {CONFIG}: {e}")))?;
-    repoint(&mut config, spec, files).map_err(bad)?;
+    edit(&mut config).map_err(bad)?;
     let path = into.join(CONFIG);
     fs::write(&path, config.to_string()).map_err(VmmError::io(format!("write {}", path.display())))
 }
