@@ -115,7 +115,7 @@ impl Client {
     /// Maps the region at `path` and attaches to its rings, sleeping on the doorbell stream
     /// [`find_doorbell`] finds, or on a shared futex when there is none.
     pub fn open(path: &Path) -> Result<Self, ClientError> {
-        let kick = match find_doorbell() {
+        let kick = match find_doorbell(path) {
             Some(doorbell) => {
                 let stream = doorbell
                     .connect()

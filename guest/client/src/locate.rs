@@ -47,18 +47,19 @@ pub enum Doorbell {
     Vsock { port: u32 },
 }
 
-/// The doorbell, if there is one: `$NEXUS_DOORBELL`, else the virtio-serial port named
-/// `org.nexus.doorbell`, else the host's doorbell vsock port when the VM has a virtio-vsock
-/// device (both found through sysfs: a minimal guest has no udev). Without one, both sides are
-/// on one host and share a futex.
-pub fn find_doorbell() -> Option<Doorbell> {
+/// The doorbell of the region at `region`, if there is one: `$NEXUS_DOORBELL`, else the
+/// virtio-serial port named `org.nexus.doorbell`, else, for a region that is a PCI BAR (a VM's
+/// ivshmem device), the host's doorbell vsock port when the VM has a virtio-vsock device (both
+/// found through sysfs: a minimal guest has no udev). Without one, both sides are on one host
+/// and share a futex (a host that is itself a VM may have a vsock device of its own).
+pub fn find_doorbell(region: &Path) -> Option<Doorbell> {
     if let Some(path) = std::env::var_os(DOORBELL_ENV) {
         return Some(Doorbell::Path(PathBuf::from(path)));
     }
     if let Some(port) = find_port(Path::new(VIRTIO_PORTS), Path::new("/dev")) {
         return Some(Doorbell::Path(port));
     }
-    has_vsock(Path::new(VIRTIO_DEVICES))
+    (region.starts_with(PCI_DEVICES) && has_vsock(Path::new(VIRTIO_DEVICES)))
         .then_some(Doorbell::Vsock { port: nexus_channel::notify::VSOCK_DOORBELL_PORT })
 }
 
