@@ -2,7 +2,7 @@
 
 use std::fs::OpenOptions;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 /// PCI vendor and device of an ivshmem device (Red Hat, Inc. · Inter-VM shared memory).
@@ -75,6 +75,27 @@ impl Doorbell {
     }
 }
 
+/// Makes the descriptor `fd` (which something else owns and keeps polling) refer to `stream`
+/// instead, non-blocking: a doorbell reconnected under a notifier that keeps its descriptor.
+pub(crate) fn replace_stream(fd: RawFd, stream: OwnedFd) -> io::Result<()> {
+    let fd_of_stream = stream.as_raw_fd();
+    // SAFETY: fcntl(2) on a descriptor we own, with integer arguments only.
+    let flags = unsafe { libc::fcntl(fd_of_stream, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd_of_stream, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: dup2(2) atomically closes `fd` and makes it a copy of `stream`; `fd` stays a
+    // valid descriptor for its owner throughout, and `stream`'s own number is closed on drop.
+    if unsafe { libc::dup2(stream.as_raw_fd(), fd) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A stream connection to vsock `port` of context `cid`.
 fn connect_vsock(cid: u32, port: u32) -> io::Result<OwnedFd> {
     // SAFETY: socket(2) takes no pointers; a non-negative result is a new descriptor we own.
@@ -143,6 +164,22 @@ mod tests {
             std::fs::write(sys.path().join(port).join("name"), format!("{name}\n")).unwrap();
         }
         assert_eq!(find_port(sys.path(), Path::new("/dev")), Some(PathBuf::from("/dev/vport1p1")));
+    }
+
+    #[test]
+    fn a_replaced_stream_keeps_its_descriptor_number() {
+        use std::io::{Read, Write};
+        use std::os::unix::net::UnixStream;
+        let (old, _old_peer) = UnixStream::pair().unwrap();
+        let (new, mut new_peer) = UnixStream::pair().unwrap();
+        let fd = old.as_raw_fd();
+        replace_stream(fd, new.into()).unwrap();
+        // SAFETY: F_GETFL on a descriptor this test owns.
+        assert_ne!(unsafe { libc::fcntl(fd, libc::F_GETFL) } & libc::O_NONBLOCK, 0);
+        (&old).write_all(b"k").unwrap();
+        let mut byte = [0u8];
+        new_peer.read_exact(&mut byte).unwrap();
+        assert_eq!(&byte, b"k", "the old descriptor now reaches the new peer");
     }
 
     #[test]
