@@ -608,6 +608,7 @@ mod tests {
             budget_gib: 16.0,
             cold_rounds: 3,
             seed: 1,
+            storage: Storage::Remote,
         };
         let pairs = vec![(
             phase(Flavour::Baseline, 30.0, 300.0, 80.0),
