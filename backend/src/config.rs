@@ -167,6 +167,8 @@ pub struct VmConfig {
     /// Seconds past a function's timeout that the backend waits for its guest's answer (the
     /// guest enforces the timeout itself) before it gives up on the VM and recycles it.
     pub timeout_grace_secs: u64,
+    /// MiB of TCG's translation cache per QEMU VM under emulation; `None`: QEMU's default.
+    pub tcg_cache_mib: Option<u32>,
 }
 
 /// The most VMs one function may have.
@@ -194,6 +196,7 @@ impl Default for VmConfig {
             queue_wait_secs: 30,
             keep_alive_secs: 600,
             timeout_grace_secs: 5,
+            tcg_cache_mib: None,
         }
     }
 }

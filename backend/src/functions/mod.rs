@@ -141,7 +141,10 @@ impl Functions {
         }
         let no_vmm = |e: VmmError| FunctionError::NoVmm(e.to_string());
         let vmm: Arc<dyn Vmm> = match kind {
-            VmmKind::Qemu => Arc::new(Qemu::new().map_err(no_vmm)?),
+            VmmKind::Qemu => {
+                let cache = self.backend.config().vm.tcg_cache_mib;
+                Arc::new(Qemu::new().map_err(no_vmm)?.with_tcg_cache(cache))
+            }
             VmmKind::CloudHypervisor => {
                 let options = ChOptions {
                     binary: self.backend.config().vm.cloud_hypervisor.clone(),

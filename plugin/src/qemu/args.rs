@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  qemu-system-x86_64 -nodefaults -no-user-config -nographic -no-reboot -name NAME
-//!    -M q35 -accel tcg -cpu max | -accel kvm -cpu host        -m MIB -smp N
+//!    -M q35 -accel tcg[,tb-size=MIB] -cpu max | -accel kvm -cpu host   -m MIB -smp N
 //!    -kernel K [-initrd I] -append CMDLINE                     direct kernel boot
 //!    -chardev file,…,path=WORK/serial.log -serial chardev:ser0 guest console
 //!    -chardev socket,…,path=WORK/qmp.sock -mon …,mode=control  QMP
@@ -74,14 +74,24 @@ pub enum Start {
     Incoming,
 }
 
-/// The arguments (after the program name) that run `spec` on `accel`.
-pub fn qemu_args(spec: &VmSpec, accel: Accel, paths: &WorkPaths, start: Start) -> Vec<OsString> {
+/// The arguments (after the program name) that run `spec` on `accel`, with TCG's translation
+/// cache bounded to `tcg_cache_mib` (QEMU's own default if `None`).
+pub fn qemu_args(
+    spec: &VmSpec,
+    accel: Accel,
+    tcg_cache_mib: Option<u32>,
+    paths: &WorkPaths,
+    start: Start,
+) -> Vec<OsString> {
     let mut args = Args::default();
     args.add(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
     args.add(["-name", &spec.name, "-M", MACHINE]);
-    match accel {
-        Accel::Kvm => args.add(["-accel", "kvm", "-cpu", "host"]),
-        Accel::Tcg => args.add(["-accel", "tcg", "-cpu", TCG_CPU]),
+    match (accel, tcg_cache_mib) {
+        (Accel::Kvm, _) => args.add(["-accel", "kvm", "-cpu", "host"]),
+        (Accel::Tcg, None) => args.add(["-accel", "tcg", "-cpu", TCG_CPU]),
+        (Accel::Tcg, Some(mib)) => {
+            args.add(["-accel", &format!("tcg,tb-size={mib}"), "-cpu", TCG_CPU])
+        }
     };
     args.add(["-m", &format!("{}M", spec.memory_mib), "-smp", &spec.vcpus.to_string()]);
 
@@ -174,7 +184,7 @@ mod tests {
 
     fn argv(spec: &VmSpec, accel: Accel, start: Start) -> Vec<String> {
         let paths = WorkPaths::new(&spec.work_dir);
-        qemu_args(spec, accel, &paths, start)
+        qemu_args(spec, accel, None, &paths, start)
             .into_iter()
             .map(|a| a.into_string().unwrap())
             .collect()
@@ -218,6 +228,17 @@ mod tests {
         {
             assert!(!args.iter().any(|a| a == absent), "{absent} in {args:?}");
         }
+    }
+
+    #[test]
+    fn the_translation_cache_is_bounded_under_tcg_only() {
+        let paths = WorkPaths::new(&spec().work_dir);
+        let bounded = |accel| {
+            let args = qemu_args(&spec(), accel, Some(64), &paths, Start::Fresh);
+            args.into_iter().map(|a| a.into_string().unwrap()).collect::<Vec<_>>()
+        };
+        assert!(has(&bounded(Accel::Tcg), &["-accel", "tcg,tb-size=64"]));
+        assert!(has(&bounded(Accel::Kvm), &["-accel", "kvm"]));
     }
 
     #[test]

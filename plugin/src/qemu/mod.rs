@@ -71,13 +71,22 @@ const LOG_TAIL_LINES: usize = 20;
 #[derive(Debug)]
 pub struct Qemu {
     spawner: Spawner,
+    /// TCG's translation cache per VM, MiB; QEMU's default if `None`.
+    tcg_cache_mib: Option<u32>,
 }
 
 impl Qemu {
     /// Starts the adapter's `vmm-spawner` thread.
     pub fn new() -> Result<Qemu, VmmError> {
         let spawner = Spawner::start().map_err(VmmError::io("start the vmm-spawner thread"))?;
-        Ok(Qemu { spawner })
+        Ok(Qemu { spawner, tcg_cache_mib: None })
+    }
+
+    /// Bounds TCG's translation cache of every VM it starts to `mib` (`-accel tcg,tb-size=`).
+    /// The cache is host memory an emulated VM holds beyond its guest's, which KVM does not
+    /// have; bounding it keeps memory figures closer to a KVM host's.
+    pub fn with_tcg_cache(self, mib: Option<u32>) -> Qemu {
+        Qemu { tcg_cache_mib: mib, ..self }
     }
 
     /// [`Vmm::create`], keeping the QEMU-specific type.
@@ -122,7 +131,7 @@ impl Qemu {
         remove_stale(&paths.qmp)?;
 
         let mut command = Command::new(BINARY);
-        command.args(qemu_args(spec, accel, &paths, start));
+        command.args(qemu_args(spec, accel, self.tcg_cache_mib, &paths, start));
         let process = Process::start(&self.spawner, command, &paths.log).map_err(|e| {
             let reason = match e.kind() {
                 io::ErrorKind::NotFound => {
