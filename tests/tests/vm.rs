@@ -338,7 +338,6 @@ fn a_function_scales_over_its_vms_recycles_a_stuck_one_and_stops_idle_ones() {
     let (result, error, cold) = invoke(&backend, "echo", &json!({ "n": 3 }));
     assert_eq!(result["echo"]["n"].as_i64(), Some(3), "{result}");
     assert!(error.is_none() && cold.is_some(), "a second VM started beside the busy one");
-    assert_eq!(vms(&backend, "echo").len(), 2);
     let (answer, took) = stuck.join().unwrap();
     let error = answer.unwrap_err();
     assert!(error.contains("504"), "{error}");
