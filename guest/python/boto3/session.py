@@ -3,7 +3,7 @@ and configs are accepted and ignored: they live on the Nexus host, which makes t
 
 import os
 
-from boto3.exceptions import NotOffloadedError
+from boto3.exceptions import NotOffloadedError, missing_attribute, supported
 from boto3.s3.client import S3Client
 from boto3.s3.resource import S3Resource
 
@@ -55,6 +55,9 @@ class Session:
     ):
         _check_service(service_name)
         return S3Resource(S3Client())
+
+    def __getattr__(self, name):
+        raise missing_attribute("Session", name, supported(["client", "resource", "region_name"]))
 
 
 def _check_service(service_name):
