@@ -86,11 +86,11 @@ pub fn exchange_with(
     stream.read_to_end(&mut answer)?;
     let text = String::from_utf8_lossy(&answer);
     let (head, rest) = text.split_once("\r\n\r\n").ok_or(ClientError::Malformed)?;
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or(ClientError::Malformed)?;
+    let status_line = head.lines().next().unwrap_or_default();
+    let mut status_fields = status_line.splitn(3, ' ');
+    let status: u16 =
+        status_fields.nth(1).and_then(|s| s.parse().ok()).ok_or(ClientError::Malformed)?;
+    let reason = status_fields.next().unwrap_or_default().trim();
     let headers: Vec<(String, String)> = head
         .lines()
         .skip(1)
@@ -100,13 +100,23 @@ pub fn exchange_with(
     let chunked = headers.iter().any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
     let body = if chunked { dechunk(rest)? } else { rest.to_owned() };
     if !(200..300).contains(&status) {
-        let message = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_owned))
-            .unwrap_or(body);
-        return Err(ClientError::Status { status, message });
+        return Err(ClientError::Status { status, message: error_message(&body, reason) });
     }
     Ok(Answer { headers, body })
+}
+
+/// The message of an error answer: its JSON `error`, else its text, else the status's reason
+/// (an answer with no body still says something).
+fn error_message(body: &str, reason: &str) -> String {
+    let from_json = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_owned));
+    let message = from_json.unwrap_or_else(|| body.trim().to_owned());
+    match (message.is_empty(), reason.is_empty()) {
+        (false, _) => message,
+        (true, false) => reason.to_owned(),
+        (true, true) => "(the answer carried no message)".to_owned(),
+    }
 }
 
 fn dechunk(mut rest: &str) -> Result<String, ClientError> {
@@ -130,5 +140,13 @@ mod tests {
     fn decodes_chunked_bodies() {
         assert_eq!(dechunk("3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(), "abcde");
         assert!(dechunk("zz\r\n").is_err());
+    }
+
+    #[test]
+    fn error_messages_are_never_empty() {
+        assert_eq!(error_message(r#"{"error": "No region x"}"#, "Not Found"), "No region x");
+        assert_eq!(error_message("Failed to parse\n", "Bad Request"), "Failed to parse");
+        assert_eq!(error_message("", "Not Found"), "Not Found");
+        assert_eq!(error_message("", ""), "(the answer carried no message)");
     }
 }

@@ -256,6 +256,14 @@ impl Config {
         }
         let url = &self.storage.url;
         match url.split_once("://") {
+            // A bucket there would mislead: every bucket a function names is the store's
+            // bucket of that name.
+            Some((scheme @ ("s3" | "gs" | "az"), rest)) if !rest.is_empty() => {
+                return Err(format!(
+                    "storage.url: {url:?}: {rest:?} is not used, buckets map to {scheme} buckets \
+                     of the same name; write \"{scheme}://\""
+                ))
+            }
             Some((scheme, _)) if SCHEMES.contains(&scheme) => {}
             _ => {
                 return Err(format!(
@@ -552,6 +560,10 @@ default_policy:
             ("storage: { url: /var/objects }", "storage.url: \"/var/objects\" has no supported"),
             ("storage: { url: \"ftp://x\" }", "storage.url: \"ftp://x\" has no supported"),
             (
+                "storage: { url: \"s3://nexus-objects\" }",
+                "storage.url: \"s3://nexus-objects\": \"nexus-objects\" is not used, buckets map",
+            ),
+            (
                 "cache: { max_bytes: 1MiB }",
                 "cache.max_object_bytes: 67108864 exceeds cache.max_bytes",
             ),
@@ -577,7 +589,7 @@ default_policy:
 
     #[test]
     fn storage_schemes() {
-        for url in ["file:///srv", "s3://bucket", "gs://bucket", "az://container", "memory://"] {
+        for url in ["file:///srv", "s3://", "gs://", "az://", "memory://"] {
             Config::parse(&format!("storage: {{ url: \"{url}\" }}"), "t").unwrap();
         }
     }

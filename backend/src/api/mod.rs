@@ -71,6 +71,8 @@ pub fn router(api: Api) -> Router {
         .route("/v1/functions/{name}/snapshot", post(snapshot_function))
         .route("/v1/functions/{name}/stop", post(stop_function))
         .route("/metrics", get(metrics))
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_method)
         .with_state(api)
 }
 
@@ -108,6 +110,7 @@ impl From<FunctionError> for ApiError {
         let code = match &e {
             FunctionError::Backend(inner) => return ApiError::from_backend(inner, error_chain(&e)),
             FunctionError::Spec(_) => StatusCode::BAD_REQUEST,
+            FunctionError::Disk(disk) if disk.is_the_functions() => StatusCode::BAD_REQUEST,
             FunctionError::NoFunction(_) => StatusCode::NOT_FOUND,
             FunctionError::Boot { .. } => StatusCode::BAD_GATEWAY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -120,6 +123,17 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.0, Json(json!({ "error": self.1 }))).into_response()
     }
+}
+
+/// A path no route matches: say so (axum's own answer has no body).
+async fn no_route(uri: axum::http::Uri) -> ApiError {
+    let message = format!("No such API path {}: see openapi.yaml for the routes", uri.path());
+    ApiError(StatusCode::NOT_FOUND, message)
+}
+
+async fn no_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    let message = format!("{} does not take {method}: see openapi.yaml", uri.path());
+    ApiError(StatusCode::METHOD_NOT_ALLOWED, message)
 }
 
 async fn status(State(api): State<Api>) -> Json<serde_json::Value> {

@@ -5,6 +5,7 @@
 //! function, or stopping the backend, stops its VM.
 
 mod code_disk;
+mod requirements;
 pub mod spec;
 mod warm;
 
@@ -112,7 +113,16 @@ impl Functions {
         spec.validate()?;
         let dir = self.backend.config().vm.state_dir.join("functions").join(&spec.name);
         std::fs::create_dir_all(&dir).map_err(|e| FunctionError::Io(dir.clone(), e))?;
-        let code_disk = code_disk::build(&spec, &dir)?;
+        let packages = self.backend.config().vm.state_dir.join("packages");
+        let code_disk = code_disk::build(&spec, &dir, &packages)?;
+        // The image is named by its content: the same spec and image is the same function.
+        if let Some(same) =
+            self.get(&spec.name).ok().filter(|d| d.spec == spec && d.code_disk == code_disk)
+        {
+            tracing::info!(function = %spec.name, "Function unchanged; its VM keeps running");
+            let warm = same.warm.try_lock().ok().and_then(|w| w.as_ref().map(Warm::info));
+            return Ok(FunctionInfo { spec, warm });
+        }
         let deployed = Arc::new(Deployed {
             spec: spec.clone(),
             code_disk,

@@ -83,7 +83,8 @@ def export_lambda_environment(function_name, memory_mb=None):
 
 def load_handler(spec):
     """Imports ``path/to/module.py:function`` (its directory joins sys.path, as Lambda's task
-    root does) and returns the function."""
+    root does, then the function's installed requirements, ``$NEXUS_PACKAGES``) and returns
+    the function."""
     path, sep, name = spec.rpartition(":")
     if not sep or not path or not name:
         raise ValueError(f"Handler {spec!r} is not path/to/module.py:function")
@@ -91,6 +92,8 @@ def load_handler(spec):
     for shim in ("boto3", "botocore"):  # imported first, so a vendored copy cannot shadow them
         importlib.import_module(shim)
     sys.path.insert(0, str(path.parent))
+    if packages := os.environ.get("NEXUS_PACKAGES"):
+        sys.path.insert(1, packages)
     module_spec = importlib.util.spec_from_file_location(path.stem, path)
     if module_spec is None:
         raise ImportError(f"Cannot import handler module {path}")
