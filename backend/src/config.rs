@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use nexus_channel::layout::{Geometry, GeometryError};
+pub use nexus_channel::wire::is_function_name;
 use serde::Deserialize;
 
 use crate::policy::Policy;
@@ -210,15 +211,6 @@ impl Default for CacheConfig {
     }
 }
 
-/// Whether `name` can name a function: 1 to 64 of a-z, 0-9, `_` and `-` (it names region
-/// files and VM folders too, so nothing else is allowed).
-pub fn is_function_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-}
-
 impl Config {
     /// Loads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -355,6 +347,9 @@ fn check_policy(at: &str, policy: &Policy) -> Result<(), String> {
         if grant.bucket.is_empty() {
             return Err(format!("{at}.grants[{i}].bucket: must not be empty"));
         }
+    }
+    if let Some(bad) = policy.invoke.iter().find(|f| !is_function_name(f)) {
+        return Err(format!("{at}.invoke: {bad:?} is not a function name"));
     }
     if policy.requests_per_second == Some(0) {
         return Err(format!("{at}.requests_per_second: must be at least 1"));

@@ -4,6 +4,7 @@
 //! which then stays warm and serves the function's invocations one at a time. Removing a
 //! function, or stopping the backend, stops its VM.
 
+mod callee;
 mod code_disk;
 mod requirements;
 pub mod spec;

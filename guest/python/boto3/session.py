@@ -3,6 +3,7 @@ and configs are accepted and ignored: they live on the Nexus host, which makes t
 
 import os
 
+from boto3.awslambda.client import LambdaClient
 from boto3.exceptions import NotOffloadedError, missing_attribute, supported
 from boto3.s3.client import S3Client
 from boto3.s3.resource import S3Resource
@@ -37,6 +38,8 @@ class Session:
         config=None,
         aws_account_id=None,
     ):
+        if service_name == "lambda":
+            return LambdaClient()
         _check_service(service_name)
         return S3Client()
 
@@ -62,4 +65,4 @@ class Session:
 
 def _check_service(service_name):
     if service_name != "s3":
-        raise NotOffloadedError(f"service {service_name!r}", " (only 's3')")
+        raise NotOffloadedError(f"service {service_name!r}", " (only 's3'; 'lambda' clients)")

@@ -36,6 +36,7 @@ default_policy:
     - {{ bucket: test-bucket, access: [read, write, list, delete] }}
     - {{ bucket: other, prefix: "public/", access: [read] }}
   max_object_size: 1GiB
+  invoke: [not-deployed]
 """
 
 
