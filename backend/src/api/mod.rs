@@ -1,7 +1,9 @@
 //! The control API: HTTP/1.1 over a unix socket (and optionally loopback TCP).
 //!
 //! One route table; `openapi.yaml` beside this file describes it and a test keeps the two in
-//! step.
+//! step. `lambda` serves Lambda's own Invoke call for functions that call others over HTTP.
+
+mod lambda;
 
 use std::sync::Arc;
 
@@ -23,7 +25,7 @@ use crate::storage::error_chain;
 use nexus_channel::wire::ObjectRef;
 
 /// The route table: (method, path) pairs, also checked against `openapi.yaml`.
-pub const ROUTES: [(&str, &str); 12] = [
+pub const ROUTES: [(&str, &str); 13] = [
     ("get", "/v1/status"),
     ("get", "/v1/regions"),
     ("post", "/v1/regions"),
@@ -35,6 +37,7 @@ pub const ROUTES: [(&str, &str); 12] = [
     ("post", "/v1/functions/{name}/invoke"),
     ("post", "/v1/functions/{name}/snapshot"),
     ("post", "/v1/functions/{name}/stop"),
+    ("post", lambda::ROUTE),
     ("get", "/metrics"),
 ];
 
@@ -70,6 +73,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/functions/{name}/invoke", post(invoke_function))
         .route("/v1/functions/{name}/snapshot", post(snapshot_function))
         .route("/v1/functions/{name}/stop", post(stop_function))
+        .route(lambda::ROUTE, post(lambda::invoke))
         .route("/metrics", get(metrics))
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)

@@ -4,6 +4,7 @@
 //! Without a subcommand, `full` runs baseline and Nexus side by side under load and prints the
 //! one table that sets the results against the paper's claims and our goals.
 
+mod chain;
 mod cold;
 mod fabric;
 mod full;
@@ -19,7 +20,7 @@ mod vm;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
-/// `cargo xtask bench [fabric|vm|cold] [options of the side-by-side run]`.
+/// `cargo xtask bench [fabric|vm|cold|chain] [options of the side-by-side run]`.
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
@@ -39,6 +40,9 @@ pub enum Bench {
     Vm,
     /// Cold starts with a 64 MiB input: boot, restore then fetch, restore with prefetch.
     Cold,
+    /// A chain of three functions calling each other: through the backend (Nexus) vs over
+    /// HTTP from baseline VMs.
+    Chain,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -47,5 +51,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Some(Bench::Fabric) => fabric::run(),
         Some(Bench::Vm) => vm::run(),
         Some(Bench::Cold) => cold::run(),
+        Some(Bench::Chain) => chain::run(),
     }
 }
