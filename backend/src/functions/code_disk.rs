@@ -64,7 +64,7 @@ impl DiskError {
 /// `packages`, a cache) and returns its path; removes the function's older images.
 pub fn build(spec: &FunctionSpec, dir: &Path, packages: &Path) -> Result<PathBuf, DiskError> {
     let io = |e| DiskError::Io(spec.name.clone(), e);
-    let installed = requirements::install(&spec.code, packages)?;
+    let installed = requirements::install(&spec.code, packages, &packages_in_guest())?;
     let env = runtime_environment(spec, installed.is_some());
     let env = serde_json::to_vec(&env).map_err(|e| io(e.into()))?;
     let files = files(&spec.code).map_err(io)?;
@@ -127,9 +127,14 @@ fn runtime_environment(spec: &FunctionSpec, has_packages: bool) -> BTreeMap<Stri
     let mut env = spec.environment.clone();
     env.insert("AWS_LAMBDA_FUNCTION_MEMORY_SIZE".into(), spec.memory_mib.to_string());
     if has_packages {
-        env.insert(PACKAGES_ENV.into(), format!("{TASK_DIR}/{}", requirements::DIR_IN_DISK));
+        env.insert(PACKAGES_ENV.into(), packages_in_guest());
     }
     env
+}
+
+/// Where the guest finds the packages.
+fn packages_in_guest() -> String {
+    format!("{TASK_DIR}/{}", requirements::DIR_IN_DISK)
 }
 
 /// The digest of what the image holds: the code's files (names, modes, bytes), the

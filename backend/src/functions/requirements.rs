@@ -7,13 +7,14 @@
 //!
 //! ```text
 //!  state_dir/packages/<md5 of requirements.txt + target>/   installed packages (+ .pyc)
-//!  state_dir/packages/<...>.partial/                         while pip runs; renamed when done
+//!  state_dir/packages/<...>.partial-<n>/                     while pip runs; renamed when done
 //! ```
 //! so an unchanged `requirements.txt` costs nothing on the next deploy, and two functions with
 //! the same file share one install.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use md5::{Digest, Md5};
 
@@ -27,12 +28,13 @@ const IMPLEMENTATION: &str = "cp";
 const ABI: &str = "cp311";
 /// The guest's glibc (Debian 12): manylinux wheels built for it or older run there.
 const GLIBC_MINOR: u32 = 36;
-/// Byte-compiles the packages with hash-checked .pyc files (the code disk is read-only and its
-/// files' times change in the copy, so timestamp-checked ones would be recompiled at every
-/// import), when the host's Python writes the guest's bytecode (3.11).
+/// Byte-compiles the packages (argv 1), naming their files as the guest sees them (argv 2) in
+/// tracebacks, with hash-checked .pyc files (the code disk is read-only and its files' times
+/// change in the copy, so timestamp-checked ones would be recompiled at every import), when
+/// the host's Python writes the guest's bytecode (3.11).
 const COMPILE: &str = "import compileall, py_compile, sys\n\
 if sys.version_info[:2] == (3, 11):\n    \
-compileall.compile_dir(sys.argv[1], quiet=2, \
+compileall.compile_dir(sys.argv[1], ddir=sys.argv[2], quiet=2, \
 invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)\n";
 
 /// Errors installing a function's requirements.
@@ -56,15 +58,25 @@ pub enum RequirementsError {
 }
 
 /// The installed packages of `code`'s requirements file, or `None` when it has none.
-/// Installs them into `cache` unless they are there already.
-pub fn install(code: &Path, cache: &Path) -> Result<Option<PathBuf>, RequirementsError> {
+/// Installs them into `cache` unless they are there already, for the guest to find at
+/// `guest_dir`.
+pub fn install(
+    code: &Path,
+    cache: &Path,
+    guest_dir: &str,
+) -> Result<Option<PathBuf>, RequirementsError> {
     let file = code.join(FILE);
     let Ok(requirements) = std::fs::read(&file) else { return Ok(None) };
-    let target = cache.join(cache_key(&requirements));
+    let key = cache_key(&requirements, guest_dir);
+    let target = cache.join(&key);
     if target.is_dir() {
         return Ok(Some(target));
     }
-    let partial = target.with_extension("partial");
+    // Two deploys may install the same file at once: each into its own folder, the first
+    // rename wins and the other's copy is dropped.
+    static INSTALLS: AtomicU64 = AtomicU64::new(0);
+    let n = INSTALLS.fetch_add(1, Ordering::Relaxed);
+    let partial = cache.join(format!("{key}.partial-{n}"));
     let io = |path: &Path| {
         let path = path.to_owned();
         move |e| RequirementsError::Io(path, e)
@@ -86,8 +98,13 @@ pub fn install(code: &Path, cache: &Path) -> Result<Option<PathBuf>, Requirement
         return Err(pip_error(&String::from_utf8_lossy(&output.stderr)));
     }
     // Best effort: without .pyc files the packages still import, only slower.
-    let _ = Command::new(python()).args(["-c", COMPILE]).arg(&partial).output();
-    std::fs::rename(&partial, &target).map_err(io(&target))?;
+    let _ = Command::new(python()).args(["-c", COMPILE]).arg(&partial).arg(guest_dir).output();
+    if let Err(e) = std::fs::rename(&partial, &target) {
+        let _ = std::fs::remove_dir_all(&partial);
+        if !target.is_dir() {
+            return Err(io(&target)(e));
+        }
+    }
     Ok(Some(target))
 }
 
@@ -108,11 +125,12 @@ fn pip_target() -> Vec<String> {
     args
 }
 
-/// Where the packages for this file go: its content and the target decide.
-fn cache_key(requirements: &[u8]) -> String {
+/// Where the packages for this file go: its content, the target and the guest's folder decide.
+fn cache_key(requirements: &[u8], guest_dir: &str) -> String {
     let mut hash = Md5::new();
     hash.update(requirements);
     hash.update(pip_target().join(" "));
+    hash.update(guest_dir);
     crate::spool::entry::hex(&hash.finalize())
 }
 
@@ -166,13 +184,14 @@ mod tests {
             assert!(args.contains(&format!("--platform {tag}")), "{args}");
         }
         assert!(!args.contains("manylinux_2_37"));
-        assert_ne!(cache_key(b"numpy\n"), cache_key(b"numpy==2.0\n"));
-        assert_eq!(cache_key(b"six\n"), cache_key(b"six\n"));
+        assert_ne!(cache_key(b"numpy\n", "/g"), cache_key(b"numpy==2.0\n", "/g"));
+        assert_ne!(cache_key(b"six\n", "/g"), cache_key(b"six\n", "/h"));
+        assert_eq!(cache_key(b"six\n", "/g"), cache_key(b"six\n", "/g"));
     }
 
     #[test]
     fn no_requirements_file_installs_nothing() {
         let code = tempfile::tempdir().unwrap();
-        assert!(install(code.path(), &code.path().join("cache")).unwrap().is_none());
+        assert!(install(code.path(), &code.path().join("cache"), "/g").unwrap().is_none());
     }
 }
