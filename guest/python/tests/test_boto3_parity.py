@@ -99,4 +99,3 @@ def test_a_missing_attribute_raises_the_shims_error_naming_it(tmp_path):
         with pytest.raises(NotOffloadedError, match=name) as error:
             get()
         assert isinstance(error.value, AttributeError)
-

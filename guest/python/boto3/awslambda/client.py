@@ -8,7 +8,6 @@ backend's policy of the calling function lists what it may invoke; a refusal is 
 """
 
 import io
-import json
 
 from boto3.exceptions import NotOffloadedError, missing_attribute, supported
 from boto3.s3.response import response_metadata
