@@ -81,6 +81,17 @@ def export_lambda_environment(function_name, memory_mb=None):
         os.environ.setdefault(name, value)
 
 
+def import_the_shim():
+    """Imports the boto3/botocore shim, where it is the one Python finds (the Nexus image, a
+    host process), first: a vendored or installed copy cannot shadow it then. A real boto3 (the
+    baseline image's) is left alone, so the function's own packages come first, as in Lambda."""
+    home = Path(__file__).resolve().parents[1]
+    for name in ("boto3", "botocore"):
+        found = importlib.util.find_spec(name)
+        if found and found.origin and Path(found.origin).resolve().is_relative_to(home):
+            importlib.import_module(name)
+
+
 def load_handler(spec):
     """Imports ``path/to/module.py:function`` (its directory joins sys.path, as Lambda's task
     root does, then the function's installed requirements, ``$NEXUS_PACKAGES``) and returns
@@ -89,8 +100,7 @@ def load_handler(spec):
     if not sep or not path or not name:
         raise ValueError(f"Handler {spec!r} is not path/to/module.py:function")
     path = Path(path).resolve()
-    for shim in ("boto3", "botocore"):  # imported first, so a vendored copy cannot shadow them
-        importlib.import_module(shim)
+    import_the_shim()
     sys.path.insert(0, str(path.parent))
     if packages := os.environ.get("NEXUS_PACKAGES"):
         sys.path.insert(1, packages)
