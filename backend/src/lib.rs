@@ -13,6 +13,7 @@
 pub mod api;
 pub mod backend;
 mod cache;
+pub mod ch_proxy;
 pub mod client;
 pub mod config;
 pub mod daemon;

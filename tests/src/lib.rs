@@ -7,10 +7,14 @@ mod artifacts;
 mod backend;
 mod error;
 mod garage;
+mod link;
 mod rng;
+mod test_guest;
 
 pub use artifacts::{guest_lib, nexus_binary};
 pub use backend::Backend;
 pub use error::HarnessError;
 pub use garage::Garage;
+pub use link::{Link, LinkProfile};
 pub use rng::Rng;
+pub use test_guest::{layout_header, test_guest};

@@ -7,9 +7,9 @@
 //!    ◄─ RequestResponse: {StatusCode 200, FunctionError?} + b's result in A's buffer
 //!    ◄─ Event: {StatusCode 202} at once; b runs on its own    DryRun: {StatusCode 204}
 //! ```
-//! A function's invocations run one at a time in its one VM, so a synchronous call of itself
-//! would wait for itself: it is refused. Longer cycles (a → b → a) are not detected: a policy
-//! that allows them lets them wait until the callee's timeout.
+//! Each VM runs one invocation at a time, so a synchronous call of its own function could wait
+//! for itself when the function's pool is full: it is refused. Longer cycles (a → b → a) are
+//! not detected: a policy that allows them can wait until the pool's queue gives up.
 
 use std::sync::{Arc, Weak};
 
@@ -45,7 +45,7 @@ pub async fn invoke(
 ) -> Result<Answer, OpError> {
     served.policy.check_invoke(function)?;
     if function == served.function && kind == InvocationType::RequestResponse {
-        let message = format!("{function} cannot wait for itself: its VM runs the caller");
+        let message = format!("{function} cannot wait for itself (a VM of it runs the caller)");
         return Err(OpError::new(Status::InvalidRequest, message));
     }
     let event = out.read(envelope.args_len, envelope.body_len)?;

@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import time
 
 from conftest import BUCKET, PYTHON_DIR, stored
 
@@ -142,3 +143,25 @@ def test_each_invocation_has_its_own_request_id_and_deadline():
     assert first.aws_request_id != second.aws_request_id
     assert first.get_remaining_time_in_millis() <= 1000 < second.get_remaining_time_in_millis()
     assert first.log_stream_name == second.log_stream_name  # one execution environment
+
+
+def test_a_handler_is_stopped_at_its_timeout_even_if_it_swallows_exceptions(runtime, tmp_path):
+    handler = tmp_path / "slow.py"
+    handler.write_text(
+        "import time\n\n"
+        "def handler(event, context):\n"
+        "    try:\n"
+        "        time.sleep(30)\n"
+        "    except Exception:\n"
+        "        return 'swallowed'\n"
+    )
+    started = time.monotonic()
+    done = runtime(["--handler", f"{handler}:handler", "--timeout", "0.3", "--event", "-"], "{}")
+    assert time.monotonic() - started < 10
+    assert done.returncode == 1, done.stdout + done.stderr
+    error = json.loads(done.stdout)
+    assert error == {
+        "errorType": "Sandbox.Timedout",
+        "errorMessage": "Task timed out after 0.30 seconds",
+        "stackTrace": [],
+    }

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::measure::machine;
 use super::report::{ratio, seconds, Row, Table};
-use super::stack::{accel_note, Stack};
+use super::stack::{accel_note, Stack, Storage};
 use super::stats::percentile;
 use crate::image::Flavour;
 use crate::{setup, workspace_root};
@@ -30,7 +30,9 @@ pub fn run() -> Result<()> {
     let tools = setup::run()?;
     let port = free_port()?;
     let api = format!("api: {{ socket: \"{{dir}}/nexus.sock\", listen: \"127.0.0.1:{port}\" }}\n");
-    let stack = Stack::start(&tools, &Flavour::ALL, "size: 32MiB, buffer_size: 1MiB", &api)?;
+    // The chain makes no storage calls: the store stays on loopback.
+    let region = "size: 32MiB, buffer_size: 1MiB";
+    let stack = Stack::start(&tools, &Flavour::ALL, Storage::Local, region, &api)?;
     let baseline = measure(&stack, Flavour::Baseline, port)?;
     let nexus = measure(&stack, Flavour::Nexus, port)?;
     let table = chain_table(&baseline, &nexus);
@@ -57,7 +59,7 @@ fn measure(stack: &Stack, flavour: Flavour, port: u16) -> Result<Measured> {
         if flavour == Flavour::Baseline {
             let garage = &stack.garage;
             extra["environment"] = json!({
-                "AWS_ENDPOINT_URL": garage.endpoint.replace("127.0.0.1", "10.0.2.2"),
+                "AWS_ENDPOINT_URL": stack.storage_endpoint().replace("127.0.0.1", "10.0.2.2"),
                 "AWS_ENDPOINT_URL_LAMBDA": format!("http://10.0.2.2:{port}"),
                 "AWS_ACCESS_KEY_ID": garage.access_key, "AWS_SECRET_ACCESS_KEY": garage.secret_key,
                 "AWS_DEFAULT_REGION": garage.region, "AWS_EC2_METADATA_DISABLED": "true",

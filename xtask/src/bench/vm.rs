@@ -1,7 +1,8 @@
 //! `cargo xtask bench vm`: the same boto3 function in a Nexus VM and in a baseline VM, one run:
 //! memory in the guest after warm-up, the VMM's RSS, warm latency p50/p99 and the cold start.
-//! Both talk to one Garage server on loopback (the baseline through its NIC and QEMU's user
-//! networking, Nexus through the backend). Every figure is marked with the accelerator.
+//! Both talk to one Garage server (the baseline through its NIC and QEMU's user networking,
+//! Nexus through the backend), at cloud distance unless `--storage local`. Every figure is
+//! marked with the accelerator.
 
 use std::path::Path;
 
@@ -10,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::measure::{machine, rss_kib};
 use super::report::{mib, ratio, seconds, Row, Table};
-use super::stack::{accel_note, Stack, BUCKET};
+use super::stack::{accel_note, Stack, Storage, BUCKET};
 use super::stats::percentile;
 use crate::image::Flavour;
 use crate::{setup, workspace_root};
@@ -35,13 +36,13 @@ struct Measured {
     vmm_rss_kib: f64,
 }
 
-pub fn run() -> Result<()> {
+pub fn run(storage: Storage) -> Result<()> {
     let tools = setup::run()?;
-    let stack = Stack::start(&tools, &Flavour::ALL, "size: 32MiB, buffer_size: 1MiB", "")?;
+    let stack = Stack::start(&tools, &Flavour::ALL, storage, "size: 32MiB, buffer_size: 1MiB", "")?;
     seed_input(&stack, &tools.python)?;
     let baseline = measure(&stack, "bench-baseline", Flavour::Baseline)?;
     let nexus = measure(&stack, "bench-nexus", Flavour::Nexus)?;
-    let table = vm_table(&baseline, &nexus);
+    let table = vm_table(&baseline, &nexus, storage);
     print!("\n{}", table.text());
     let file = workspace_root().join("docs/BENCHMARKS.md");
     table.write_section(&file)?;
@@ -94,7 +95,7 @@ fn measure(stack: &Stack, name: &str, flavour: Flavour) -> Result<Measured> {
     })
 }
 
-fn vm_table(baseline: &Measured, nexus: &Measured) -> Table {
+fn vm_table(baseline: &Measured, nexus: &Measured, storage: Storage) -> Table {
     let accel = &nexus.accel;
     let mark = format!(" [{accel}]");
     let kib = |k: f64| mib(k * 1024.0);
@@ -148,11 +149,12 @@ fn vm_table(baseline: &Measured, nexus: &Measured) -> Table {
         machine(),
         INPUT_BYTES >> 10
     )];
+    notes.push(storage.note());
     notes.extend(accel_note(accel));
     Table {
         name: "vm",
         title: format!("Function VMs: baseline (NIC + boto3) vs Nexus (no NIC, shim), {accel}"),
-        command: "cargo xtask bench vm".into(),
+        command: format!("cargo xtask bench vm --storage {}", storage.name()),
         notes,
         rows,
         ..Table::default()
