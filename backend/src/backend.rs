@@ -141,7 +141,7 @@ impl Backend {
         } else {
             None
         };
-        let context = Context { storage, cache, metrics, spool };
+        let context = Context { storage, cache, metrics, spool, invoker: Default::default() };
         if !context.storage.keeps_attributes() {
             tracing::info!("The local-directory store does not keep ContentType or Metadata");
         }
@@ -165,6 +165,11 @@ impl Backend {
     /// The configuration in force.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Lets guests `Invoke` functions through `invoker` (set once; later calls are ignored).
+    pub fn set_invoker(&self, invoker: std::sync::Weak<dyn crate::ops::invoke::Invoker>) {
+        let _ = self.shared.context.invoker.set(invoker);
     }
 
     /// The metrics of every region.

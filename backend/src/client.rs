@@ -113,6 +113,7 @@ async fn send(
     let response =
         sender.send_request(request.body(Full::new(Bytes::copy_from_slice(body)))?).await?;
     let status = response.status().as_u16();
+    let reason = response.status().canonical_reason().unwrap_or_default();
     let headers: Vec<(String, String)> = response
         .headers()
         .iter()
@@ -125,13 +126,23 @@ async fn send(
     let body =
         String::from_utf8(bytes.to_vec()).map_err(|e| ClientError::NotText(e.as_bytes().len()))?;
     if !(200..300).contains(&status) {
-        let message = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_owned))
-            .unwrap_or(body);
-        return Err(ClientError::Status { status, message });
+        return Err(ClientError::Status { status, message: error_message(&body, reason) });
     }
     Ok(Answer { headers, body })
+}
+
+/// The message of an error answer: its JSON `error`, else its text, else the status's reason
+/// (an answer with no body still says something).
+fn error_message(body: &str, reason: &str) -> String {
+    let from_json = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_owned));
+    let message = from_json.unwrap_or_else(|| body.trim().to_owned());
+    match (message.is_empty(), reason.is_empty()) {
+        (false, _) => message,
+        (true, false) => reason.to_owned(),
+        (true, true) => "(the answer carried no message)".to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -180,5 +191,13 @@ mod tests {
         );
         let error = exchange(&socket, "GET", "/v1/x", b"").unwrap_err();
         assert_eq!(error.to_string(), "Nexus backend answered 404: No function echo");
+    }
+
+    #[test]
+    fn error_messages_are_never_empty() {
+        assert_eq!(error_message(r#"{"error": "No region x"}"#, "Not Found"), "No region x");
+        assert_eq!(error_message("Failed to parse\n", "Bad Request"), "Failed to parse");
+        assert_eq!(error_message("", "Not Found"), "Not Found");
+        assert_eq!(error_message("", ""), "(the answer carried no message)");
     }
 }

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use nexus_channel::layout::{Geometry, GeometryError};
+pub use nexus_channel::wire::is_function_name;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::Policy;
@@ -245,15 +246,6 @@ impl Default for CacheConfig {
     }
 }
 
-/// Whether `name` can name a function: 1 to 64 of a-z, 0-9, `_` and `-` (it names region
-/// files and VM folders too, so nothing else is allowed).
-pub fn is_function_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-}
-
 impl Config {
     /// Loads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -291,6 +283,14 @@ impl Config {
         }
         let url = &self.storage.url;
         match url.split_once("://") {
+            // A bucket there would mislead: every bucket a function names is the store's
+            // bucket of that name.
+            Some((scheme @ ("s3" | "gs" | "az"), rest)) if !rest.is_empty() => {
+                return Err(format!(
+                    "storage.url: {url:?}: {rest:?} is not used, buckets map to {scheme} buckets \
+                     of the same name; write \"{scheme}://\""
+                ))
+            }
             Some((scheme, _)) if SCHEMES.contains(&scheme) => {}
             _ => {
                 return Err(format!(
@@ -385,6 +385,9 @@ fn check_policy(at: &str, policy: &Policy) -> Result<(), String> {
         if grant.bucket.is_empty() {
             return Err(format!("{at}.grants[{i}].bucket: must not be empty"));
         }
+    }
+    if let Some(bad) = policy.invoke.iter().find(|f| !is_function_name(f)) {
+        return Err(format!("{at}.invoke: {bad:?} is not a function name"));
     }
     if policy.requests_per_second == Some(0) {
         return Err(format!("{at}.requests_per_second: must be at least 1"));
@@ -590,6 +593,10 @@ default_policy:
             ("storage: { url: /var/objects }", "storage.url: \"/var/objects\" has no supported"),
             ("storage: { url: \"ftp://x\" }", "storage.url: \"ftp://x\" has no supported"),
             (
+                "storage: { url: \"s3://nexus-objects\" }",
+                "storage.url: \"s3://nexus-objects\": \"nexus-objects\" is not used, buckets map",
+            ),
+            (
                 "cache: { max_bytes: 1MiB }",
                 "cache.max_object_bytes: 67108864 exceeds cache.max_bytes",
             ),
@@ -615,7 +622,7 @@ default_policy:
 
     #[test]
     fn storage_schemes() {
-        for url in ["file:///srv", "s3://bucket", "gs://bucket", "az://container", "memory://"] {
+        for url in ["file:///srv", "s3://", "gs://", "az://", "memory://"] {
             Config::parse(&format!("storage: {{ url: \"{url}\" }}"), "t").unwrap();
         }
     }

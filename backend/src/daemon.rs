@@ -46,6 +46,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let unix = bind_unix(&socket)?;
     let backend = Arc::new(Backend::new(config, tokio::runtime::Handle::current())?);
     let functions = Arc::new(Functions::new(backend.clone()));
+    let invoker: Arc<dyn crate::ops::invoke::Invoker> = functions.clone();
+    backend.set_invoker(Arc::downgrade(&invoker));
     let app = api::router(Api { backend: backend.clone(), functions: functions.clone() });
     tokio::spawn(stop_idle_vms(functions.clone()));
     if let Some(addr) = backend.config().api.listen {

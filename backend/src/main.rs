@@ -87,10 +87,10 @@ enum RegionCommand {
     Create { function: String },
     /// List regions.
     Ls,
-    /// Remove a region.
+    /// Remove a region, named by its id or by the file `region create` printed.
     Rm { id: String },
-    /// Invoke whatever serves region ID with an event; prints the result JSON (exit status 1
-    /// if the handler raised).
+    /// Invoke whatever serves region ID (its id or file) with an event; prints the result JSON
+    /// (exit status 1 if the handler raised).
     Invoke {
         id: String,
         /// Event JSON file, or - for standard input.
@@ -159,9 +159,12 @@ fn region(socket: &Path, command: RegionCommand) -> Result<(), String> {
             Ok(())
         }
         RegionCommand::Ls => print(socket, "GET", "/v1/regions", None),
-        RegionCommand::Rm { id } => print(socket, "DELETE", &format!("/v1/regions/{id}"), None),
+        RegionCommand::Rm { id } => {
+            print(socket, "DELETE", &format!("/v1/regions/{}", region_id(&id)), None)
+        }
         RegionCommand::Invoke { id, event, timeout } => {
-            invoke(socket, &format!("/v1/regions/{id}/invoke?timeout={timeout}"), &[], &event)
+            let path = format!("/v1/regions/{}/invoke?timeout={timeout}", region_id(&id));
+            invoke(socket, &path, &[], &event)
         }
     }
 }
@@ -203,6 +206,13 @@ fn function(socket: &Path, command: FnCommand) -> Result<(), String> {
     }
 }
 
+/// The region id in `given`: an id, or a region file (`DIR/ID.region`, what `region create`
+/// prints).
+fn region_id(given: &str) -> &str {
+    let name = given.rsplit('/').next().unwrap_or(given);
+    name.strip_suffix(".region").unwrap_or(name)
+}
+
 /// Posts an event read from `event` (`-`: stdin) and prints the result.
 fn invoke(socket: &Path, path: &str, headers: &[(&str, &str)], event: &Path) -> Result<(), String> {
     let text = if event == Path::new("-") {
@@ -237,4 +247,16 @@ fn print(
         println!("{answer}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_are_named_by_id_or_by_file() {
+        assert_eq!(region_id("thumbnailer-1"), "thumbnailer-1");
+        assert_eq!(region_id("/dev/shm/nexus/thumbnailer-1.region"), "thumbnailer-1");
+        assert_eq!(region_id("thumbnailer-1.region"), "thumbnailer-1");
+    }
 }

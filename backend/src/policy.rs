@@ -1,5 +1,6 @@
 //! Per-function access policy: which buckets and prefixes a function may touch, how, how large
-//! its objects may be, and how many requests per second it may make.
+//! its objects may be, how many requests per second it may make, and which functions it may
+//! invoke.
 
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,9 @@ pub enum Denied {
     /// The function called faster than its rate limit.
     #[error("Request rate above {rate} per second for this function")]
     RateLimited { rate: u32 },
+    /// The policy does not list the function it invoked.
+    #[error("This function may not invoke {function} (its policy's `invoke` list)")]
+    NotInvocable { function: String },
 }
 
 impl Denied {
@@ -38,6 +42,7 @@ impl Denied {
             Denied::NotGranted { .. } => "not_granted",
             Denied::TooLarge { .. } => "too_large",
             Denied::RateLimited { .. } => "rate_limited",
+            Denied::NotInvocable { .. } => "not_invocable",
         }
     }
 }
@@ -54,6 +59,8 @@ pub struct Policy {
     pub requests_per_second: Option<u32>,
     /// Requests allowed at once after a quiet period; `None` is `requests_per_second`.
     pub burst: Option<u32>,
+    /// The functions it may invoke (`boto3.client("lambda").invoke`); none by default.
+    pub invoke: Vec<String>,
 }
 
 /// Access to the keys of one bucket that start with `prefix`.
@@ -73,6 +80,7 @@ impl Default for Policy {
             max_object_size: 5 << 30,
             requests_per_second: None,
             burst: None,
+            invoke: Vec::new(),
         }
     }
 }
@@ -87,6 +95,15 @@ impl Policy {
             Ok(())
         } else {
             Err(Denied::NotGranted { access, bucket: bucket.into(), key: key.into() })
+        }
+    }
+
+    /// Checks that the function may invoke `function`.
+    pub fn check_invoke(&self, function: &str) -> Result<(), Denied> {
+        if self.invoke.iter().any(|f| f == function) {
+            Ok(())
+        } else {
+            Err(Denied::NotInvocable { function: function.into() })
         }
     }
 

@@ -7,6 +7,10 @@
 //! | `file:///var/lib/x`    | the directory `/var/lib/x/b` (must exist)        |
 //! | `s3://`, `gs://`, `az://` | `s3://b` etc., configured by `storage.options` |
 //! | `memory://`            | an in-memory store (unit tests only)            |
+//!
+//! A local store's directory is created when missing (the default, `/var/lib/nexus/objects`,
+//! on a fresh host), so a backend never reports ready on a store that does not exist; if it
+//! cannot be created the backend refuses to start, naming it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -37,6 +41,11 @@ pub enum StorageError {
         "Object key {0:?} is not supported (empty, '.' or '..' segments, or control characters)"
     )]
     Key(String),
+    /// The local store's directory is missing and cannot be created.
+    #[error(
+        "Cannot create the storage directory {0} (storage.url): create it, or set storage.url"
+    )]
+    Root(PathBuf, #[source] std::io::Error),
     /// The store could not be built for a bucket.
     #[error("Cannot open bucket {bucket}")]
     Open {
@@ -56,7 +65,9 @@ impl StorageError {
         match self {
             StorageError::NoSuchBucket(_) => Status::NoSuchBucket,
             StorageError::Key(_) => Status::InvalidArgument,
-            StorageError::Url(_) | StorageError::Open { .. } => Status::InternalError,
+            StorageError::Url(_) | StorageError::Root(..) | StorageError::Open { .. } => {
+                Status::InternalError
+            }
             StorageError::Store(e) => match e {
                 E::NotFound { .. } => Status::NoSuchKey,
                 E::PermissionDenied { .. } | E::Unauthenticated { .. } => Status::AccessDenied,
@@ -120,7 +131,7 @@ impl Storage {
         let url =
             url::Url::parse(&config.url).map_err(|_| StorageError::Url(config.url.clone()))?;
         let kind = match url.scheme() {
-            "file" => Kind::Local(PathBuf::from(url.path())),
+            "file" => Kind::Local(local_root(url.path())?),
             "memory" => Kind::Memory,
             scheme @ ("s3" | "gs" | "az") => Kind::Remote {
                 scheme: scheme.into(),
@@ -242,6 +253,16 @@ fn remote_tried_once(
     })
 }
 
+/// The local store's directory, created if missing.
+fn local_root(path: &str) -> Result<PathBuf, StorageError> {
+    let root = PathBuf::from(path);
+    if !root.is_dir() {
+        std::fs::create_dir_all(&root).map_err(|e| StorageError::Root(root.clone(), e))?;
+        tracing::info!(dir = %root.display(), "Created the storage directory; buckets are its subdirectories");
+    }
+    Ok(root)
+}
+
 /// The object_store path of an S3 key.
 pub fn key_path(key: &str) -> Result<Path, StorageError> {
     Path::parse(key).map_err(|_| StorageError::Key(key.chars().take(256).collect()))
@@ -264,6 +285,20 @@ mod tests {
         let missing = storage.bucket("nothere").unwrap_err();
         assert_eq!(missing.status(), Status::NoSuchBucket);
         assert!(!storage.keeps_attributes());
+    }
+
+    #[test]
+    fn a_missing_local_store_is_created_or_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("var/lib/objects");
+        Storage::new(&config(&format!("file://{}", root.display()))).unwrap();
+        assert!(root.is_dir(), "the store's directory exists once the storage is up");
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"").unwrap();
+        let refused = Storage::new(&config(&format!("file://{}/objects", file.display())));
+        let message = error_chain(&refused.unwrap_err());
+        assert!(message.starts_with("Cannot create the storage directory"), "{message}");
+        assert!(message.contains("a-file/objects"), "{message}");
     }
 
     #[test]

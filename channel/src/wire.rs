@@ -16,6 +16,7 @@
 //! | Close  | stream                                   | – (abandons a read or an upload)    |
 //! | Delete | bucket, key                              | –                                   |
 //! | List   | bucket, params `{Prefix, Delimiter, MaxKeys, ContinuationToken, StartAfter}` | a `ListObjectsV2` result |
+//! | Invoke | key = function name, params `{InvocationType}`, body = event JSON | `{StatusCode, FunctionError?}`; the result JSON |
 //!
 //! Params and meta use boto3's own field names and shapes, so the shim passes them through:
 //!
@@ -30,6 +31,9 @@
 //!                  "StorageClass"}], "CommonPrefixes": [{"Prefix"}], "Delimiter",
 //!                  "ContinuationToken", "NextContinuationToken", "StartAfter"}
 //!                 (optional keys are omitted when unset, as S3 does; Contents when empty)
+//!  Invoke meta    {"StatusCode": 200 (RequestResponse) | 202 (Event) | 204 (DryRun),
+//!                  "FunctionError": "Unhandled" when the handler raised}; the body is the
+//!                  handler's result (or Lambda's error JSON), empty unless RequestResponse
 //!  error meta     {"Code", "Message", "HTTPStatusCode"}, Code being the S3 code of [`Status`]
 //! ```
 //!
@@ -73,11 +77,12 @@ pub enum Op {
     Close = 7,
     Delete = 8,
     List = 9,
+    Invoke = 10,
 }
 
 impl Op {
     /// Every operation, for metrics labels and tests.
-    pub const ALL: [Op; 9] = [
+    pub const ALL: [Op; 10] = [
         Op::Ping,
         Op::Head,
         Op::Get,
@@ -87,6 +92,7 @@ impl Op {
         Op::Close,
         Op::Delete,
         Op::List,
+        Op::Invoke,
     ];
 
     /// Decodes an op code written by the guest.
@@ -106,6 +112,7 @@ impl Op {
             Op::Close => "close",
             Op::Delete => "delete",
             Op::List => "list",
+            Op::Invoke => "invoke",
         }
     }
 }
@@ -209,6 +216,9 @@ pub enum WireError {
     /// An empty object key.
     #[error("Object key is empty")]
     EmptyKey,
+    /// Not a function name (1 to 64 of a-z, 0-9, `_` and `-`).
+    #[error("Invalid function name {0:?}")]
+    Function(String),
     /// The params JSON does not match the operation.
     #[error("Invalid parameters: {0}")]
     Params(String),
@@ -229,9 +239,10 @@ impl WireError {
         match self {
             WireError::UnknownOp(_) => Status::NotImplemented,
             WireError::Bucket(_) => Status::InvalidBucketName,
-            WireError::Params(_) | WireError::Range(_) | WireError::EmptyKey => {
-                Status::InvalidArgument
-            }
+            WireError::Params(_)
+            | WireError::Range(_)
+            | WireError::EmptyKey
+            | WireError::Function(_) => Status::InvalidArgument,
             _ => Status::InvalidRequest,
         }
     }
@@ -293,7 +304,7 @@ impl Envelope {
         if stream_op && desc.stream == 0 {
             return Err(WireError::NoStream);
         }
-        if desc.body_len != 0 && !matches!(op, Op::Put | Op::Write) {
+        if desc.body_len != 0 && !matches!(op, Op::Put | Op::Write | Op::Invoke) {
             return Err(WireError::UnexpectedBody);
         }
         Ok(Self {
@@ -343,6 +354,13 @@ impl Envelope {
             Op::Close => Call::Close { stream: self.stream },
             Op::Delete => Call::Delete(object()?),
             Op::List => Call::List { bucket: bucket_name(bucket)?, params: json(params)? },
+            Op::Invoke => {
+                if !bucket.is_empty() {
+                    return Err(WireError::Params("Invoke takes no bucket".into()));
+                }
+                let params: InvokeParams = json(params)?;
+                Call::Invoke { function: function_name(key)?, kind: params.invocation_type }
+            }
         })
     }
 }
@@ -359,13 +377,54 @@ pub struct ObjectRef {
 pub enum Call {
     Ping,
     Head(ObjectRef),
-    Get { object: ObjectRef, range: Option<ByteRange> },
-    Read { stream: u64 },
-    Put { object: ObjectRef, params: PutParams, more: bool },
-    Write { stream: u64, more: bool },
-    Close { stream: u64 },
+    Get {
+        object: ObjectRef,
+        range: Option<ByteRange>,
+    },
+    Read {
+        stream: u64,
+    },
+    Put {
+        object: ObjectRef,
+        params: PutParams,
+        more: bool,
+    },
+    Write {
+        stream: u64,
+        more: bool,
+    },
+    Close {
+        stream: u64,
+    },
     Delete(ObjectRef),
-    List { bucket: String, params: ListParams },
+    List {
+        bucket: String,
+        params: ListParams,
+    },
+    /// Another function, with the event in the body.
+    Invoke {
+        function: String,
+        kind: InvocationType,
+    },
+}
+
+/// How the caller waits for an `Invoke`, in Lambda's words.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+pub enum InvocationType {
+    /// For the result.
+    #[default]
+    RequestResponse,
+    /// Not at all: the invocation is queued (fire and forget).
+    Event,
+    /// Only for the policy's answer: nothing runs.
+    DryRun,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+struct InvokeParams {
+    #[serde(default)]
+    invocation_type: InvocationType,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -430,6 +489,23 @@ impl ByteRange {
 
 fn text(bytes: &[u8], field: &'static str) -> Result<String, WireError> {
     String::from_utf8(bytes.to_vec()).map_err(|_| WireError::Utf8(field))
+}
+
+/// Whether `name` can name a function: 1 to 64 of a-z, 0-9, `_` and `-` (it names region
+/// files and VM folders too, so nothing else is allowed).
+pub fn is_function_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn function_name(bytes: &[u8]) -> Result<String, WireError> {
+    let name = text(bytes, "function")?;
+    if !is_function_name(&name) {
+        return Err(WireError::Function(name.chars().take(64).collect()));
+    }
+    Ok(name)
 }
 
 /// Checks S3's bucket naming rules, which also keeps names safe as directory names.
@@ -507,6 +583,29 @@ mod tests {
         assert_eq!(bucket, "photos");
         assert_eq!(params.prefix, "in/");
         assert_eq!(params.max_keys, Some(2));
+    }
+
+    #[test]
+    fn parses_an_invoke() {
+        let (desc, args) = request(Op::Invoke, "", "resize", r#"{"InvocationType":"Event"}"#, 9);
+        let call = parse(&desc, &args).unwrap();
+        assert_eq!(call, Call::Invoke { function: "resize".into(), kind: InvocationType::Event });
+        let (desc, args) = request(Op::Invoke, "", "resize", "", 0);
+        let call = parse(&desc, &args).unwrap();
+        let sync =
+            Call::Invoke { function: "resize".into(), kind: InvocationType::RequestResponse };
+        assert_eq!(call, sync);
+        for (bucket, function, params) in [
+            ("", "../resize", ""),
+            ("", "", ""),
+            ("photos", "resize", ""),
+            ("", "resize", r#"{"InvocationType":"Later"}"#),
+            ("", "resize", r#"{"Qualifier":"2"}"#),
+        ] {
+            let (desc, args) = request(Op::Invoke, bucket, function, params, 0);
+            let rejected = parse(&desc, &args).unwrap_err();
+            assert_eq!(rejected.status(), Status::InvalidArgument, "{bucket} {function} {params}");
+        }
     }
 
     #[test]

@@ -37,7 +37,8 @@ impl Backend {
     /// Starts `binary` with `settings` (YAML for `storage`, `cache`, `default_policy`,
     /// `functions`, ...; `{dir}` stands for the backend's tempdir). `local_buckets` are created
     /// as directories under `{dir}/objects`, the local store's buckets. Unless `settings` has a
-    /// `writeback:` section, the write-back spool is `{dir}/spool`.
+    /// `writeback:` section, the write-back spool is `{dir}/spool`; unless it has an `api:`
+    /// section (whose socket must then be `{dir}/nexus.sock`), the API is that socket alone.
     pub fn start(
         binary: &Path,
         settings: &str,
@@ -66,11 +67,13 @@ impl Backend {
         }
         let socket = dir.join("nexus.sock");
         let mut config = format!(
-            "api: {{ socket: {sock} }}\nregion: {{ dir: {regions}, {region} }}\n{settings}",
-            sock = socket.display(),
+            "region: {{ dir: {regions}, {region} }}\n{settings}",
             regions = regions.path().display(),
             settings = settings.replace("{dir}", &dir.display().to_string()),
         );
+        if !settings.contains("api:") {
+            config += &format!("\napi: {{ socket: {} }}\n", socket.display());
+        }
         if !settings.contains("writeback:") {
             config += &format!("\nwriteback: {{ dir: {}/spool }}\n", dir.display());
         }

@@ -25,10 +25,15 @@ const INPUT_KEY: &str = "inputs/words.txt";
 const HANDLER: &str = "guest/python/examples/compress";
 
 pub fn run(native: bool) -> Result<()> {
-    let tools = setup::run()?;
-    let images = if native { None } else { Some(image::ensure(Flavour::Nexus, false)?) };
+    setup::demo()?;
+    let images = if native {
+        None
+    } else {
+        println!("demo: the Nexus guest image (first time: builds the agent and the guest library, then debootstrap; ≈ 3-5 min)");
+        Some(image::ensure(Flavour::Nexus, false)?)
+    };
     let root = workspace_root();
-    println!("demo: building the backend and the guest library");
+    println!("demo: building the backend and the guest library (first time: ≈ 1-3 min)");
     cmd::run(cmd::cargo().current_dir(root).args([
         "build",
         "-p",
@@ -59,7 +64,7 @@ pub fn run(native: bool) -> Result<()> {
     }
     let backend = Backend::start(&root.join("target/debug/nexus"), &settings, &[])?;
     println!("demo: backend up, control socket {}", backend.socket.display());
-    let outputs = if native { run_native(&backend, &tools.python)? } else { run_in_vm(&backend)? };
+    let outputs = if native { run_native(&backend)? } else { run_in_vm(&backend)? };
 
     for (key, result) in outputs {
         let stored = std::fs::read(bucket_dir.join(&key)).context("read the output object")?;
@@ -121,15 +126,16 @@ fn run_in_vm(backend: &Backend) -> Result<Vec<(String, Value)>> {
     Ok(outputs)
 }
 
-/// Runs the handler once as a host process on a region; returns (output key, result).
-fn run_native(backend: &Backend, python: &std::path::Path) -> Result<Vec<(String, Value)>> {
+/// Runs the handler once as a host process on a region (the host's Python: the shim needs no
+/// packages); returns (output key, result).
+fn run_native(backend: &Backend) -> Result<Vec<(String, Value)>> {
     let root = workspace_root();
     let region = backend.create_region("compress")?;
     println!("demo: region for function `compress`: {}", region.display());
     let key = "outputs/words.txt.gz";
     let event = json!({ "bucket": BUCKET, "key": INPUT_KEY, "output_key": key });
     let started = Instant::now();
-    let mut child = Command::new(python)
+    let mut child = Command::new("python3")
         .args([
             "-m",
             "nexus_runtime",

@@ -1,7 +1,12 @@
 //! `cargo xtask setup`: installs what the project needs on a fresh Debian 12 machine.
 //!
-//! Idempotent; one `setup:` line per step. Steps: apt packages, Garage (built from crates.io
-//! into `~/.cache/nexus/garage`), the Python venv (see `python`).
+//! Idempotent; one `setup:` line per step. Two levels: [`demo`] installs only what the demo
+//! needs (apt packages to build guest images and boot them); [`run`] adds what the tests and
+//! benchmarks need: more apt packages, Garage (built from crates.io into
+//! `~/.cache/nexus/garage`, ≈ 10-20 min once) and the Python venv (see `python`). Packages are
+//! installed without their recommends: nothing here needs them (qemu-system-x86's would add
+//! its GUI, UEFI firmware and block drivers; the BIOS and NIC ROMs a boot needs are
+//! dependencies).
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -11,23 +16,13 @@ use anyhow::{Context, Result};
 
 use crate::{cmd, python};
 
-/// Debian packages the project needs.
-const APT_PACKAGES: &[&str] = &[
-    "python3",
-    "python3-venv",
-    "python3-pip",
-    // Guest images (`cargo xtask guest-image`) and booting them.
-    "debootstrap",
-    "cpio",
-    "lz4",
-    "e2fsprogs",
-    "binutils",
-    "kmod",
-    "qemu-system-x86",
-    "qemu-utils",
-    // The freestanding test guest (tests/ch-guest), built by the tests.
-    "gcc",
-];
+/// Debian packages the demo needs: the guest image (`cargo xtask guest-image`) and booting it.
+const DEMO_APT_PACKAGES: &[&str] =
+    &["python3", "debootstrap", "cpio", "lz4", "e2fsprogs", "binutils", "kmod", "qemu-system-x86"];
+/// Debian packages the tests and benchmarks need besides: the venv, pip (which the backend
+/// runs to install a function's requirements.txt), and gcc for the freestanding test guest
+/// (tests/ch-guest, built by the tests).
+const TEST_APT_PACKAGES: &[&str] = &["python3-venv", "python3-pip", "gcc"];
 const GARAGE_VERSION: &str = "2.5.0";
 
 /// What later steps use from the set-up.
@@ -39,9 +34,10 @@ pub struct Tools {
     pub python: PathBuf,
 }
 
+/// Everything: what the demo needs, then what the tests and benchmarks need.
 pub fn run() -> Result<Tools> {
     let cache = cache_dir()?;
-    install_apt_packages()?;
+    install_apt_packages(&[DEMO_APT_PACKAGES, TEST_APT_PACKAGES].concat())?;
     let garage = install_garage(&cache.join("garage"))?;
     let python = python::ensure_venv(&cache.join("venv"))?;
     Ok(Tools { garage, python })
@@ -53,10 +49,15 @@ pub fn cache_dir() -> Result<PathBuf> {
     Ok(PathBuf::from(home).join(".cache/nexus"))
 }
 
-fn install_apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES.iter().copied().filter(|p| !dpkg_installed(p)).collect();
+/// Only what the demo needs.
+pub fn demo() -> Result<()> {
+    install_apt_packages(DEMO_APT_PACKAGES)
+}
+
+fn install_apt_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !dpkg_installed(p)).collect();
     if missing.is_empty() {
-        println!("setup: apt packages present: {}", APT_PACKAGES.join(", "));
+        println!("setup: apt packages present: {}", packages.join(", "));
         return Ok(());
     }
     println!("setup: installing apt packages: {}", missing.join(", "));
@@ -67,7 +68,7 @@ fn install_apt_packages() -> Result<()> {
     };
     let hint = || format!("Cannot install apt packages (run as root?): {}", missing.join(" "));
     cmd::run(&mut apt(&["update"])).with_context(hint)?;
-    cmd::run(apt(&["install", "-y"]).args(&missing)).with_context(hint)
+    cmd::run(apt(&["install", "-y", "--no-install-recommends"]).args(&missing)).with_context(hint)
 }
 
 /// Whether dpkg reports `package` as installed (not merely known or half-removed).

@@ -1,7 +1,9 @@
 //! The control API: HTTP/1.1 over a unix socket (and optionally loopback TCP).
 //!
 //! One route table; `openapi.yaml` beside this file describes it and a test keeps the two in
-//! step.
+//! step. `lambda` serves Lambda's own Invoke call for functions that call others over HTTP.
+
+mod lambda;
 
 use std::sync::Arc;
 
@@ -23,7 +25,7 @@ use crate::storage::error_chain;
 use nexus_channel::wire::ObjectRef;
 
 /// The route table: (method, path) pairs, also checked against `openapi.yaml`.
-pub const ROUTES: [(&str, &str); 12] = [
+pub const ROUTES: [(&str, &str); 13] = [
     ("get", "/v1/status"),
     ("get", "/v1/regions"),
     ("post", "/v1/regions"),
@@ -35,6 +37,7 @@ pub const ROUTES: [(&str, &str); 12] = [
     ("post", "/v1/functions/{name}/invoke"),
     ("post", "/v1/functions/{name}/snapshot"),
     ("post", "/v1/functions/{name}/stop"),
+    ("post", lambda::ROUTE),
     ("get", "/metrics"),
 ];
 
@@ -70,7 +73,10 @@ pub fn router(api: Api) -> Router {
         .route("/v1/functions/{name}/invoke", post(invoke_function))
         .route("/v1/functions/{name}/snapshot", post(snapshot_function))
         .route("/v1/functions/{name}/stop", post(stop_function))
+        .route(lambda::ROUTE, post(lambda::invoke))
         .route("/metrics", get(metrics))
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_method)
         .with_state(api)
 }
 
@@ -108,6 +114,7 @@ impl From<FunctionError> for ApiError {
         let code = match &e {
             FunctionError::Backend(inner) => return ApiError::from_backend(inner, error_chain(&e)),
             FunctionError::Spec(_) => StatusCode::BAD_REQUEST,
+            FunctionError::Disk(disk) if disk.is_the_functions() => StatusCode::BAD_REQUEST,
             FunctionError::NoFunction(_) => StatusCode::NOT_FOUND,
             FunctionError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             FunctionError::Boot { .. } => StatusCode::BAD_GATEWAY,
@@ -121,6 +128,17 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.0, Json(json!({ "error": self.1 }))).into_response()
     }
+}
+
+/// A path no route matches: say so (axum's own answer has no body).
+async fn no_route(uri: axum::http::Uri) -> ApiError {
+    let message = format!("No such API path {}: see openapi.yaml for the routes", uri.path());
+    ApiError(StatusCode::NOT_FOUND, message)
+}
+
+async fn no_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    let message = format!("{} does not take {method}: see openapi.yaml", uri.path());
+    ApiError(StatusCode::METHOD_NOT_ALLOWED, message)
 }
 
 async fn status(State(api): State<Api>) -> Json<serde_json::Value> {

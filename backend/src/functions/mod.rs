@@ -12,9 +12,11 @@
 //! permits) can wedge later invocations, which start a new VM. Stopping or removing a function
 //! never waits for its invocations: their VMs are stopped under them and they fail.
 
+mod callee;
 mod code_disk;
 mod metrics;
 mod pool;
+mod requirements;
 pub mod spec;
 mod warm;
 
@@ -162,7 +164,16 @@ impl Functions {
         spec.validate()?;
         let dir = self.backend.config().vm.state_dir.join("functions").join(&spec.name);
         std::fs::create_dir_all(&dir).map_err(|e| FunctionError::Io(dir.clone(), e))?;
-        let code_disk = code_disk::build(&spec, &dir)?;
+        let packages = self.backend.config().vm.state_dir.join("packages");
+        let code_disk = code_disk::build(&spec, &dir, &packages)?;
+        // The image is named by its content: the same spec and image is the same function.
+        if let Some(same) =
+            self.get(&spec.name).ok().filter(|d| d.spec == spec && d.code_disk == code_disk)
+        {
+            tracing::info!(function = %spec.name, "Function unchanged; its VMs keep running");
+            let vms = same.vms.vms().iter().map(|(warm, busy)| warm.info(*busy)).collect();
+            return Ok(FunctionInfo { spec, vms });
+        }
         let deployed = Arc::new(Deployed {
             spec: spec.clone(),
             code_disk,

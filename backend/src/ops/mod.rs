@@ -8,6 +8,7 @@
 //! the spool holds is answered from it.
 
 pub mod get;
+pub mod invoke;
 mod list;
 mod put;
 
@@ -34,6 +35,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// The write-back spool; `None` when `writeback.enabled` is off.
     pub spool: Option<Spool>,
+    /// What runs functions for `Invoke` calls; unset in a backend without functions.
+    pub invoker: invoke::InvokerSlot,
 }
 
 /// A failed operation: the status and message the guest receives.
@@ -80,7 +83,7 @@ impl From<SpoolError> for OpError {
 impl From<Denied> for OpError {
     fn from(e: Denied) -> Self {
         let status = match e {
-            Denied::NotGranted { .. } => Status::AccessDenied,
+            Denied::NotGranted { .. } | Denied::NotInvocable { .. } => Status::AccessDenied,
             Denied::TooLarge { .. } => Status::EntityTooLarge,
             Denied::RateLimited { .. } => Status::SlowDown,
         };
@@ -170,6 +173,9 @@ pub async fn run(
             delete(ctx, served, &object, out).await
         }
         Call::List { bucket, params } => list::list(ctx, served, &bucket, &params, out).await,
+        Call::Invoke { function, kind } => {
+            invoke::invoke(ctx, served, &function, kind, envelope, out).await
+        }
     }
 }
 

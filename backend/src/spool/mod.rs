@@ -18,7 +18,7 @@
 //! entries under its prefix to reach the store. The ordering rules are in [`queue`], the file
 //! format in [`entry`], the retry policy in [`uploader`].
 
-mod entry;
+pub(crate) mod entry;
 mod metrics;
 mod queue;
 mod uploader;

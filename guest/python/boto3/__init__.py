@@ -5,6 +5,7 @@ Handler code keeps using ``boto3.client("s3")``, ``boto3.resource("s3")`` and
 ``boto3.exceptions.NotOffloadedError``.
 """
 
+from boto3.exceptions import missing_attribute, supported
 from boto3.session import Session
 
 DEFAULT_SESSION = None
@@ -27,3 +28,9 @@ def client(*args, **kwargs):
 
 def resource(*args, **kwargs):
     return _get_default_session().resource(*args, **kwargs)
+
+
+def __getattr__(name):
+    raise missing_attribute(
+        "boto3", name, supported(["client", "resource", "Session", "setup_default_session"])
+    )

@@ -17,6 +17,19 @@ class NotOffloadedError(Boto3Error, NotImplementedError):
         super().__init__(f"nexus boto3 shim: {what} is not offloaded by Nexus{detail}")
 
 
+class NotOffloadedAttributeError(NotOffloadedError, AttributeError):
+    """An attribute the shim lacks. Also an AttributeError, so ``hasattr`` and
+    ``getattr(obj, name, default)`` answer as they do for any object."""
+
+
+def missing_attribute(owner, name, detail=""):
+    """The error a shim ``__getattr__`` raises for ``owner.name``. Private names stay plain
+    AttributeErrors: Python's own protocols (copy, pickle, ...) probe them."""
+    if name.startswith("_"):
+        return AttributeError(name)
+    return NotOffloadedAttributeError(f"{owner}.{name}", detail)
+
+
 def supported(names):
     """The detail of a NotOffloadedError listing what is supported instead."""
     return "; supported: " + ", ".join(names)

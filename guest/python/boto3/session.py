@@ -3,7 +3,8 @@ and configs are accepted and ignored: they live on the Nexus host, which makes t
 
 import os
 
-from boto3.exceptions import NotOffloadedError
+from boto3.awslambda.client import LambdaClient
+from boto3.exceptions import NotOffloadedError, missing_attribute, supported
 from boto3.s3.client import S3Client
 from boto3.s3.resource import S3Resource
 
@@ -37,6 +38,8 @@ class Session:
         config=None,
         aws_account_id=None,
     ):
+        if service_name == "lambda":
+            return LambdaClient()
         _check_service(service_name)
         return S3Client()
 
@@ -56,7 +59,10 @@ class Session:
         _check_service(service_name)
         return S3Resource(S3Client())
 
+    def __getattr__(self, name):
+        raise missing_attribute("Session", name, supported(["client", "resource", "region_name"]))
+
 
 def _check_service(service_name):
     if service_name != "s3":
-        raise NotOffloadedError(f"service {service_name!r}", " (only 's3')")
+        raise NotOffloadedError(f"service {service_name!r}", " (only 's3'; 'lambda' clients)")

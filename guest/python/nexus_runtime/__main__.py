@@ -15,6 +15,7 @@ from nexus_runtime.invoke import (
     Context,
     HandlerTimeout,
     error_result,
+    export_lambda_environment,
     invoke,
     load_handler,
     timeout_result,
@@ -32,8 +33,15 @@ def main(argv=None):
     source.add_argument("--serve", action="store_true", help="serve invocations from the region")
     parser.add_argument("--function-name", help="context.function_name (default: the module name)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds the handler may run")
+    parser.add_argument(
+        "--memory-mib",
+        type=int,
+        help="context.memory_limit_in_mb, unless AWS_LAMBDA_FUNCTION_MEMORY_SIZE is set "
+        "(default: 128, Lambda's)",
+    )
     args = parser.parse_args(argv)
     function_name = args.function_name or Path(args.handler.rpartition(":")[0]).stem
+    export_lambda_environment(function_name, args.memory_mib)
     if args.serve:
         serve(args.handler, function_name, args.timeout)
         return 0

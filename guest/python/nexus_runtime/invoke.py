@@ -3,6 +3,7 @@
 import contextlib
 import importlib.util
 import json
+import os
 import signal
 import sys
 import time
@@ -10,29 +11,101 @@ import traceback
 import uuid
 from pathlib import Path
 
+# What Lambda reports for an unpublished function with its default memory size.
+DEFAULT_VERSION = "$LATEST"
+DEFAULT_MEMORY_MB = "128"
+DEFAULT_REGION = "us-east-1"
+# The account in ARNs: Nexus has none; twelve zeros keep the ARN well formed.
+ACCOUNT_ID = "000000000000"
+# One log stream per execution environment (this process), named the way Lambda names them.
+LOG_STREAM = f"{time.strftime('%Y/%m/%d', time.gmtime())}/[{DEFAULT_VERSION}]{uuid.uuid4().hex}"
+
+
+class CognitoIdentity:
+    """``context.identity``: the Amazon Cognito identity of a mobile-SDK caller; unset here."""
+
+    def __init__(self, cognito_identity_id=None, cognito_identity_pool_id=None):
+        self.cognito_identity_id = cognito_identity_id
+        self.cognito_identity_pool_id = cognito_identity_pool_id
+
 
 class Context:
-    """The handler's ``context``: the subset of Lambda's that functions read."""
+    """The handler's ``context``, attribute for attribute Lambda's Python one.
 
-    def __init__(self, function_name, timeout_s):
+    Function-level values come from Lambda's reserved environment variables (see
+    ``export_lambda_environment``); as in Lambda, ``memory_limit_in_mb`` is a string. Per
+    invocation: a fresh ``aws_request_id``, the deadline, and the caller's client context and
+    Cognito identity (``None`` and an identity with no ids when the caller gave none).
+    """
+
+    def __init__(self, function_name, timeout_s, client_context=None, identity=None):
+        env = os.environ
         self.function_name = function_name
+        self.function_version = env.get("AWS_LAMBDA_FUNCTION_VERSION", DEFAULT_VERSION)
+        self.memory_limit_in_mb = env.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", DEFAULT_MEMORY_MB)
+        self.log_group_name = env.get("AWS_LAMBDA_LOG_GROUP_NAME", log_group(function_name))
+        self.log_stream_name = env.get("AWS_LAMBDA_LOG_STREAM_NAME", LOG_STREAM)
+        self.invoked_function_arn = function_arn(function_name)
         self.aws_request_id = str(uuid.uuid4())
+        self.identity = identity or CognitoIdentity()
+        self.client_context = client_context
         self._deadline = time.monotonic() + timeout_s
 
     def get_remaining_time_in_millis(self):
         return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
+def log_group(function_name):
+    return f"/aws/lambda/{function_name}"
+
+
+def function_arn(function_name):
+    """Lambda's ARN form, so handlers that split it (``arn.split(":")[4]`` is the account) work;
+    the region is ``AWS_REGION``'s and the account Nexus's placeholder."""
+    region = os.environ.get("AWS_REGION") or DEFAULT_REGION
+    return f"arn:aws:lambda:{region}:{ACCOUNT_ID}:function:{function_name}"
+
+
+def export_lambda_environment(function_name, memory_mb=None):
+    """Sets Lambda's reserved variables for this execution environment (this process) where
+    they are not set already: the VM's code disk sets the memory size, a host process passes
+    ``memory_mb`` (Lambda's default 128 without it). Handlers read them from ``os.environ``
+    as in Lambda, and the context reads them too."""
+    memory = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE") or memory_mb or DEFAULT_MEMORY_MB
+    reserved = {
+        "AWS_LAMBDA_FUNCTION_NAME": function_name,
+        "AWS_LAMBDA_FUNCTION_VERSION": DEFAULT_VERSION,
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(memory),
+        "AWS_LAMBDA_LOG_GROUP_NAME": log_group(function_name),
+        "AWS_LAMBDA_LOG_STREAM_NAME": LOG_STREAM,
+    }
+    for name, value in reserved.items():
+        os.environ.setdefault(name, value)
+
+
+def import_the_shim():
+    """Imports the boto3/botocore shim, where it is the one Python finds (the Nexus image, a
+    host process), first: a vendored or installed copy cannot shadow it then. A real boto3 (the
+    baseline image's) is left alone, so the function's own packages come first, as in Lambda."""
+    home = Path(__file__).resolve().parents[1]
+    for name in ("boto3", "botocore"):
+        found = importlib.util.find_spec(name)
+        if found and found.origin and Path(found.origin).resolve().is_relative_to(home):
+            importlib.import_module(name)
+
+
 def load_handler(spec):
     """Imports ``path/to/module.py:function`` (its directory joins sys.path, as Lambda's task
-    root does) and returns the function."""
+    root does, then the function's installed requirements, ``$NEXUS_PACKAGES``) and returns
+    the function."""
     path, sep, name = spec.rpartition(":")
     if not sep or not path or not name:
         raise ValueError(f"Handler {spec!r} is not path/to/module.py:function")
     path = Path(path).resolve()
-    for shim in ("boto3", "botocore"):  # imported first, so a vendored copy cannot shadow them
-        importlib.import_module(shim)
+    import_the_shim()
     sys.path.insert(0, str(path.parent))
+    if packages := os.environ.get("NEXUS_PACKAGES"):
+        sys.path.insert(1, packages)
     module_spec = importlib.util.spec_from_file_location(path.stem, path)
     if module_spec is None:
         raise ImportError(f"Cannot import handler module {path}")

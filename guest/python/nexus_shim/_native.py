@@ -27,6 +27,7 @@ class Op(enum.IntEnum):
     CLOSE = 7
     DELETE = 8
     LIST = 9
+    INVOKE = 10
 
 
 #: Put/Write: more chunks follow. Reply: the stream has more to read.

@@ -36,6 +36,7 @@ default_policy:
     - {{ bucket: test-bucket, access: [read, write, list, delete] }}
     - {{ bucket: other, prefix: "public/", access: [read] }}
   max_object_size: 1GiB
+  invoke: [not-deployed]
 """
 
 
@@ -138,10 +139,11 @@ def _run_runtime(args, env, stdin):
 
 @pytest.fixture
 def runtime():
-    """Runs `python -m nexus_runtime ARGS` without a region (for handlers that make no calls)."""
-    env = {k: v for k, v in os.environ.items() if k != "NEXUS_REGION"}
-    env["PYTHONPATH"] = str(PYTHON_DIR)
-    return lambda args, stdin=None: _run_runtime(args, env, stdin)
+    """Runs `python -m nexus_runtime ARGS` without a region (for handlers that make no calls);
+    `env` adds variables."""
+    base = {k: v for k, v in os.environ.items() if k != "NEXUS_REGION"}
+    base["PYTHONPATH"] = str(PYTHON_DIR)
+    return lambda args, stdin=None, env=None: _run_runtime(args, {**base, **(env or {})}, stdin)
 
 
 @pytest.fixture

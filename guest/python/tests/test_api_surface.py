@@ -76,8 +76,8 @@ def test_other_services_fail_loudly():
     with pytest.raises(NotImplementedError) as error:
         boto3.client("dynamodb")
     assert (
-        str(error.value)
-        == "nexus boto3 shim: service 'dynamodb' is not offloaded by Nexus (only 's3')"
+        str(error.value) == "nexus boto3 shim: service 'dynamodb' is not offloaded by Nexus "
+        "(only 's3'; 'lambda' clients)"
     )
     with pytest.raises(NotOffloadedError):
         boto3.resource("sqs")

@@ -70,6 +70,81 @@ def test_the_shim_wins_over_a_vendored_boto3(runtime, tmp_path):
     assert json.loads(done.stdout).startswith(str(PYTHON_DIR))
 
 
+CONTEXT_HANDLER = """
+import os
+
+def handler(event, context):
+    return {
+        "function_name": context.function_name,
+        "function_version": context.function_version,
+        "invoked_function_arn": context.invoked_function_arn,
+        "memory_limit_in_mb": context.memory_limit_in_mb,
+        "aws_request_id": context.aws_request_id,
+        "log_group_name": context.log_group_name,
+        "log_stream_name": context.log_stream_name,
+        "identity": [context.identity.cognito_identity_id,
+                     context.identity.cognito_identity_pool_id],
+        "client_context": context.client_context,
+        "remaining_ms": context.get_remaining_time_in_millis(),
+        "environ": {name: os.environ.get(name) for name in (
+            "AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_VERSION",
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "AWS_LAMBDA_LOG_GROUP_NAME",
+            "AWS_LAMBDA_LOG_STREAM_NAME")},
+    }
+"""
+
+
+def test_the_context_has_every_attribute_of_lambdas(runtime, tmp_path):
+    handler = tmp_path / "ctx.py"
+    handler.write_text(CONTEXT_HANDLER)
+    args = ["--handler", f"{handler}:handler", "--event", "-", "--function-name", "resize"]
+    done = runtime([*args, "--timeout", "30", "--memory-mib", "512"], "{}")
+    assert done.returncode == 0, done.stderr
+    context = json.loads(done.stdout)
+    assert context["function_name"] == "resize"
+    assert context["function_version"] == "$LATEST"
+    arn = "arn:aws:lambda:us-east-1:000000000000:function:resize"
+    assert context["invoked_function_arn"] == arn
+    assert context["memory_limit_in_mb"] == "512"  # a string, as in Lambda
+    assert len(context["aws_request_id"]) == 36 and context["aws_request_id"].count("-") == 4
+    assert context["log_group_name"] == "/aws/lambda/resize"
+    date, _, stream = context["log_stream_name"].partition("/[$LATEST]")
+    assert len(date.split("/")) == 3 and len(stream) == 32, context["log_stream_name"]
+    assert context["identity"] == [None, None]
+    assert context["client_context"] is None
+    assert 25_000 < context["remaining_ms"] <= 30_000
+    assert context["environ"] == {
+        "AWS_LAMBDA_FUNCTION_NAME": "resize",
+        "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "512",
+        "AWS_LAMBDA_LOG_GROUP_NAME": "/aws/lambda/resize",
+        "AWS_LAMBDA_LOG_STREAM_NAME": context["log_stream_name"],
+    }
+
+
+def test_the_context_follows_the_environment(runtime, tmp_path):
+    """The VM's code disk sets the memory size and AWS_REGION names the ARN's region."""
+    handler = tmp_path / "ctx.py"
+    handler.write_text(CONTEXT_HANDLER)
+    env = {"AWS_REGION": "eu-west-3", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "2048"}
+    args = ["--handler", f"{handler}:handler", "--event", "-", "--memory-mib", "64"]
+    done = runtime(args, "{}", env)
+    assert done.returncode == 0, done.stderr
+    context = json.loads(done.stdout)
+    assert context["memory_limit_in_mb"] == "2048"
+    assert context["invoked_function_arn"] == "arn:aws:lambda:eu-west-3:000000000000:function:ctx"
+    assert context["function_name"] == "ctx"
+
+
+def test_each_invocation_has_its_own_request_id_and_deadline():
+    from nexus_runtime.invoke import Context
+
+    first, second = Context("f", 1.0), Context("f", 5.0)
+    assert first.aws_request_id != second.aws_request_id
+    assert first.get_remaining_time_in_millis() <= 1000 < second.get_remaining_time_in_millis()
+    assert first.log_stream_name == second.log_stream_name  # one execution environment
+
+
 def test_a_handler_is_stopped_at_its_timeout_even_if_it_swallows_exceptions(runtime, tmp_path):
     handler = tmp_path / "slow.py"
     handler.write_text(

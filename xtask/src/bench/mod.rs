@@ -5,6 +5,7 @@
 //! one table that sets the results against the paper's claims and our goals.
 
 mod ch;
+mod chain;
 mod cold;
 mod fabric;
 mod full;
@@ -21,7 +22,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use stack::Storage;
 
-/// `cargo xtask bench [fabric|vm|cold|ch] [options of the side-by-side run]`.
+/// `cargo xtask bench [fabric|vm|cold|ch|chain] [options of the side-by-side run]`.
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
@@ -45,6 +46,9 @@ pub enum Bench {
     /// Cloud Hypervisor next to QEMU with the test guest: boot, snapshot, restore (Copy vs
     /// OnDemand), one call.
     Ch,
+    /// A chain of three functions calling each other: through the backend (Nexus) vs over
+    /// HTTP from baseline VMs.
+    Chain,
 }
 
 /// How far the object store is.
@@ -63,5 +67,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Some(Bench::Vm(distance)) => vm::run(distance.storage),
         Some(Bench::Cold(distance)) => cold::run(distance.storage),
         Some(Bench::Ch) => ch::run(),
+        Some(Bench::Chain) => chain::run(),
     }
 }

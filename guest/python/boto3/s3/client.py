@@ -1,6 +1,6 @@
 """``boto3.client("s3")``: the S3 calls functions use, with boto3's parameters and responses."""
 
-from boto3.exceptions import NotOffloadedError, supported
+from boto3.exceptions import NotOffloadedError, missing_attribute, supported
 from boto3.s3 import calls, transfer
 from boto3.s3.errors import S3Exceptions
 from boto3.s3.paginate import ListObjectsV2Paginator
@@ -99,6 +99,4 @@ class S3Client:
         transfer.download_fileobj(Bucket, Key, Fileobj, ExtraArgs, Callback)
 
     def __getattr__(self, name):
-        if name.startswith("_"):
-            raise AttributeError(name)
-        raise NotOffloadedError(f"S3.{name}", supported(SUPPORTED))
+        raise missing_attribute("S3", name, supported(SUPPORTED))

@@ -1,6 +1,6 @@
 """``client.get_paginator("list_objects_v2")``: pages that follow NextContinuationToken."""
 
-from boto3.exceptions import NotOffloadedError, supported
+from boto3.exceptions import NotOffloadedError, missing_attribute, supported
 
 _CONFIG_KEYS = ("PageSize", "MaxItems", "StartingToken")
 
@@ -8,6 +8,9 @@ _CONFIG_KEYS = ("PageSize", "MaxItems", "StartingToken")
 class ListObjectsV2Paginator:
     def __init__(self, client):
         self._client = client
+
+    def __getattr__(self, name):
+        raise missing_attribute("Paginator", name)
 
     def paginate(self, PaginationConfig=None, **kwargs):
         config = PaginationConfig or {}
@@ -44,6 +47,4 @@ class PageIterator:
             params["ContinuationToken"] = page["NextContinuationToken"]
 
     def __getattr__(self, name):
-        if name.startswith("_"):
-            raise AttributeError(name)
-        raise NotOffloadedError(f"PageIterator.{name}", "; iterate the pages instead")
+        raise missing_attribute("PageIterator", name, "; iterate the pages instead")

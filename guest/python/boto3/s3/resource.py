@@ -1,6 +1,6 @@
 """``boto3.resource("s3")``: Bucket, Object and ObjectSummary over the shim's client."""
 
-from boto3.exceptions import NotOffloadedError
+from boto3.exceptions import missing_attribute
 
 
 class _Meta:
@@ -12,9 +12,7 @@ class _Resource:
     """Resources answer only what they define; anything else fails loudly."""
 
     def __getattr__(self, name):
-        if name.startswith("_"):
-            raise AttributeError(name)
-        raise NotOffloadedError(f"s3.{type(self).__name__}.{name}")
+        raise missing_attribute(f"s3.{type(self).__name__}", name)
 
 
 class S3Resource(_Resource):

@@ -6,9 +6,14 @@ object fails like the HeadObject boto3 sends first ("404", "Not Found").
 """
 
 import os
-import tempfile
+import secrets
 
-from boto3.exceptions import NotOffloadedError, S3UploadFailedError, supported
+from boto3.exceptions import (
+    NotOffloadedError,
+    S3UploadFailedError,
+    missing_attribute,
+    supported,
+)
 from boto3.s3 import calls
 from botocore.exceptions import ClientError, IncompleteReadError
 
@@ -21,6 +26,9 @@ class TransferConfig:
 
     def __init__(self, **kwargs):
         self.__dict__.update(kwargs)
+
+    def __getattr__(self, name):
+        raise missing_attribute("TransferConfig", name)
 
 
 def upload_fileobj(fileobj, bucket, key, extra_args=None, callback=None):
@@ -61,9 +69,10 @@ def download_fileobj(bucket, key, fileobj, extra_args=None, callback=None):
 
 
 def download_file(bucket, key, filename, extra_args=None, callback=None):
-    """Downloads into a temporary file next to ``filename``, renamed over it once complete."""
-    directory, name = os.path.split(os.path.abspath(filename))
-    fd, partial = tempfile.mkstemp(prefix=name + ".", dir=directory)
+    """Downloads into a temporary file next to ``filename``, renamed over it once complete.
+    The file is created with mode 0666 less the umask, as boto3's is (not mkstemp's 0600)."""
+    partial = f"{filename}.{secrets.token_hex(4)}"
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as fileobj:
             download_fileobj(bucket, key, fileobj, extra_args, callback)

@@ -1,0 +1,1 @@
+"""``boto3.client("lambda")``: function-to-function calls through the Nexus backend."""
