@@ -25,6 +25,11 @@ const APT_PACKAGES: &[&str] = &[
     "kmod",
     "qemu-system-x86",
     "qemu-utils",
+    // The eBPF probes (ebpf/build.rs) and the Prometheus server the probe tests scrape with.
+    "clang",
+    "bpftool",
+    "libbpf-dev",
+    "prometheus",
 ];
 const GARAGE_VERSION: &str = "2.5.0";
 

@@ -1,0 +1,82 @@
+//! The node's duplicated memory as KSM (kernel samepage merging) finds it.
+//!
+//! KSM scans memory that processes marked mergeable (QEMU marks guest RAM so), merges pages
+//! with the same contents into one and counts them in /sys/kernel/mm/ksm: `pages_shared` kept
+//! copies, `pages_sharing` further mappings of them (the bytes saved), `ksm_zero_pages` pages
+//! merged into the zero page (with `use_zero_pages`). Their sum times the page size is memory
+//! that was duplicated on the node. KSM must run (`run` = 1) to find anything; it is the
+//! operator's choice, as it costs ksmd CPU time (docs/observability.md has the numbers).
+
+use std::path::{Path, PathBuf};
+
+use crate::procfs::{page_size, ProcError};
+
+const KSM: &str = "/sys/kernel/mm/ksm";
+
+/// KSM's node-wide counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ksm {
+    /// `run` is 1: ksmd scans.
+    pub running: bool,
+    pub pages_shared: u64,
+    pub pages_sharing: u64,
+    /// Pages merged into the zero page (0 where the kernel does not count them).
+    pub zero_pages: u64,
+    /// Full passes over mergeable memory since boot.
+    pub full_scans: u64,
+}
+
+impl Ksm {
+    /// Reads the counters; an error where the kernel has no KSM.
+    pub fn read() -> Result<Self, ProcError> {
+        Ok(Self {
+            running: read_u64("run")? == 1,
+            pages_shared: read_u64("pages_shared")?,
+            pages_sharing: read_u64("pages_sharing")?,
+            zero_pages: read_u64("ksm_zero_pages").unwrap_or(0),
+            full_scans: read_u64("full_scans")?,
+        })
+    }
+
+    /// Bytes of memory that duplicated other memory (and that KSM merged away).
+    pub fn duplicated_bytes(&self) -> u64 {
+        (self.pages_sharing + self.zero_pages) * page_size()
+    }
+}
+
+/// KSM scanning at a given pace until dropped, when the previous settings come back.
+#[derive(Debug)]
+pub struct KsmScanning {
+    previous: Vec<(&'static str, String)>,
+}
+
+impl KsmScanning {
+    /// Starts ksmd scanning `pages_to_scan` pages every `sleep_millisecs` (needs root).
+    pub fn start(pages_to_scan: u64, sleep_millisecs: u64) -> Result<Self, ProcError> {
+        let mut scanning = Self { previous: Vec::new() };
+        for (knob, value) in
+            [("pages_to_scan", pages_to_scan), ("sleep_millisecs", sleep_millisecs), ("run", 1)]
+        {
+            let path = Path::new(KSM).join(knob);
+            let old =
+                std::fs::read_to_string(&path).map_err(|e| ProcError::Read(path.clone(), e))?;
+            std::fs::write(&path, value.to_string()).map_err(|e| ProcError::Read(path, e))?;
+            scanning.previous.push((knob, old.trim().to_owned()));
+        }
+        Ok(scanning)
+    }
+}
+
+impl Drop for KsmScanning {
+    fn drop(&mut self) {
+        for (knob, value) in self.previous.iter().rev() {
+            let _ = std::fs::write(Path::new(KSM).join(knob), value);
+        }
+    }
+}
+
+fn read_u64(knob: &'static str) -> Result<u64, ProcError> {
+    let path = PathBuf::from(KSM).join(knob);
+    let text = std::fs::read_to_string(&path).map_err(|e| ProcError::Read(path.clone(), e))?;
+    text.trim().parse().map_err(|_| ProcError::Field(path, "number"))
+}
