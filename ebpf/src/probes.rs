@@ -123,10 +123,9 @@ impl Probes {
 
     /// Stops accounting process `tgid` and forgets its threads.
     pub fn untrack(&mut self, tgid: u32) -> Result<(), ProbeError> {
-        let map_err = |map| move |source| ProbeError::Map { map, source };
         match self.tracked.remove(&tgid) {
             Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(map_err("tracked_tgids")(e)),
+            Err(source) => return Err(ProbeError::Map { map: "tracked_tgids", source }),
         }
         let gone: Vec<u32> = self
             .threads()?
@@ -134,13 +133,15 @@ impl Probes {
             .filter(|(_, thread)| thread.tgid == tgid)
             .map(|(tid, _)| tid)
             .collect();
-        for tid in gone {
-            match self.threads.remove(&tid) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err("thread_cpu")(e)),
-            }
+        gone.into_iter().try_for_each(|tid| self.forget_thread(tid))
+    }
+
+    /// Forgets thread `tid` (it served something that is gone); its process stays tracked.
+    pub fn forget_thread(&mut self, tid: u32) -> Result<(), ProbeError> {
+        match self.threads.remove(&tid) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(ProbeError::Map { map: "thread_cpu", source }),
         }
-        Ok(())
     }
 
     /// Every accounted thread: (tid, its on-CPU time and process).
@@ -249,4 +250,12 @@ fn mount_tracefs() -> Result<(), ProbeError> {
         return Err(ProbeError::Tracefs(std::io::Error::last_os_error()));
     }
     Ok(())
+}
+
+/// Whether the host has a hardware PMU that counts CPU cycles (perf's `cpu` event source).
+/// Without one (VMs, PVM), the CPU the probes report is on-CPU time only.
+pub fn has_cycles_pmu() -> bool {
+    ["cpu", "cpu_core"].iter().any(|source| {
+        Path::new("/sys/bus/event_source/devices").join(source).join("events/cpu-cycles").exists()
+    })
 }
