@@ -323,14 +323,11 @@ impl Backend {
 
     /// The VM of region `id` runs as process `pid`: the probes (when on) account its CPU and
     /// memory, and its serving thread's CPU, to it until the region is removed.
-    pub fn vm_started(&self, id: &str, pid: u32) -> Result<(), BackendError> {
-        let (function, serving_tid) = {
-            let regions = self.lock();
-            let attached = regions.get(id).ok_or_else(|| BackendError::NoRegion(id.into()))?;
-            (attached.served.function.clone(), attached.serving_tid)
-        };
-        self.observer.track(id, &function, pid, serving_tid);
-        Ok(())
+    pub fn vm_started(&self, id: &str, pid: u32) {
+        let attached = self.lock().get(id).map(|a| (a.served.function.clone(), a.serving_tid));
+        if let Some((function, serving_tid)) = attached {
+            self.observer.track(id, &function, pid, serving_tid);
+        }
     }
 
     /// Whether the eBPF probes are on, and what they see.

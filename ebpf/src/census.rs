@@ -31,6 +31,9 @@ pub struct Census {
     /// Pages that duplicate another page's contents: for each contents found n ≥ 2 times,
     /// n − 1 (what merging would save; KSM's `pages_sharing` + `ksm_zero_pages`).
     pub duplicate_pages: u64,
+    /// Pages whose contents occur more than once: for each such contents, n (what KSM would
+    /// count in the processes' `ksm_merging_pages`).
+    pub pages_in_duplicates: u64,
 }
 
 impl Census {
@@ -65,10 +68,11 @@ impl Census {
                         let mut hasher = DefaultHasher::new();
                         hasher.write(contents);
                         let copies = seen.entry(hasher.finish()).or_default();
-                        if *copies > 0 {
-                            census.duplicate_pages += 1;
-                        }
                         *copies += 1;
+                        if *copies > 1 {
+                            census.duplicate_pages += 1;
+                            census.pages_in_duplicates += if *copies == 2 { 2 } else { 1 };
+                        }
                     }
                     address += pages * page;
                 }
@@ -161,5 +165,6 @@ mod tests {
         unsafe { libc::munmap(area, len) };
         assert!(census.pages >= 7, "{census:?}");
         assert!(census.duplicate_pages >= 3, "{census:?}");
+        assert!(census.pages_in_duplicates >= 5, "{census:?}");
     }
 }

@@ -1,4 +1,5 @@
-//! Harness for the integration tests: starts real servers (Garage, the backend) on loopback.
+//! Harness for the integration tests: starts real servers (Garage, the backend, Prometheus) on
+//! loopback.
 //!
 //! Everything here is blocking (`std::process`), so it works from plain `#[test]` functions.
 //! Every process the harness starts is owned by a value that kills it on drop.
@@ -7,10 +8,12 @@ mod artifacts;
 mod backend;
 mod error;
 mod garage;
+mod prometheus;
 mod rng;
 
 pub use artifacts::{guest_lib, nexus_binary};
 pub use backend::Backend;
 pub use error::HarnessError;
 pub use garage::Garage;
+pub use prometheus::Prometheus;
 pub use rng::Rng;

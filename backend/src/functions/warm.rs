@@ -149,11 +149,11 @@ pub fn start(
         });
     };
     let mut warm = Warm { region: region.id, vm, booted_in: Duration::ZERO };
+    if let Some(pid) = warm.vm.info().pid {
+        backend.vm_started(&warm.region, pid);
+    }
     match run(backend, &mut warm, config, from) {
         Ok(()) => {
-            if let Some(pid) = warm.vm.info().pid {
-                backend.vm_started(&warm.region, pid)?;
-            }
             warm.booted_in = started.elapsed();
             let ms = warm.booted_in.as_millis() as u64;
             let how = if matches!(from, Start::Boot) { "booted" } else { "restored" };
