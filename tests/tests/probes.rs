@@ -120,6 +120,18 @@ fn prometheus_scrapes_the_node_series_and_status_says_probes_are_on() {
     assert_eq!(series[0]["metric"]["job"], "nexus", "{series:?}");
     let up = prometheus.query("up{job=\"nexus\"}").unwrap();
     assert_eq!(up.first().map(value), Some(1.0), "{up:?}");
+
+    // Every query of the Grafana dashboard is one this Prometheus accepts.
+    let dashboard =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/grafana-nexus-node.json");
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(dashboard).unwrap()).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    for target in panels.iter().flat_map(|p| p["targets"].as_array().unwrap()) {
+        let expr = target["expr"].as_str().unwrap();
+        let expr = expr.replace("$function", ".*").replace("$__rate_interval", "1m");
+        prometheus.query(&expr).unwrap_or_else(|e| panic!("dashboard query: {e}"));
+    }
 }
 
 #[test]
