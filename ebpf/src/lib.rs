@@ -22,5 +22,5 @@ pub mod procfs;
 pub use census::Census;
 pub use ksm::{Ksm, KsmScanning};
 pub use maps::{ExitKey, ThreadCpu};
-pub use probes::{has_cycles_pmu, CostStats, ProbeError, Probes, ProgramCost};
+pub use probes::{has_cycles_pmu, loaded_sched_cost, CostStats, ProbeError, Probes, ProgramCost};
 pub use procfs::{ProcError, Resident, ThreadKind};

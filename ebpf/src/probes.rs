@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use aya::maps::{HashMap, MapData, MapError};
-use aya::programs::{ProgramError, TracePoint};
+use aya::programs::{loaded_programs, ProgramError, TracePoint};
 use aya::sys::{enable_stats, Stats};
 use aya::{include_bytes_aligned, Ebpf, EbpfError};
 
@@ -182,6 +182,24 @@ impl Probes {
         let info = loaded.info().map_err(query_err)?;
         Ok(ProgramCost { run_time: info.run_time(), runs: info.run_count() })
     }
+}
+
+/// What the sched_switch probe loaded by any process (e.g. a running backend) has cost while
+/// run-time statistics were on; `None` if no such probe is loaded.
+pub fn loaded_sched_cost() -> Result<Option<ProgramCost>, ProbeError> {
+    const PROGRAM: &str = "nexus_sched_switch";
+    for info in loaded_programs() {
+        let info = info.map_err(|source| ProbeError::Program {
+            program: PROGRAM,
+            action: "list",
+            source,
+        })?;
+        // The kernel keeps the first 15 bytes of a program's name.
+        if info.name_as_str().is_some_and(|name| !name.is_empty() && PROGRAM.starts_with(name)) {
+            return Ok(Some(ProgramCost { run_time: info.run_time(), runs: info.run_count() }));
+        }
+    }
+    Ok(None)
 }
 
 impl Kvm {

@@ -84,6 +84,8 @@ fn probe_cost_is_measured_per_switch() {
         .join()
         .unwrap();
     let after = probes.sched_cost().unwrap();
+    // Other processes (a backend) find it among the loaded programs.
+    assert!(nexus_ebpf::loaded_sched_cost().unwrap().is_some());
     let runs = after.runs - before.runs;
     assert!(runs >= 1000, "only {runs} switches seen");
     let per_event = (after.run_time - before.run_time).as_nanos() as u64 / runs;
