@@ -43,6 +43,8 @@ pub struct Invocation {
 pub struct WarmVm {
     /// The VMM process.
     pub pid: u32,
+    /// Its region (the `vm` label of the probes' series).
+    pub region: String,
     /// The accelerator, upper case (`TCG`, `KVM`).
     pub accel: String,
     /// The VM's console output.
@@ -179,6 +181,7 @@ impl Stack {
                 .as_u64()
                 .and_then(|p| u32::try_from(p).ok())
                 .with_context(|| format!("{name} has no warm VM"))?,
+            region: warm["region"].as_str().unwrap_or_default().to_owned(),
             accel: warm["accel"].as_str().unwrap_or("?").to_uppercase(),
             serial_log: warm["serial_log"].as_str().unwrap_or_default().into(),
         })

@@ -1,7 +1,8 @@
 //! `cargo xtask bench vm`: the same boto3 function in a Nexus VM and in a baseline VM, one run:
 //! memory in the guest after warm-up, the VMM's RSS, warm latency p50/p99 and the cold start.
 //! Both talk to one Garage server on loopback (the baseline through its NIC and QEMU's user
-//! networking, Nexus through the backend). Every figure is marked with the accelerator.
+//! networking, Nexus through the backend). Every figure is marked with the accelerator. As root,
+//! the backend runs its eBPF probes and the table adds what they saw (`probes.rs`).
 
 use std::path::Path;
 
@@ -9,6 +10,7 @@ use anyhow::Result;
 use serde_json::{json, Value};
 
 use super::measure::{machine, rss_kib};
+use super::probes::{self, CpuReading, CpuUse};
 use super::report::{mib, ratio, seconds, Row, Table};
 use super::stack::{accel_note, Stack, BUCKET};
 use super::stats::percentile;
@@ -33,15 +35,40 @@ struct Measured {
     guest_used_kib: f64,
     runtime_rss_kib: f64,
     vmm_rss_kib: f64,
+    pid: u32,
+    /// What the probes saw over the warm invocations (as root).
+    cpu: Option<CpuUse>,
+}
+
+/// What the probes saw of both VMs (as root).
+struct Observed {
+    baseline: CpuUse,
+    nexus: CpuUse,
+    /// Bytes of each VM that KSM merged, and the node's duplicated bytes.
+    merged: (u64, u64),
+    duplicated: u64,
 }
 
 pub fn run() -> Result<()> {
     let tools = setup::run()?;
-    let stack = Stack::start(&tools, &Flavour::ALL, "size: 32MiB, buffer_size: 1MiB", "")?;
+    let observe = probes::available();
+    let settings = if observe { probes::SETTINGS } else { "" };
+    let stack = Stack::start(&tools, &Flavour::ALL, "size: 32MiB, buffer_size: 1MiB", settings)?;
     seed_input(&stack, &tools.python)?;
+    let _cost_stats = observe.then(nexus_ebpf::Probes::cost_stats).transpose()?;
     let baseline = measure(&stack, "bench-baseline", Flavour::Baseline)?;
     let nexus = measure(&stack, "bench-nexus", Flavour::Nexus)?;
-    let table = vm_table(&baseline, &nexus);
+    let observed = match (baseline.cpu, nexus.cpu) {
+        (Some(b), Some(n)) => {
+            let (merged, duplicated) = probes::merged_after_ksm(&[baseline.pid, nexus.pid])?;
+            Some(Observed { baseline: b, nexus: n, merged: (merged[0], merged[1]), duplicated })
+        }
+        _ => {
+            println!("bench: not root: no eBPF probe figures");
+            None
+        }
+    };
+    let table = vm_table(&baseline, &nexus, observed.as_ref());
     print!("\n{}", table.text());
     let file = workspace_root().join("docs/BENCHMARKS.md");
     table.write_section(&file)?;
@@ -72,6 +99,10 @@ fn measure(stack: &Stack, name: &str, flavour: Flavour) -> Result<Measured> {
     let invoke = |round: usize| stack.invoke(name, &event(&format!("out/{name}-{round}.gz")), &[]);
     println!("bench: {name}: cold invocation (boots the VM)");
     let cold = invoke(0)?;
+    let vm = stack.warm_vm(name)?;
+    let before = probes::available()
+        .then(|| CpuReading::take(&stack.backend, &vm.region, vm.pid))
+        .transpose()?;
     println!("bench: {name}: {ROUNDS} warm invocations");
     let mut warm = Vec::new();
     let mut last = Value::Null;
@@ -82,7 +113,10 @@ fn measure(stack: &Stack, name: &str, flavour: Flavour) -> Result<Measured> {
         }
         last = invocation.result;
     }
-    let vm = stack.warm_vm(name)?;
+    let cpu = match before {
+        Some(before) => Some(before.until(&CpuReading::take(&stack.backend, &vm.region, vm.pid)?)),
+        None => None,
+    };
     Ok(Measured {
         accel: vm.accel,
         cold_s: cold.seconds,
@@ -91,10 +125,12 @@ fn measure(stack: &Stack, name: &str, flavour: Flavour) -> Result<Measured> {
         guest_used_kib: last["guest_used_kib"].as_f64().unwrap_or(f64::NAN),
         runtime_rss_kib: last["runtime_rss_kib"].as_f64().unwrap_or(f64::NAN),
         vmm_rss_kib: rss_kib(vm.pid)?,
+        pid: vm.pid,
+        cpu,
     })
 }
 
-fn vm_table(baseline: &Measured, nexus: &Measured) -> Table {
+fn vm_table(baseline: &Measured, nexus: &Measured, observed: Option<&Observed>) -> Table {
     let accel = &nexus.accel;
     let mark = format!(" [{accel}]");
     let kib = |k: f64| mib(k * 1024.0);
@@ -107,7 +143,7 @@ fn vm_table(baseline: &Measured, nexus: &Measured) -> Table {
         ..Row::default()
     };
     let p = percentile;
-    let rows = vec![
+    let mut rows = vec![
         row(
             "guest memory in use after warm-up (MemTotal − MemAvailable)",
             baseline.guest_used_kib,
@@ -140,6 +176,9 @@ fn vm_table(baseline: &Measured, nexus: &Measured) -> Table {
         ),
         row("cold: first invocation, end to end", baseline.cold_s, nexus.cold_s, &seconds, ""),
     ];
+    if let Some(seen) = observed {
+        rows.extend(probe_rows(seen, &mark));
+    }
     let mut notes = vec![format!(
         "Machine: {}. One run: {ROUNDS} warm invocations per flavour after {WARM_UP} warm-up ones, \
          medians/percentiles of those; the function (`guest/python/examples/bench`) reads a {} KiB \
@@ -149,6 +188,18 @@ fn vm_table(baseline: &Measured, nexus: &Measured) -> Table {
         INPUT_BYTES >> 10
     )];
     notes.extend(accel_note(accel));
+    if let Some(seen) = observed {
+        notes.push(format!(
+            "Probe rows (`probe:`): the backend's eBPF probes (`probes.enabled`, as root), read from \
+             its /metrics before and after the {} warm invocations; `/proc` is the VMM's \
+             utime + stime over the same span. Memory KSM merged: each VM's `ksm_merging_pages` \
+             after {} KSM passes with both VMs up (node duplicated memory then: {}). The probe \
+             cost is the kernel's run-time statistics of the sched_switch program, node-wide.",
+            WARM_UP + ROUNDS,
+            probes::KSM_PASSES,
+            mib(seen.duplicated as f64)
+        ));
+    }
     Table {
         name: "vm",
         title: format!("Function VMs: baseline (NIC + boto3) vs Nexus (no NIC, shim), {accel}"),
@@ -157,4 +208,40 @@ fn vm_table(baseline: &Measured, nexus: &Measured) -> Table {
         rows,
         ..Table::default()
     }
+}
+
+/// The rows of what the probes saw: CPU per warm invocation (probe, and /proc as a
+/// cross-check), the probe's own cost, and the memory KSM found duplicated.
+fn probe_rows(seen: &Observed, mark: &str) -> Vec<Row> {
+    let invocations = (WARM_UP + ROUNDS) as f64;
+    let row = |metric: &str, b: f64, n: f64, show: &dyn Fn(f64) -> String| Row {
+        metric: format!("{metric}{mark}"),
+        baseline: show(b),
+        nexus: show(n),
+        ratio: ratio(n, b),
+        ..Row::default()
+    };
+    let per_call = |s: f64| seconds(s / invocations);
+    let (b, n) = (&seen.baseline, &seen.nexus);
+    let bytes = |v: f64| mib(v);
+    let percent = |share: f64| format!("{:.3} %", share * 100.0);
+    let nanos = |ns: f64| format!("{ns:.0} ns");
+    vec![
+        row("probe: VMM CPU per warm invocation (vCPU + VMM threads)", b.vmm_s, n.vmm_s, &per_call),
+        row("/proc: VMM CPU per warm invocation (cross-check)", b.proc_s, n.proc_s, &per_call),
+        row(
+            "probe: backend CPU per warm invocation (serving thread)",
+            b.backend_s,
+            n.backend_s,
+            &per_call,
+        ),
+        row(
+            "probe: memory KSM merged (duplicated with other memory)",
+            seen.merged.0 as f64,
+            seen.merged.1 as f64,
+            &bytes,
+        ),
+        row("probe cost: ns per sched_switch event", b.ns_per_event, n.ns_per_event, &nanos),
+        row("probe cost: share of all CPUs during the rounds", b.cpu_share, n.cpu_share, &percent),
+    ]
 }
