@@ -51,6 +51,8 @@ struct Vm {
     serving_tid: Option<u32>,
     /// Its threads known to run vCPUs (a name read once is enough for those).
     vcpus: HashSet<u32>,
+    /// On-CPU seconds of its threads that exited (their map entries are deleted), by kind.
+    retired: BTreeMap<&'static str, f64>,
 }
 
 #[derive(Debug)]
@@ -117,7 +119,7 @@ impl Observer {
         if !config.enabled {
             return off("disabled in the config (probes.enabled: false)".into());
         }
-        let mut probes = match Probes::load() {
+        let probes = match Probes::load() {
             Ok(probes) => probes,
             Err(e) => {
                 let reason = crate::storage::error_chain(&e);
@@ -125,10 +127,6 @@ impl Observer {
                 return off(reason);
             }
         };
-        // The backend's own threads, so that each region's serving thread is accounted.
-        if let Err(e) = probes.track(std::process::id()) {
-            return off(crate::storage::error_chain(&e));
-        }
         let kvm_exits = match probes.kvm_exits() {
             Ok(_) => "attached".to_owned(),
             Err(why) => format!("not observed: {why}"),
@@ -150,10 +148,20 @@ impl Observer {
     pub fn track(&self, region: &str, function: &str, pid: u32, serving_tid: Option<u32>) {
         let Ok(state) = &self.state else { return };
         let mut state = lock(state);
-        if let Err(e) = state.probes.track(pid) {
+        let tracked = state.probes.track(pid).and_then(|()| match serving_tid {
+            Some(tid) => state.probes.track_thread(tid, std::process::id()),
+            None => Ok(()),
+        });
+        if let Err(e) = tracked {
             tracing::warn!(region, pid, "Cannot track the VM's CPU: {e}");
         }
-        let vm = Vm { function: function.to_owned(), pid, serving_tid, vcpus: HashSet::new() };
+        let vm = Vm {
+            function: function.to_owned(),
+            pid,
+            serving_tid,
+            vcpus: HashSet::new(),
+            retired: BTreeMap::new(),
+        };
         state.vms.insert(region.to_owned(), vm);
     }
 
@@ -188,30 +196,43 @@ impl Observer {
             .iter()
             .filter_map(|(region, vm)| Some((vm.serving_tid?, region.clone())))
             .collect();
+        let mut exited = Vec::new();
         for (tid, thread) in &threads {
-            let (region, kind) = if let Some(region) = serving.get(tid) {
-                (region.clone(), "backend")
-            } else if let Some((region, vm)) =
-                state.vms.iter_mut().find(|(_, vm)| vm.pid == thread.tgid)
-            {
-                let kind = if vm.vcpus.contains(tid) {
-                    ThreadKind::Vcpu
-                } else {
-                    procfs::thread_kind(vm.pid, *tid).unwrap_or(ThreadKind::Vmm)
-                };
-                if kind == ThreadKind::Vcpu {
-                    vm.vcpus.insert(*tid);
-                }
-                (region.clone(), kind.name())
-            } else {
+            let seconds = thread.oncpu_ns as f64 / 1e9;
+            if let Some(region) = serving.get(tid) {
+                *sample.cpu.entry((region.clone(), "backend")).or_default() += seconds;
+                continue;
+            }
+            let Some((region, vm)) = state.vms.iter_mut().find(|(_, vm)| vm.pid == thread.tgid)
+            else {
                 continue;
             };
-            *sample.cpu.entry((region, kind)).or_default() += thread.oncpu_ns as f64 / 1e9;
+            let named = procfs::thread_kind(vm.pid, *tid);
+            // Once named as a vCPU, always one (its name cannot be read after it exits).
+            if named == Some(ThreadKind::Vcpu) {
+                vm.vcpus.insert(*tid);
+            }
+            let kind = if vm.vcpus.contains(tid) { ThreadKind::Vcpu } else { ThreadKind::Vmm };
+            if named.is_none() {
+                // Exited: its time moves to the VM's retired sum and its entry goes, so that
+                // a VMM that starts and ends worker threads does not fill the map.
+                *vm.retired.entry(kind.name()).or_default() += seconds;
+                vm.vcpus.remove(tid);
+                exited.push(*tid);
+            } else {
+                *sample.cpu.entry((region.clone(), kind.name())).or_default() += seconds;
+            }
+        }
+        for tid in exited {
+            if let Err(e) = state.probes.forget_thread(tid) {
+                tracing::warn!(tid, "Cannot forget an exited thread: {e}");
+            }
         }
         for (region, vm) in &state.vms {
             sample.functions.insert(region.clone(), vm.function.clone());
             for kind in ["vcpu", "vmm", "backend"] {
-                sample.cpu.entry((region.clone(), kind)).or_default();
+                let retired = vm.retired.get(kind).copied().unwrap_or_default();
+                *sample.cpu.entry((region.clone(), kind)).or_default() += retired;
             }
             if let Ok(resident) = Resident::of(vm.pid) {
                 for (kind, bytes) in
@@ -367,5 +388,44 @@ mod tests {
         assert!(vmm > 0.0, "no CPU seen for the busy loop:\n{text}");
         observer.forget("fn-1");
         assert!(!exposition(&observer).contains("vm=\"fn-1\""));
+    }
+
+    /// Root only: a thread that exits keeps its time in its VM's series, and leaves the map.
+    #[test]
+    fn exited_threads_keep_their_time_and_leave_the_map() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: loading eBPF probes needs root");
+            return;
+        }
+        let observer = Arc::new(Observer::start(&ProbesConfig { enabled: true }));
+        observer.track("self-1", "self", std::process::id(), None);
+        let worker = std::thread::spawn(|| {
+            // 300 ms of this thread's own CPU time, however busy the machine is.
+            let mut cpu = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            while cpu.tv_nsec < 300_000_000 && cpu.tv_sec == 0 {
+                // SAFETY: `cpu` is a valid timespec to write.
+                unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut cpu) };
+            }
+            // SAFETY: gettid has no preconditions.
+            unsafe { libc::gettid() as u32 }
+        });
+        let tid = worker.join().unwrap();
+        // Its task is released shortly after it is joined.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let text = exposition(&observer);
+        let vmm: f64 = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(
+                    "nexus_vm_cpu_seconds_total{vm=\"self-1\",function=\"self\",kind=\"vmm\"} ",
+                )
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        assert!(vmm >= 0.29, "the exited thread's time is kept: {vmm}\n{text}");
+        let state = lock(observer.state.as_ref().unwrap());
+        assert!(state.probes.threads().unwrap().iter().all(|(t, _)| *t != tid));
+        assert!(state.vms["self-1"].retired["vmm"] >= 0.29);
     }
 }

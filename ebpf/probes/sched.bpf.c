@@ -1,4 +1,5 @@
-/* On-CPU time per thread of tracked processes, from sched:sched_switch.
+/* On-CPU time per thread of tracked processes (and of single threads user space registered
+ * in thread_cpu), from sched:sched_switch.
  *
  *   CPU n: ──[ prev runs ]──► sched_switch ──[ next runs ]──► sched_switch ──►
  *                  ▲ switched_in_at[n]   │ prev's slice = now - switched_in_at[n]
@@ -46,12 +47,12 @@ static __always_inline int try_account_switch(struct trace_event_raw_sched_switc
 	*last = now;
 	if (since == 0)
 		return 0;
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	if (!bpf_map_lookup_elem(&tracked_tgids, &tgid))
-		return 0;
 	__u32 tid = (__u32)BPF_CORE_READ(ctx, prev_pid);
 	struct nexus_thread_cpu *thread = bpf_map_lookup_elem(&thread_cpu, &tid);
 	if (!thread) {
+		__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+		if (!bpf_map_lookup_elem(&tracked_tgids, &tgid))
+			return 0;
 		struct nexus_thread_cpu fresh = { .tgid = tgid };
 		bpf_map_update_elem(&thread_cpu, &tid, &fresh, BPF_NOEXIST);
 		thread = bpf_map_lookup_elem(&thread_cpu, &tid);

@@ -4,7 +4,7 @@
 //! ```text
 //!  probes/*.bpf.c ──clang -target bpf (build.rs, CO-RE vs vmlinux.h)──► *.bpf.o (embedded)
 //!                                                                          │ aya: load, attach
-//!  kernel: sched:sched_switch ─► thread_cpu{tid → on-CPU ns} for tracked_tgids
+//!  kernel: sched:sched_switch ─► thread_cpu{tid → on-CPU ns} for tracked_tgids, single tids
 //!          kvm:kvm_exit       ─► kvm_exits{(isa, reason) → count}
 //!  user space: probes (maps) · procfs (thread names, RSS, ksm_stat) · ksm (node counters)
 //!              census (full page-hash scan, the reference for KSM's figures)

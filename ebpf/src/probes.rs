@@ -2,7 +2,8 @@
 //!
 //! ```text
 //!  sched.bpf.o ── nexus_sched_switch ─► tracepoint sched:sched_switch (always)
-//!     maps: tracked_tgids (user space writes) · thread_cpu (probe writes, user space reads)
+//!     maps: tracked_tgids (user space writes) · thread_cpu (the probe adds threads of tracked
+//!     processes, user space single threads; the probe counts, user space reads and retires)
 //!  kvm.bpf.o   ── nexus_kvm_exit     ─► tracepoint kvm:kvm_exit (where the host has it)
 //!     maps: kvm_exits (probe writes, user space reads)
 //! ```
@@ -136,7 +137,16 @@ impl Probes {
         gone.into_iter().try_for_each(|tid| self.forget_thread(tid))
     }
 
-    /// Forgets thread `tid` (it served something that is gone); its process stays tracked.
+    /// Starts accounting the single thread `tid` of process `tgid` (whose other threads are
+    /// not tracked), from zero.
+    pub fn track_thread(&mut self, tid: u32, tgid: u32) -> Result<(), ProbeError> {
+        let fresh = ThreadCpu { tgid, ..ThreadCpu::default() };
+        self.threads
+            .insert(tid, fresh, 0)
+            .map_err(|source| ProbeError::Map { map: "thread_cpu", source })
+    }
+
+    /// Forgets thread `tid` (it exited, or served something that is gone).
     pub fn forget_thread(&mut self, tid: u32) -> Result<(), ProbeError> {
         match self.threads.remove(&tid) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
