@@ -2,7 +2,7 @@
 //! `/metrics` at each scrape.
 //!
 //! ```text
-//!  functions: VM ready ─► Backend::vm_started(region, pid) ─► Observer::track
+//!  functions: VM created ─► Backend::vm_started(region, pid) ─► Observer::track
 //!  Backend::remove_region ─────────────────────────────────► Observer::forget
 //!  scrape ─► Observer::encode: thread_cpu map (tid → ns) grouped per VM:
 //!              VMM threads named like vCPUs ─► kind="vcpu", the VMM's others ─► kind="vmm",
@@ -65,7 +65,8 @@ struct State {
 /// The probes and the VMs they watch; a no-op when the probes are off.
 #[derive(Debug)]
 pub struct Observer {
-    state: Result<Mutex<State>, String>,
+    /// `None` when the probes are off.
+    state: Option<Mutex<State>>,
     status: ProbeStatus,
 }
 
@@ -110,11 +111,11 @@ impl Observer {
         let off = |reason: String| Self {
             status: ProbeStatus {
                 state: "off",
-                reason: Some(reason.clone()),
+                reason: Some(reason),
                 cpu,
                 kvm_exits: "not observed: probes off".into(),
             },
-            state: Err(reason),
+            state: None,
         };
         if !config.enabled {
             return off("disabled in the config (probes.enabled: false)".into());
@@ -134,7 +135,7 @@ impl Observer {
         tracing::info!(cpu, kvm_exits, "eBPF probes on");
         Self {
             status: ProbeStatus { state: "on", reason: None, cpu, kvm_exits },
-            state: Ok(Mutex::new(State { probes, vms: BTreeMap::new() })),
+            state: Some(Mutex::new(State { probes, vms: BTreeMap::new() })),
         }
     }
 
@@ -146,7 +147,7 @@ impl Observer {
     /// Starts watching the VM of region `region` (function `function`, VMM process `pid`,
     /// served by backend thread `serving_tid`).
     pub fn track(&self, region: &str, function: &str, pid: u32, serving_tid: Option<u32>) {
-        let Ok(state) = &self.state else { return };
+        let Some(state) = &self.state else { return };
         let mut state = lock(state);
         let tracked = state.probes.track(pid).and_then(|()| match serving_tid {
             Some(tid) => state.probes.track_thread(tid, std::process::id()),
@@ -167,7 +168,7 @@ impl Observer {
 
     /// Stops watching region `region`'s VM; its series are gone from the next scrape.
     pub fn forget(&self, region: &str) {
-        let Ok(state) = &self.state else { return };
+        let Some(state) = &self.state else { return };
         let mut state = lock(state);
         let Some(vm) = state.vms.remove(region) else { return };
         let forgotten = state.probes.untrack(vm.pid).and_then(|()| match vm.serving_tid {
@@ -181,7 +182,7 @@ impl Observer {
 
     /// Reads the probes' maps and /proc for every watched VM.
     fn sample(&self) -> Option<Sample> {
-        let state = self.state.as_ref().ok()?;
+        let state = self.state.as_ref()?;
         let mut state = lock(state);
         let mut sample = Sample::default();
         let threads = match state.probes.threads() {
