@@ -8,8 +8,9 @@
 //! operator's choice, as it costs ksmd CPU time (docs/observability.md has the numbers).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use crate::procfs::{page_size, ProcError};
+use crate::procfs::{cpu_time, page_size, ProcError};
 
 const KSM: &str = "/sys/kernel/mm/ksm";
 
@@ -73,6 +74,16 @@ impl Drop for KsmScanning {
             let _ = std::fs::write(Path::new(KSM).join(knob), value);
         }
     }
+}
+
+/// CPU time the ksmd kernel thread has used since boot (KSM's cost); `None` without one.
+pub fn ksmd_cpu_time() -> Option<Duration> {
+    let pid = std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+        (comm.trim() == "ksmd").then_some(pid)
+    })?;
+    cpu_time(pid).ok()
 }
 
 fn read_u64(knob: &'static str) -> Result<u64, ProcError> {

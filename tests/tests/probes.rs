@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use nexus_ebpf::{procfs, Census, Ksm, KsmScanning};
+use nexus_ebpf::{ksmd_cpu_time, procfs, Census, Ksm, KsmScanning};
 use nexus_tests::{nexus_binary, Backend, Prometheus};
 use serde_json::{json, Value};
 
@@ -181,15 +181,6 @@ fn prometheus_scrapes_per_vm_cpu_that_matches_proc() {
     assert!(gone.is_empty(), "stale series still answered: {gone:?}");
 }
 
-/// ksmd's pid, for its CPU time.
-fn ksmd() -> Option<u32> {
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-        let pid = entry.file_name().to_str()?.parse().ok()?;
-        let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
-        (comm.trim() == "ksmd").then_some(pid)
-    })
-}
-
 #[test]
 fn vms_from_one_image_show_duplicated_memory() {
     if let Some(why) = skip_reason() {
@@ -203,7 +194,7 @@ fn vms_from_one_image_show_duplicated_memory() {
 
     // KSM, scanning fast, until it has made three passes over the VMs' memory (two find and
     // merge a page; the third catches pages that were still changing).
-    let ksmd_before = ksmd().and_then(|pid| procfs::cpu_time(pid).ok());
+    let ksmd_before = ksmd_cpu_time();
     let started = Instant::now();
     let scanning = KsmScanning::start(4000, 10).unwrap();
     let first = Ksm::read().unwrap().full_scans;
@@ -212,8 +203,7 @@ fn vms_from_one_image_show_duplicated_memory() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let ksm_took = started.elapsed();
-    let ksmd_cpu =
-        ksmd().and_then(|pid| procfs::cpu_time(pid).ok()).zip(ksmd_before).map(|(a, b)| a - b);
+    let ksmd_cpu = ksmd_cpu_time().zip(ksmd_before).map(|(a, b)| a - b);
     let merged: Vec<u64> = pids.iter().map(|pid| procfs::ksm_merged_bytes(*pid).unwrap()).collect();
     let census_started = Instant::now();
     let census = Census::take(&pids).unwrap();
