@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use nexus_ebpf::{loaded_sched_cost, procfs, Ksm, KsmScanning, ProgramCost};
+use nexus_ebpf::{ksmd_cpu_time, loaded_sched_cost, procfs, Ksm, KsmScanning, ProgramCost};
 use nexus_tests::Backend;
 
 /// The backend settings that turn the probes on.
@@ -85,9 +85,22 @@ impl CpuReading {
     }
 }
 
+/// What KSM found.
+#[derive(Debug, Clone)]
+pub struct Merged {
+    /// Bytes of each VM merged (`ksm_merging_pages`).
+    pub per_vm: Vec<u64>,
+    /// The node's duplicated bytes.
+    pub node: u64,
+    /// ksmd's CPU time for the passes, and their wall time.
+    pub ksmd_cpu: Option<Duration>,
+    pub took: Duration,
+}
+
 /// Lets KSM make `KSM_PASSES` passes over mergeable memory, then reads how many bytes of each
-/// of `pids` it merged (`ksm_merging_pages`), and the node's duplicated bytes.
-pub fn merged_after_ksm(pids: &[u32]) -> Result<(Vec<u64>, u64)> {
+/// of `pids` it merged, and the node's duplicated bytes.
+pub fn merged_after_ksm(pids: &[u32]) -> Result<Merged> {
+    let cpu_before = ksmd_cpu_time();
     let _scanning = KsmScanning::start(KSM_PAGES_PER_WAKE, KSM_SLEEP_MS)?;
     let started = Instant::now();
     let first = Ksm::read()?.full_scans;
@@ -96,9 +109,14 @@ pub fn merged_after_ksm(pids: &[u32]) -> Result<(Vec<u64>, u64)> {
         anyhow::ensure!(started.elapsed() < KSM_PATIENCE, "KSM made no {KSM_PASSES} passes");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let merged = pids
+    let per_vm = pids
         .iter()
         .map(|pid| procfs::ksm_merged_bytes(*pid).context("read ksm_stat"))
         .collect::<Result<Vec<u64>>>()?;
-    Ok((merged, Ksm::read()?.duplicated_bytes()))
+    Ok(Merged {
+        per_vm,
+        node: Ksm::read()?.duplicated_bytes(),
+        ksmd_cpu: ksmd_cpu_time().zip(cpu_before).map(|(after, before)| after - before),
+        took: started.elapsed(),
+    })
 }

@@ -10,7 +10,7 @@ use anyhow::Result;
 use serde_json::{json, Value};
 
 use super::measure::{machine, rss_kib};
-use super::probes::{self, CpuReading, CpuUse};
+use super::probes::{self, CpuReading, CpuUse, Merged};
 use super::report::{mib, ratio, seconds, Row, Table};
 use super::stack::{accel_note, Stack, BUCKET};
 use super::stats::percentile;
@@ -44,9 +44,8 @@ struct Measured {
 struct Observed {
     baseline: CpuUse,
     nexus: CpuUse,
-    /// Bytes of each VM that KSM merged, and the node's duplicated bytes.
-    merged: (u64, u64),
-    duplicated: u64,
+    /// What KSM merged of each VM (baseline, Nexus) and on the node.
+    merged: Merged,
 }
 
 pub fn run() -> Result<()> {
@@ -60,8 +59,8 @@ pub fn run() -> Result<()> {
     let nexus = measure(&stack, "bench-nexus", Flavour::Nexus)?;
     let observed = match (baseline.cpu, nexus.cpu) {
         (Some(b), Some(n)) => {
-            let (merged, duplicated) = probes::merged_after_ksm(&[baseline.pid, nexus.pid])?;
-            Some(Observed { baseline: b, nexus: n, merged: (merged[0], merged[1]), duplicated })
+            let merged = probes::merged_after_ksm(&[baseline.pid, nexus.pid])?;
+            Some(Observed { baseline: b, nexus: n, merged })
         }
         _ => {
             println!("bench: not root: no eBPF probe figures");
@@ -193,11 +192,14 @@ fn vm_table(baseline: &Measured, nexus: &Measured, observed: Option<&Observed>) 
             "Probe rows (`probe:`): the backend's eBPF probes (`probes.enabled`, as root), read from \
              its /metrics before and after the {} warm invocations; `/proc` is the VMM's \
              utime + stime over the same span. Memory KSM merged: each VM's `ksm_merging_pages` \
-             after {} KSM passes with both VMs up (node duplicated memory then: {}). The probe \
-             cost is the kernel's run-time statistics of the sched_switch program, node-wide.",
+             after {} KSM passes with both VMs up (node duplicated memory then: {}; ksmd used \
+             {:?} of CPU over {:.1} s). The probe cost is the kernel's run-time statistics of the \
+             sched_switch program, node-wide.",
             WARM_UP + ROUNDS,
             probes::KSM_PASSES,
-            mib(seen.duplicated as f64)
+            mib(seen.merged.node as f64),
+            seen.merged.ksmd_cpu,
+            seen.merged.took.as_secs_f64()
         ));
     }
     Table {
@@ -237,8 +239,8 @@ fn probe_rows(seen: &Observed, mark: &str) -> Vec<Row> {
         ),
         row(
             "probe: memory KSM merged (duplicated with other memory)",
-            seen.merged.0 as f64,
-            seen.merged.1 as f64,
+            seen.merged.per_vm[0] as f64,
+            seen.merged.per_vm[1] as f64,
             &bytes,
         ),
         row("probe cost: ns per sched_switch event", b.ns_per_event, n.ns_per_event, &nanos),
