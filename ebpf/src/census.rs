@@ -37,6 +37,13 @@ pub struct Census {
 }
 
 impl Census {
+    /// Pages in duplicates that are not all zeros: what KSM merges of guest memory (the zero
+    /// pages of a guest's RAM sit mostly in transparent huge pages, which it leaves alone).
+    pub fn nonzero_pages_in_duplicates(&self) -> u64 {
+        let zeros_in_duplicates = if self.zero_pages > 1 { self.zero_pages } else { 0 };
+        self.pages_in_duplicates - zeros_in_duplicates
+    }
+
     /// Reads and hashes every present page of the mergeable areas of `pids` (needs root).
     pub fn take(pids: &[u32]) -> Result<Self, ProcError> {
         let page = page_size();
@@ -166,5 +173,6 @@ mod tests {
         assert!(census.pages >= 7, "{census:?}");
         assert!(census.duplicate_pages >= 3, "{census:?}");
         assert!(census.pages_in_duplicates >= 5, "{census:?}");
+        assert!(census.zero_pages >= 1, "{census:?}");
     }
 }

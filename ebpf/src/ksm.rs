@@ -8,9 +8,9 @@
 //! operator's choice, as it costs ksmd CPU time (docs/observability.md has the numbers).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::procfs::{cpu_time, page_size, ProcError};
+use crate::procfs::{cpu_time, ksm_merged_bytes, page_size, ProcError};
 
 const KSM: &str = "/sys/kernel/mm/ksm";
 
@@ -45,6 +45,16 @@ impl Ksm {
     }
 }
 
+/// Where KSM's merging of some processes settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    /// Bytes of each process merged (`ksm_merging_pages`).
+    pub merged: Vec<u64>,
+    /// Full passes made, and how long they took.
+    pub passes: u64,
+    pub took: Duration,
+}
+
 /// KSM scanning at a given pace until dropped, when the previous settings come back.
 #[derive(Debug)]
 pub struct KsmScanning {
@@ -52,12 +62,15 @@ pub struct KsmScanning {
 }
 
 impl KsmScanning {
-    /// Starts ksmd scanning `pages_to_scan` pages every `sleep_millisecs` (needs root).
+    /// Starts ksmd scanning `pages_to_scan` pages every `sleep_millisecs` (needs root), every
+    /// page at every pass (`smart_scan` off, where the kernel has it: it skips pages that did
+    /// not merge before, which makes a measurement converge later).
     pub fn start(pages_to_scan: u64, sleep_millisecs: u64) -> Result<Self, ProcError> {
         let mut scanning = Self { previous: Vec::new() };
-        for (knob, value) in
-            [("pages_to_scan", pages_to_scan), ("sleep_millisecs", sleep_millisecs), ("run", 1)]
-        {
+        let smart_scan = Path::new(KSM).join("smart_scan").exists().then_some(("smart_scan", 0));
+        let knobs =
+            [("pages_to_scan", pages_to_scan), ("sleep_millisecs", sleep_millisecs), ("run", 1)];
+        for (knob, value) in smart_scan.into_iter().chain(knobs) {
             let path = Path::new(KSM).join(knob);
             let old =
                 std::fs::read_to_string(&path).map_err(|e| ProcError::Read(path.clone(), e))?;
@@ -65,6 +78,39 @@ impl KsmScanning {
             scanning.previous.push((knob, old.trim().to_owned()));
         }
         Ok(scanning)
+    }
+}
+
+impl KsmScanning {
+    /// Waits until KSM's merging of `pids` settles: at least `min_passes` full passes, then
+    /// until a pass adds less than 1 % (KSM needs two passes to merge a page, more while
+    /// pages change), and at most `max_passes` or `patience`.
+    pub fn settle(
+        &self,
+        pids: &[u32],
+        min_passes: u64,
+        max_passes: u64,
+        patience: Duration,
+    ) -> Result<Settled, ProcError> {
+        let started = Instant::now();
+        let first = Ksm::read()?.full_scans;
+        let merged =
+            || pids.iter().map(|pid| ksm_merged_bytes(*pid)).collect::<Result<Vec<_>, _>>();
+        let (mut last_pass, mut last_sum) = (first, 0);
+        loop {
+            let pass = Ksm::read()?.full_scans;
+            if pass > last_pass {
+                let now = merged()?;
+                let sum: u64 = now.iter().sum();
+                let passes = pass - first;
+                let settled = passes >= min_passes && sum <= last_sum + last_sum / 100;
+                if settled || passes >= max_passes || started.elapsed() > patience {
+                    return Ok(Settled { merged: now, passes, took: started.elapsed() });
+                }
+                (last_pass, last_sum) = (pass, sum);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 

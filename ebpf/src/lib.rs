@@ -20,7 +20,7 @@ pub mod probes;
 pub mod procfs;
 
 pub use census::Census;
-pub use ksm::{ksmd_cpu_time, Ksm, KsmScanning};
+pub use ksm::{ksmd_cpu_time, Ksm, KsmScanning, Settled};
 pub use maps::{ExitKey, ThreadCpu};
 pub use probes::{has_cycles_pmu, loaded_sched_cost, CostStats, ProbeError, Probes, ProgramCost};
 pub use procfs::{ProcError, Resident, ThreadKind};

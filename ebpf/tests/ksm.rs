@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use nexus_ebpf::{ksmd_cpu_time, procfs, Census, Ksm, KsmScanning};
+use nexus_ebpf::{ksmd_cpu_time, procfs, Census, KsmScanning};
 
 /// Pages per area: half shared with the other area, half unique.
 const PAGES: usize = 8192;
@@ -83,22 +83,19 @@ fn ksm_and_the_census_find_the_known_duplicates() {
     assert!(census.duplicate_pages >= half as u64, "{census:?}");
     assert!(census.pages_in_duplicates >= PAGES as u64, "{census:?}");
 
-    let (cpu_before, started) = (ksmd_cpu_time(), Instant::now());
+    let cpu_before = ksmd_cpu_time();
     let scanning = KsmScanning::start(4000, 10).unwrap();
-    let first = Ksm::read().unwrap().full_scans;
-    while Ksm::read().unwrap().full_scans < first + 3 {
-        assert!(started.elapsed() < Duration::from_secs(300), "KSM made no three passes");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let ksm_took = started.elapsed();
-    let merged = procfs::ksm_merged_bytes(pid).unwrap() / page as u64;
+    let settled = scanning.settle(&[pid], 3, 20, Duration::from_secs(300)).unwrap();
+    let merged = settled.merged[0] / page as u64;
     let cpu = ksmd_cpu_time().zip(cpu_before).map(|(after, before)| after - before);
     drop(scanning);
     eprintln!(
         "known: {PAGES} pages in duplicates ({half} duplicate); census: {census:?} in \
-         {census_took:?} ({:.0} MiB/s); KSM: {merged} pages merged after 3 passes in \
-         {ksm_took:?}, ksmd CPU {cpu:?}",
-        (2 * PAGES * page) as f64 / census_took.as_secs_f64() / (1 << 20) as f64
+         {census_took:?} ({:.0} MiB/s); KSM: {merged} pages merged after {} passes in \
+         {:?}, ksmd CPU {cpu:?}",
+        (2 * PAGES * page) as f64 / census_took.as_secs_f64() / (1 << 20) as f64,
+        settled.passes,
+        settled.took
     );
     assert_eq!(merged, PAGES as u64, "KSM merged exactly the duplicated pages");
 }
