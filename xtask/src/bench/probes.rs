@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use nexus_ebpf::{ksmd_cpu_time, loaded_sched_cost, procfs, Ksm, KsmScanning, ProgramCost};
 use nexus_tests::Backend;
 
@@ -14,7 +14,8 @@ pub const SETTINGS: &str = "probes: { enabled: true }\n";
 /// KSM's pace while the bench waits for its passes.
 const KSM_PAGES_PER_WAKE: u64 = 4000;
 const KSM_SLEEP_MS: u64 = 10;
-pub const KSM_PASSES: u64 = 3;
+const KSM_MIN_PASSES: u64 = 3;
+const KSM_MAX_PASSES: u64 = 20;
 const KSM_PATIENCE: Duration = Duration::from_secs(300);
 
 /// Whether the probes can run (they need root).
@@ -92,31 +93,24 @@ pub struct Merged {
     pub per_vm: Vec<u64>,
     /// The node's duplicated bytes.
     pub node: u64,
-    /// ksmd's CPU time for the passes, and their wall time.
+    /// KSM's passes until its merging settled, ksmd's CPU time for them, and their wall time.
+    pub passes: u64,
     pub ksmd_cpu: Option<Duration>,
     pub took: Duration,
 }
 
-/// Lets KSM make `KSM_PASSES` passes over mergeable memory, then reads how many bytes of each
-/// of `pids` it merged, and the node's duplicated bytes.
+/// Lets KSM scan until its merging of `pids` settles, then reads how many bytes of each it
+/// merged, and the node's duplicated bytes.
 pub fn merged_after_ksm(pids: &[u32]) -> Result<Merged> {
     let cpu_before = ksmd_cpu_time();
-    let _scanning = KsmScanning::start(KSM_PAGES_PER_WAKE, KSM_SLEEP_MS)?;
-    let started = Instant::now();
-    let first = Ksm::read()?.full_scans;
-    println!("bench: waiting for {KSM_PASSES} KSM passes");
-    while Ksm::read()?.full_scans < first + KSM_PASSES {
-        anyhow::ensure!(started.elapsed() < KSM_PATIENCE, "KSM made no {KSM_PASSES} passes");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let per_vm = pids
-        .iter()
-        .map(|pid| procfs::ksm_merged_bytes(*pid).context("read ksm_stat"))
-        .collect::<Result<Vec<u64>>>()?;
+    let scanning = KsmScanning::start(KSM_PAGES_PER_WAKE, KSM_SLEEP_MS)?;
+    println!("bench: waiting for KSM's merging to settle");
+    let settled = scanning.settle(pids, KSM_MIN_PASSES, KSM_MAX_PASSES, KSM_PATIENCE)?;
     Ok(Merged {
-        per_vm,
+        per_vm: settled.merged,
         node: Ksm::read()?.duplicated_bytes(),
+        passes: settled.passes,
         ksmd_cpu: ksmd_cpu_time().zip(cpu_before).map(|(after, before)| after - before),
-        took: started.elapsed(),
+        took: settled.took,
     })
 }

@@ -192,11 +192,11 @@ fn vm_table(baseline: &Measured, nexus: &Measured, observed: Option<&Observed>) 
             "Probe rows (`probe:`): the backend's eBPF probes (`probes.enabled`, as root), read from \
              its /metrics before and after the {} warm invocations; `/proc` is the VMM's \
              utime + stime over the same span. Memory KSM merged: each VM's `ksm_merging_pages` \
-             after {} KSM passes with both VMs up (node duplicated memory then: {}; ksmd used \
-             {:?} of CPU over {:.1} s). The probe cost is the kernel's run-time statistics of the \
-             sched_switch program, node-wide.",
+             once KSM's merging settled ({} passes) with both VMs up (node duplicated memory then: \
+             {}; ksmd used {:?} of CPU over {:.1} s). The probe cost is the kernel's run-time \
+             statistics of the sched_switch program, node-wide.",
             WARM_UP + ROUNDS,
-            probes::KSM_PASSES,
+            seen.merged.passes,
             mib(seen.merged.node as f64),
             seen.merged.ksmd_cpu,
             seen.merged.took.as_secs_f64()
