@@ -153,7 +153,7 @@ fn prometheus_scrapes_per_vm_cpu_that_matches_proc() {
     let (probe, proc) = (probe_after - probe_before, proc_after - proc_before);
     eprintln!("VM running a 5 s busy loop: probe {probe:?}, /proc/PID/stat {proc:?}");
     // A shared machine gives the vCPU only part of the 5 s.
-    assert!(proc > Duration::from_secs(1), "the busy loop barely ran: {proc:?}");
+    assert!(proc > Duration::from_millis(500), "the busy loop barely ran: {proc:?}");
     let allowed = proc.mul_f64(CPU_TOLERANCE) + CPU_SLACK;
     assert!(probe.abs_diff(proc) <= allowed, "probe {probe:?} vs /proc {proc:?} (±{allowed:?})");
 
