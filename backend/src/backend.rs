@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -26,7 +26,7 @@ use crate::ops;
 use crate::ops::Context;
 use crate::policy::{Access, Policy};
 use crate::serve::{serve, Shared};
-use crate::served::{Prefetched, ServedRegion};
+use crate::served::{Placed, Prefetched, ServedRegion};
 use crate::spool::{Spool, SpoolError};
 use crate::storage::{Storage, StorageError};
 
@@ -83,6 +83,8 @@ pub struct RegionInfo {
     pub path: PathBuf,
     pub state: &'static str,
     pub open_streams: usize,
+    /// Invocations sent to the guest and not answered yet.
+    pub invocations_in_flight: usize,
 }
 
 #[derive(Debug)]
@@ -103,6 +105,7 @@ impl Attached {
             path: self.path.clone(),
             state: if self.served.is_faulted() { "faulted" } else { "serving" },
             open_streams: self.served.streams.len(),
+            invocations_in_flight: self.served.invocations.in_flight(),
         }
     }
 
@@ -185,18 +188,18 @@ impl Backend {
     /// are on this host and sleep on a shared futex.
     pub fn create_region(&self, function: &str) -> Result<RegionInfo, BackendError> {
         let policy = self.config.policy_for(function).clone();
-        self.create_region_with(function, policy, |_| {
+        self.create_region_with(function, policy, |_: &Region| {
             Ok::<_, std::convert::Infallible>(Kick::Futex)
         })
     }
 
-    /// Creates a region for `function`; `attach` then gets its file (e.g. starts a VMM with it)
+    /// Creates a region for `function`; `attach` then gets it (e.g. starts a VMM with its file)
     /// and answers how the guest is woken; then the region is served.
     pub fn create_region_with<E>(
         &self,
         function: &str,
         policy: Policy,
-        attach: impl FnOnce(&Path) -> Result<Kick, E>,
+        attach: impl FnOnce(&Region) -> Result<Kick, E>,
     ) -> Result<RegionInfo, BackendError>
     where
         E: std::error::Error + Send + Sync + 'static,
@@ -209,7 +212,7 @@ impl Backend {
         let region_err = |source| BackendError::Region { id: id.clone(), source };
         let geometry = self.config.region.geometry();
         let region = Arc::new(Region::create(&path, &geometry).map_err(region_err)?);
-        let kick = match attach(&path) {
+        let kick = match attach(&region) {
             Ok(kick) => kick,
             Err(e) => {
                 let _ = std::fs::remove_file(&path);
@@ -314,6 +317,28 @@ impl Backend {
             let fetched = futures::future::join_all(tasks).await;
             fetched.into_iter().filter_map(|task| task.ok().flatten()).collect()
         }
+    }
+
+    /// Copies prefetched `objects` into the staging area of `region` before it is served: while
+    /// a VMM that keeps the region's contents restores the VM. Objects with a write waiting in
+    /// the spool are left out, as [`Backend::invoke_region`] does. [`Backend::adopt_staged`]
+    /// publishes them once the region is served.
+    pub fn place_staged(
+        &self,
+        region: &Region,
+        policy: &Policy,
+        objects: &[Prefetched],
+    ) -> Result<Placed, RegionError> {
+        let spool = self.shared.context.spool.as_ref();
+        let fresh = objects.iter().filter(|(b, k, _)| !spool.is_some_and(|s| s.has_pending(b, k)));
+        Placed::place(region, &self.config.region.geometry(), policy, fresh)
+    }
+
+    /// Publishes the objects [`Backend::place_staged`] put into region `id`; how many the guest
+    /// can read in place.
+    pub fn adopt_staged(&self, id: &str, placed: Placed) -> Result<usize, BackendError> {
+        let served = self.served(id)?;
+        served.adopt(placed).map_err(|source| BackendError::Region { id: id.into(), source })
     }
 
     /// The policy of region `id`'s function.

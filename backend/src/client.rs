@@ -1,8 +1,15 @@
-//! A minimal blocking client of the control API over its unix socket, for the CLI and tests.
+//! A blocking client of the control API over its unix socket, for the CLI and tests: one
+//! HTTP/1.1 exchange (hyper) per call, on a small runtime of its own, so any thread may call
+//! it, a blocking task of another runtime included.
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
 
 /// Errors talking to the backend.
 #[derive(Debug, thiserror::Error)]
@@ -14,12 +21,18 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
-    /// The exchange failed midway.
+    /// The client's own runtime could not start.
+    #[error("Cannot start the client's runtime")]
+    Runtime(#[source] std::io::Error),
+    /// The request could not be formed (a bad method, path or header).
+    #[error("Invalid request to the Nexus backend")]
+    Request(#[from] hyper::http::Error),
+    /// The HTTP exchange failed midway.
     #[error("Request to the Nexus backend failed")]
-    Io(#[from] std::io::Error),
-    /// The answer is not HTTP.
-    #[error("Malformed answer from the Nexus backend")]
-    Malformed,
+    Http(#[from] hyper::Error),
+    /// The answer's body is not UTF-8 text (the API answers JSON).
+    #[error("The Nexus backend answered {0} bytes that are not UTF-8 text")]
+    NotText(usize),
     /// The backend refused the request.
     #[error("Nexus backend answered {status}: {message}")]
     Status { status: u16, message: String },
@@ -28,7 +41,7 @@ pub enum ClientError {
 /// A 2xx answer.
 #[derive(Debug, Clone)]
 pub struct Answer {
-    /// Header lines, names lower-cased.
+    /// Headers, names lower-cased.
     pub headers: Vec<(String, String)>,
     pub body: String,
 }
@@ -69,36 +82,48 @@ pub fn exchange_with(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Result<Answer, ClientError> {
-    let mut stream = UnixStream::connect(socket)
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(ClientError::Runtime)?;
+    runtime.block_on(send(socket, method, path, headers, body))
+}
+
+async fn send(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Answer, ClientError> {
+    let stream = UnixStream::connect(socket)
+        .await
         .map_err(|source| ClientError::Connect { path: socket.to_owned(), source })?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: nexus\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    )?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    let connection = tokio::spawn(connection);
+    let mut request = Request::builder()
+        .method(Method::from_bytes(method.as_bytes()).map_err(hyper::http::Error::from)?)
+        .uri(path)
+        .header(HOST, "nexus")
+        .header(CONTENT_TYPE, "application/json");
     for (name, value) in headers {
-        write!(stream, "{name}: {value}\r\n")?;
+        request = request.header(*name, *value);
     }
-    write!(stream, "\r\n")?;
-    stream.write_all(body)?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer)?;
-    let text = String::from_utf8_lossy(&answer);
-    let (head, rest) = text.split_once("\r\n\r\n").ok_or(ClientError::Malformed)?;
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or(ClientError::Malformed)?;
-    let headers: Vec<(String, String)> = head
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+    let response =
+        sender.send_request(request.body(Full::new(Bytes::copy_from_slice(body)))?).await?;
+    let status = response.status().as_u16();
+    let headers: Vec<(String, String)> = response
+        .headers()
+        .iter()
+        .map(|(name, value)| {
+            (name.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned())
+        })
         .collect();
-    let chunked = headers.iter().any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
-    let body = if chunked { dechunk(rest)? } else { rest.to_owned() };
+    let bytes = response.into_body().collect().await?.to_bytes();
+    connection.abort();
+    let body =
+        String::from_utf8(bytes.to_vec()).map_err(|e| ClientError::NotText(e.as_bytes().len()))?;
     if !(200..300).contains(&status) {
         let message = serde_json::from_str::<serde_json::Value>(&body)
             .ok()
@@ -109,26 +134,51 @@ pub fn exchange_with(
     Ok(Answer { headers, body })
 }
 
-fn dechunk(mut rest: &str) -> Result<String, ClientError> {
-    let mut body = String::new();
-    loop {
-        let (size, tail) = rest.split_once("\r\n").ok_or(ClientError::Malformed)?;
-        let size = usize::from_str_radix(size.trim(), 16).map_err(|_| ClientError::Malformed)?;
-        if size == 0 {
-            return Ok(body);
-        }
-        body.push_str(tail.get(..size).ok_or(ClientError::Malformed)?);
-        rest = tail.get(size + 2..).ok_or(ClientError::Malformed)?;
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixListener;
+
     use super::*;
 
+    /// A socket that answers one request with `answer`, as raw bytes.
+    fn answering(answer: &'static [u8]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("api.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = [0; 4096];
+            let _ = stream.read(&mut request).unwrap();
+            stream.write_all(answer).unwrap();
+        });
+        (dir, socket)
+    }
+
     #[test]
-    fn decodes_chunked_bodies() {
-        assert_eq!(dechunk("3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(), "abcde");
-        assert!(dechunk("zz\r\n").is_err());
+    fn reads_chunked_answers_and_their_headers() {
+        let (_dir, socket) = answering(
+            b"HTTP/1.1 200 OK\r\nX-Nexus-Cold-Start-Ms: 12\r\nTransfer-Encoding: chunked\r\n\r\n\
+              3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+        );
+        let answer = exchange(&socket, "POST", "/v1/x", b"{}").unwrap();
+        assert_eq!(answer.body, "abcde");
+        assert_eq!(answer.header("x-nexus-cold-start-ms"), Some("12"));
+    }
+
+    #[test]
+    fn an_answer_that_is_not_text_is_an_error_not_a_lossy_string() {
+        let (_dir, socket) = answering(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n\xff\xfe");
+        let error = exchange(&socket, "GET", "/v1/x", b"").unwrap_err();
+        assert!(matches!(error, ClientError::NotText(2)), "{error}");
+    }
+
+    #[test]
+    fn an_error_answer_carries_the_backends_message() {
+        let (_dir, socket) = answering(
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 28\r\n\r\n{\"error\":\"No function echo\"}",
+        );
+        let error = exchange(&socket, "GET", "/v1/x", b"").unwrap_err();
+        assert_eq!(error.to_string(), "Nexus backend answered 404: No function echo");
     }
 }

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use nexus_channel::layout::{Geometry, GeometryError};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::policy::Policy;
 
@@ -162,6 +162,34 @@ pub struct VmConfig {
     pub accel: String,
     /// Seconds a VM may take from start to its runtime being ready.
     pub boot_timeout_secs: u64,
+    /// The VMM of functions whose spec names none.
+    pub vmm: VmmKind,
+    /// The `cloud-hypervisor` binary (built with `--features ivshmem`); `None`:
+    /// `$NEXUS_CLOUD_HYPERVISOR`, else `PATH`.
+    pub cloud_hypervisor: Option<PathBuf>,
+    /// Warm VMs a function may have at once, unless its spec says otherwise.
+    pub max_vms: u32,
+    /// Seconds an invocation waits for one of its function's VMs when all are busy.
+    pub queue_wait_secs: u64,
+    /// Seconds an idle VM is kept before it is stopped.
+    pub keep_alive_secs: u64,
+    /// Seconds past a function's timeout that the backend waits for its guest's answer (the
+    /// guest enforces the timeout itself) before it gives up on the VM and recycles it.
+    pub timeout_grace_secs: u64,
+    /// MiB of TCG's translation cache per QEMU VM under emulation; `None`: QEMU's default.
+    pub tcg_cache_mib: Option<u32>,
+}
+
+/// The most VMs one function may have.
+pub const MAX_VMS: u32 = 256;
+
+/// The VMMs function VMs can run on; each is an adapter of `nexus-plugin`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VmmKind {
+    #[default]
+    Qemu,
+    CloudHypervisor,
 }
 
 impl Default for VmConfig {
@@ -171,6 +199,13 @@ impl Default for VmConfig {
             state_dir: "/var/lib/nexus/vms".into(),
             accel: "auto".into(),
             boot_timeout_secs: 120,
+            vmm: VmmKind::default(),
+            cloud_hypervisor: None,
+            max_vms: 1,
+            queue_wait_secs: 30,
+            keep_alive_secs: 600,
+            timeout_grace_secs: 5,
+            tcg_cache_mib: None,
         }
     }
 }
@@ -278,6 +313,9 @@ impl Config {
                 "cache.max_object_bytes: {} exceeds cache.max_bytes ({})",
                 self.cache.max_object_bytes, self.cache.max_bytes
             ));
+        }
+        if !(1..=MAX_VMS).contains(&self.vm.max_vms) {
+            return Err(format!("vm.max_vms: {} is not between 1 and {MAX_VMS}", self.vm.max_vms));
         }
         if !["auto", "kvm", "tcg"].contains(&self.vm.accel.as_str()) {
             return Err(format!("vm.accel: {:?} is not auto, kvm or tcg", self.vm.accel));

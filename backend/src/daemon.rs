@@ -27,6 +27,19 @@ pub enum DaemonError {
     Serve(#[source] std::io::Error),
 }
 
+/// How often idle VMs are checked against `vm.keep_alive_secs`.
+const KEEP_ALIVE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Stops VMs idle past their keep-alive, for as long as the backend runs.
+async fn stop_idle_vms(functions: Arc<Functions>) {
+    let mut every = tokio::time::interval(KEEP_ALIVE_CHECK);
+    loop {
+        every.tick().await;
+        let functions = functions.clone();
+        let _ = tokio::task::spawn_blocking(move || functions.stop_idle()).await;
+    }
+}
+
 /// Runs the backend until a termination signal.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
     let socket = config.api.socket.clone();
@@ -34,6 +47,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let backend = Arc::new(Backend::new(config, tokio::runtime::Handle::current())?);
     let functions = Arc::new(Functions::new(backend.clone()));
     let app = api::router(Api { backend: backend.clone(), functions: functions.clone() });
+    tokio::spawn(stop_idle_vms(functions.clone()));
     if let Some(addr) = backend.config().api.listen {
         let tcp =
             TcpListener::bind(addr).await.map_err(|e| DaemonError::Listen(addr.to_string(), e))?;

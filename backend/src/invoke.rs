@@ -143,6 +143,11 @@ impl Invocations {
     }
 
     /// Whether a result is waiting (serving thread).
+    /// Invocations sent and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        lock(&self.pending).len()
+    }
+
     pub fn has_results(&self) -> Result<bool, RingError> {
         lock(&self.results).ready()
     }

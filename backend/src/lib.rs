@@ -14,6 +14,7 @@
 pub mod api;
 pub mod backend;
 mod cache;
+pub mod ch_proxy;
 pub mod client;
 pub mod config;
 pub mod daemon;

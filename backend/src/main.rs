@@ -38,6 +38,20 @@ enum Command {
     Fn(FnCommand),
     /// Show the backend's status.
     Status,
+    /// Serve a Nexus API socket in front of a Cloud Hypervisor's own: its REST API forwarded
+    /// as is (ch-remote works through it), with the backend's hooks (region registration,
+    /// quiesce before pause/snapshot, a new region on restore, release on delete/shutdown).
+    ChProxy {
+        /// The socket to serve (give it to ch-remote --api-socket).
+        #[arg(long)]
+        listen: PathBuf,
+        /// Cloud Hypervisor's own API socket (its --api-socket).
+        #[arg(long)]
+        ch_socket: PathBuf,
+        /// Where restore copies of snapshots are kept. Default: a folder beside --listen.
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,6 +109,10 @@ fn main() -> ExitCode {
         Command::Region(command) => region(&cli.socket, command),
         Command::Fn(command) => function(&cli.socket, command),
         Command::Status => print(&cli.socket, "GET", "/v1/status", None),
+        Command::ChProxy { listen, ch_socket, work_dir } => {
+            let work_dir = work_dir.unwrap_or_else(|| listen.with_extension("restores"));
+            ch_proxy(&listen, &ch_socket, &cli.socket, &work_dir)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -106,6 +124,21 @@ fn main() -> ExitCode {
 }
 
 fn backend(config: &Path) -> Result<(), String> {
+    init_logging();
+    let config = Config::load(config).map_err(|e| error_chain(&e))?;
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    runtime.block_on(nexus_backend::daemon::run(config)).map_err(|e| error_chain(&e))
+}
+
+fn ch_proxy(listen: &Path, ch: &Path, backend: &Path, work_dir: &Path) -> Result<(), String> {
+    init_logging();
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    runtime
+        .block_on(nexus_backend::ch_proxy::run(listen, ch, backend, work_dir))
+        .map_err(|e| error_chain(&e))
+}
+
+fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("NEXUS_LOG")
@@ -113,9 +146,6 @@ fn backend(config: &Path) -> Result<(), String> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let config = Config::load(config).map_err(|e| error_chain(&e))?;
-    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    runtime.block_on(nexus_backend::daemon::run(config)).map_err(|e| error_chain(&e))
 }
 
 fn region(socket: &Path, command: RegionCommand) -> Result<(), String> {

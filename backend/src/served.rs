@@ -47,6 +47,41 @@ struct Staged {
     area_used: bool,
 }
 
+/// Prefetched objects copied into a region's staging area, not yet published. The backend
+/// places them while it serves the region ([`ServedRegion::stage`]) or, when the VMM keeps the
+/// region's contents across a restore (Cloud Hypervisor), before it serves it: while the VMM
+/// restores the VM ([`ServedRegion::adopt`] publishes them then).
+#[derive(Debug)]
+pub struct Placed {
+    stager: Stager,
+    names: HashSet<(String, String)>,
+}
+
+impl Placed {
+    /// Copies those of `objects` that `policy` lets the function read, and that fit, into the
+    /// staging area of `region`.
+    pub fn place<'a>(
+        region: &Region,
+        geometry: &Geometry,
+        policy: &Policy,
+        objects: impl IntoIterator<Item = &'a Prefetched>,
+    ) -> Result<Placed, RegionError> {
+        let mut placed = Placed { stager: Stager::new(geometry), names: HashSet::new() };
+        for (bucket, key, object) in objects {
+            if policy.check(Access::Read, bucket, key).is_err() {
+                continue;
+            }
+            let meta = object_meta(&object.info, object.info.size, None);
+            let size = object.bytes.len() as u64;
+            if let Some(at) = placed.stager.place(bucket, key, size, meta) {
+                region.copy_in(at, &object.bytes)?;
+                placed.names.insert((bucket.clone(), key.clone()));
+            }
+        }
+        Ok(placed)
+    }
+}
+
 /// One region as the backend serves it.
 #[derive(Debug)]
 pub struct ServedRegion {
@@ -130,24 +165,28 @@ impl ServedRegion {
         let mut staged = self.staged.lock().unwrap_or_else(|e| e.into_inner());
         let mut published = 0;
         if !staged.area_used && self.geometry.staging_size > 0 {
-            staged.area_used = true;
-            let mut stager = Stager::new(&self.geometry);
-            for (bucket, key, object) in &objects {
-                if self.policy.check(Access::Read, bucket, key).is_err() {
-                    continue;
-                }
-                let meta = object_meta(&object.info, object.info.size, None);
-                let size = object.bytes.len() as u64;
-                if let Some(at) = stager.place(bucket, key, size, meta) {
-                    self.region.copy_in(at, &object.bytes)?;
-                    staged.in_region.insert((bucket.clone(), key.clone()));
-                }
-            }
-            published = stager.publish(&self.region)?;
+            let placed = Placed::place(&self.region, &self.geometry, &self.policy, &objects)?;
+            published = self.publish(&mut staged, placed)?;
         }
         let in_memory = objects.into_iter().map(|(bucket, key, object)| ((bucket, key), object));
         staged.in_memory.extend(in_memory);
         Ok(published)
+    }
+
+    /// Publishes objects copied into the staging area before the region was served (see
+    /// [`Placed`]); the area then counts as written. Returns how many the guest can read.
+    pub fn adopt(&self, placed: Placed) -> Result<usize, RegionError> {
+        let mut staged = self.staged.lock().unwrap_or_else(|e| e.into_inner());
+        if staged.area_used {
+            return Ok(0);
+        }
+        self.publish(&mut staged, placed)
+    }
+
+    fn publish(&self, staged: &mut Staged, placed: Placed) -> Result<usize, RegionError> {
+        staged.area_used = true;
+        staged.in_region.extend(placed.names);
+        placed.stager.publish(&self.region)
     }
 
     /// Drops every staged object (the invocation they were staged for ended).
@@ -309,6 +348,24 @@ mod tests {
         assert_eq!((in_place(&served, "in", "a"), in_place(&served, "in", "b")), (None, None));
         assert!(served.staged("in", "b").is_none());
         assert!(served.staged("in", "a").is_some());
+    }
+
+    #[test]
+    fn objects_placed_before_the_region_is_served_are_published_once_adopted() {
+        let dir = tempfile::tempdir().unwrap();
+        let served = served(dir.path(), 1 << 20);
+        let objects = vec![object("in", "a", b"alpha"), object("secret", "s", b"no")];
+        let placed =
+            Placed::place(&served.region, &served.geometry, &served.policy, &objects).unwrap();
+        // What a restore's new epoch does to the header: the placed bytes survive it.
+        served.region.initialize(&served.geometry).unwrap();
+        assert_eq!(in_place(&served, "in", "a"), None, "not published yet");
+        assert_eq!(served.adopt(placed).unwrap(), 1, "only what the policy lets it read");
+        assert_eq!(in_place(&served, "in", "a").as_deref(), Some(&b"alpha"[..]));
+        assert_eq!(served.stage(objects).unwrap(), 0, "the area was written once");
+        assert!(served.staged("in", "a").is_some(), "and the objects are kept for calls");
+        served.forget_staged("in", "a");
+        assert_eq!(in_place(&served, "in", "a"), None, "a write withdraws adopted objects too");
     }
 
     #[test]

@@ -60,6 +60,11 @@ pub struct Notifier {
     kick: Kick,
 }
 
+/// The vsock port of the doorbell where a VMM carries it over virtio-vsock (Cloud Hypervisor):
+/// the guest agent connects to this port of the host (CID 2); the VMM hands the connection to
+/// the host end the backend holds.
+pub const VSOCK_DOORBELL_PORT: u32 = 0x4e58;
+
 /// How long a waiter spins before it sleeps, unless told otherwise.
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 /// Longest single sleep; a waiter re-checks its condition at least this often (a safety net:

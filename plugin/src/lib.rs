@@ -1,6 +1,6 @@
 //! VMM adapters: one pair of traits, [`Vmm`] and [`Vm`], for running a function VM with its
-//! shared-memory region attached, and the adapters that implement them ([`qemu`] today; Cloud
-//! Hypervisor and libvirt implement the same traits).
+//! shared-memory region attached, and the adapters that implement them ([`qemu`],
+//! [`cloud_hypervisor`]; libvirt implements the same traits).
 //!
 //! A VM's life, whatever the VMM:
 //!
@@ -22,7 +22,9 @@
 //! [`VmmError::GuestFailed`] carrying the console's last lines.
 
 mod accel;
+pub mod cloud_hypervisor;
 mod error;
+mod process;
 pub mod qemu;
 mod serial;
 mod spec;
@@ -32,4 +34,4 @@ pub use accel::{detect_accel, Accel, AccelError};
 pub use error::VmmError;
 pub use serial::wait_for_serial;
 pub use spec::{AccelChoice, Disk, Network, RegionSpec, VmSpec};
-pub use vm::{Snapshot, Vm, VmInfo, VmState, Vmm};
+pub use vm::{RegionOnRestore, Snapshot, Vm, VmInfo, VmState, Vmm};

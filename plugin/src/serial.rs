@@ -173,6 +173,9 @@ mod tests {
         fn serial_tail(&self, lines: usize) -> String {
             tail_lines(&self.log, lines)
         }
+        fn doorbell(&mut self) -> Result<std::os::unix::net::UnixStream, VmmError> {
+            Err(self.refuse("connect the doorbell of"))
+        }
     }
 
     #[test]

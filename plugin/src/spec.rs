@@ -21,9 +21,10 @@ pub struct VmSpec {
     pub vcpus: u8,
     /// The shared-memory region, attached as an ivshmem-plain PCI device (BAR2).
     pub region: Option<RegionSpec>,
-    /// A unix socket the VMM listens on, connected to the guest's virtio-serial port
-    /// `org.nexus.doorbell`: a blocking notification path between backend and agent.
-    pub doorbell: Option<PathBuf>,
+    /// Whether the guest gets a doorbell: a byte stream between the backend and the guest agent,
+    /// the blocking notification path of the channel. The adapter supplies it (its host end is
+    /// [`Vm::doorbell`](crate::Vm::doorbell)) and decides how it reaches the guest.
+    pub doorbell: bool,
     /// A NIC; only the baseline flavour has one.
     pub network: Option<Network>,
     /// Where the VMM keeps its control socket, console log and pid file (created if missing).
@@ -91,7 +92,7 @@ impl VmSpec {
             memory_mib: 256,
             vcpus: 1,
             region: None,
-            doorbell: None,
+            doorbell: false,
             network: None,
             work_dir: work_dir.into(),
             accel: AccelChoice::Auto,

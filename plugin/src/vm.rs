@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::fs;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -14,6 +15,8 @@ use crate::spec::VmSpec;
 pub trait Vmm: Send + Sync + fmt::Debug {
     /// The adapter's name (`"qemu"`), also recorded in the snapshots it takes.
     fn name(&self) -> &'static str;
+    /// What a restore does to the region file's contents.
+    fn region_on_restore(&self) -> RegionOnRestore;
     /// Starts a VMM process for `spec` with its region attached; guest code not yet running.
     fn create(&self, spec: &VmSpec) -> Result<Box<dyn Vm>, VmmError>;
     /// Starts a VMM process that restores `snapshot` (left paused), with `spec`'s region
@@ -35,6 +38,22 @@ pub trait Vm: Send + fmt::Debug {
     fn info(&self) -> VmInfo;
     /// The last `lines` lines of the guest console log.
     fn serial_tail(&self, lines: usize) -> String;
+    /// The host end of the doorbell of a VM whose spec asked for one: a connected stream; a
+    /// byte written to it wakes the guest agent, and a byte the agent writes arrives on it. How
+    /// it reaches the guest is the adapter's business. Called after create or restore, before
+    /// boot or resume.
+    fn doorbell(&mut self) -> Result<UnixStream, VmmError>;
+}
+
+/// What a restore does to the region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegionOnRestore {
+    /// The snapshot carries the region's contents and the restore writes them back: data for
+    /// the restored guest goes into the region after the restore, before `resume`.
+    Rewritten,
+    /// The snapshot holds only the device: the region file keeps what the host wrote, so the
+    /// host may fill it while the VMM restores.
+    Kept,
 }
 
 /// What a VM is and where it is in its life.

@@ -10,7 +10,6 @@
 mod support;
 
 use std::fs;
-use std::os::unix::net::UnixStream;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -114,15 +113,14 @@ fn attaches_a_doorbell_port_and_a_user_mode_nic() {
     let image = image();
     let qemu = Qemu::new().unwrap();
     let dir = TempDir::new().unwrap();
-    let doorbell = dir.path().join("doorbell.sock");
     let spec = VmSpec {
-        doorbell: Some(doorbell.clone()),
+        doorbell: true,
         network: Some(Network::User),
         ..image.spec("devices", dir.path(), None)
     };
     // Not booted: the devices are there from the start.
     let mut vm = qemu.create_vm(&spec).unwrap();
-    UnixStream::connect(&doorbell).expect("QEMU listens on the doorbell socket");
+    vm.doorbell().expect("QEMU listens on the doorbell socket");
     let tree = vm.qmp("human-monitor-command", Some(json!({ "command-line": "info qtree" })));
     let tree = tree.unwrap();
     let tree = tree.as_str().unwrap();

@@ -97,6 +97,6 @@ impl Artifact {
 }
 
 /// The workspace root: the parent of this crate's folder.
-fn workspace_root() -> &'static Path {
+pub(crate) fn workspace_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ lives inside the workspace")
 }

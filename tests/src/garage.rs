@@ -56,8 +56,13 @@ pub struct Garage {
 impl Garage {
     /// An S3 client on `bucket` of this server.
     pub fn client(&self, bucket: &str) -> AmazonS3 {
+        self.client_at(&self.endpoint, bucket)
+    }
+
+    /// An S3 client on `bucket` of this server reached at `endpoint` (a link's address, say).
+    pub fn client_at(&self, endpoint: &str, bucket: &str) -> AmazonS3 {
         AmazonS3Builder::new()
-            .with_endpoint(&self.endpoint)
+            .with_endpoint(endpoint)
             .with_region(&self.region)
             .with_bucket_name(bucket)
             .with_access_key_id(&self.access_key)
@@ -70,11 +75,19 @@ impl Garage {
 
     /// The backend's `storage:` section for this server (S3, path-style, plain HTTP).
     pub fn storage_settings(&self) -> String {
+        self.storage_settings_at(&self.endpoint)
+    }
+
+    /// The backend's `storage:` section for this server reached at `endpoint` (a [`Link`]'s
+    /// address, say).
+    ///
+    /// [`Link`]: crate::Link
+    pub fn storage_settings_at(&self, endpoint: &str) -> String {
         format!(
             "storage:\n  url: \"s3://\"\n  options: {{ aws_endpoint: \"{}\", aws_access_key_id: \"{}\", \
              aws_secret_access_key: \"{}\", aws_region: \"{}\", aws_allow_http: \"true\", \
              aws_virtual_hosted_style_request: \"false\" }}\n",
-            self.endpoint, self.access_key, self.secret_key, self.region
+            endpoint, self.access_key, self.secret_key, self.region
         )
     }
 

@@ -8,12 +8,16 @@ mod artifacts;
 mod backend;
 mod error;
 mod garage;
+mod link;
 mod prometheus;
 mod rng;
+mod test_guest;
 
 pub use artifacts::{guest_lib, nexus_binary};
 pub use backend::Backend;
 pub use error::HarnessError;
 pub use garage::Garage;
+pub use link::{Link, LinkProfile};
 pub use prometheus::Prometheus;
 pub use rng::Rng;
+pub use test_guest::{layout_header, test_guest};

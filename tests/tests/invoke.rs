@@ -35,8 +35,13 @@ impl Drop for Worker {
 
 /// Starts a worker serving `region` with the echo handler.
 fn worker(region: &std::path::Path) -> Worker {
+    worker_with_timeout(region, 900.0)
+}
+
+/// Starts a worker serving `region` with the echo handler, which may run `timeout_s` seconds.
+fn worker_with_timeout(region: &std::path::Path, timeout_s: f64) -> Worker {
     let child = Command::new(python())
-        .args(["-m", "nexus_runtime", "--serve", "--handler"])
+        .args(["-m", "nexus_runtime", "--serve", "--timeout", &timeout_s.to_string(), "--handler"])
         .arg(workspace().join("tests/fixtures/echo.py:handler"))
         .env("PYTHONPATH", workspace().join("guest/python"))
         .env("NEXUS_REGION", region)
@@ -160,4 +165,29 @@ fn a_prefetched_input_is_read_in_place_until_the_handler_overwrites_it() {
     assert_eq!(error, None);
     assert_eq!(serde_json::from_str::<Value>(result["got"].as_str().unwrap()).unwrap(), event);
     assert_eq!(gets().unwrap(), gets_before + 2.0);
+}
+
+#[test]
+fn a_handler_past_its_timeout_is_answered_and_the_next_invocation_does_not_wait() {
+    let backend = Backend::start(&nexus_binary(), SETTINGS, &["out"]).unwrap();
+    let region = backend.create_region("echo").unwrap();
+    let id = region.file_stem().unwrap().to_str().unwrap().to_owned();
+    let _worker = worker_with_timeout(&region, 0.5);
+    wait_ready(&backend, &id);
+    // More timeouts in a row than the region has host buffers (4): none may keep one.
+    for round in 0..10 {
+        let started = Instant::now();
+        let (result, error) = invoke(&backend, &id, &json!({ "sleep": 5 }));
+        let took = started.elapsed();
+        assert_eq!(error.as_deref(), Some("Unhandled"), "round {round}: {result}");
+        assert_eq!(result["errorType"], "Sandbox.Timedout", "round {round}: {result}");
+        assert_eq!(result["errorMessage"], "Task timed out after 0.50 seconds");
+        assert!(took < Duration::from_secs(4), "round {round} took {took:?}");
+    }
+    let started = Instant::now();
+    let (result, error) = invoke(&backend, &id, &json!({ "n": 11 }));
+    assert_eq!((result["echo"]["n"].as_i64(), error), (Some(11), None));
+    let took = started.elapsed();
+    println!("timing: a quick invocation after 10 timeouts took {took:?}");
+    assert!(took < Duration::from_secs(4), "it waited behind the timed-out ones: {took:?}");
 }

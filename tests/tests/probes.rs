@@ -74,7 +74,7 @@ fn boot_spinner(backend: &Backend, name: &str, flavour: &str) -> (String, u32) {
         .unwrap()
         .iter()
         .find(|f| f["spec"]["name"] == name)
-        .map(|f| f["warm"].clone())
+        .map(|f| f["vms"][0].clone())
         .unwrap();
     (warm["region"].as_str().unwrap().to_owned(), warm["pid"].as_u64().unwrap() as u32)
 }

@@ -168,7 +168,7 @@ fn functions_run_in_nexus_and_baseline_vms() {
 
     // Listing shows warm VMs; removing a function stops its VM.
     let listed = backend.api("GET", "/v1/functions", None).unwrap();
-    assert!(listed.as_array().unwrap().iter().all(|f| f["warm"]["pid"].is_u64()), "{listed}");
+    assert!(listed.as_array().unwrap().iter().all(|f| f["vms"][0]["pid"].is_u64()), "{listed}");
     backend.api("DELETE", "/v1/functions/compress", None).unwrap();
     assert!(qemu_processes(&backend.dir) > 0, "the baseline VM runs");
     assert!(backend.stop(), "the backend stops cleanly:\n{}", backend.log_tail());
@@ -196,7 +196,7 @@ fn a_guest_that_cannot_boot_gives_a_clear_error() {
     assert!(error.contains("502"), "{error}");
     assert!(error.contains("did not start"), "{error}");
     let listed = backend.api("GET", "/v1/functions", None).unwrap();
-    assert!(listed[0]["warm"].is_null(), "a failed boot leaves no VM: {listed}");
+    assert_eq!(listed[0]["vms"], json!([]), "a failed boot leaves no VM: {listed}");
 }
 
 #[test]
@@ -243,7 +243,7 @@ fn a_cold_start_restores_the_snapshot_with_its_input_prefetched() {
     // The restored runtime resynced to the new epoch: the agent never had to restart it.
     let listed = backend.api("GET", "/v1/functions", None).unwrap();
     let console =
-        std::fs::read_to_string(listed[0]["warm"]["serial_log"].as_str().unwrap()).unwrap();
+        std::fs::read_to_string(listed[0]["vms"][0]["serial_log"].as_str().unwrap()).unwrap();
     assert!(!console.contains("runtime exited"), "the runtime died after the restore:\n{console}");
 
     // A wrong hint costs only its fetch.
@@ -264,4 +264,107 @@ fn a_cold_start_restores_the_snapshot_with_its_input_prefetched() {
     assert!(qemu_processes(&backend.dir) > 0, "the restored VM runs");
     assert!(backend.stop(), "{}", backend.log_tail());
     assert_eq!(qemu_processes(&backend.dir), 0, "no VM outlives the backend");
+}
+
+/// The function's VMs as `nexus fn ls` lists them.
+fn vms(backend: &Backend, name: &str) -> Vec<Value> {
+    let listed = backend.api("GET", "/v1/functions", None).unwrap();
+    let function = listed.as_array().unwrap().iter().find(|f| f["spec"]["name"] == name);
+    function.unwrap()["vms"].as_array().unwrap().clone()
+}
+
+/// Waits up to `timeout` for `condition` on the function's VMs.
+fn wait_for_vms(
+    backend: &Backend,
+    name: &str,
+    timeout: Duration,
+    condition: impl Fn(&[Value]) -> bool,
+) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !condition(&vms(backend, name)) {
+        assert!(std::time::Instant::now() < deadline, "VMs now: {:?}", vms(backend, name));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Invokes `name` with `event` on another thread; the raw answer or error text.
+fn invoke_in_background(
+    backend: &Backend,
+    name: &str,
+    event: Value,
+) -> std::thread::JoinHandle<(Result<String, String>, Duration)> {
+    let (socket, path) = (backend.socket.clone(), format!("/v1/functions/{name}/invoke"));
+    std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        let answer = exchange(&socket, "POST", &path, event.to_string().as_bytes());
+        (answer.map(|a| a.body).map_err(|e| e.to_string()), started.elapsed())
+    })
+}
+
+#[test]
+fn a_function_scales_over_its_vms_recycles_a_stuck_one_and_stops_idle_ones() {
+    let settings = format!(
+        "storage: {{ url: \"file://{{dir}}/objects\" }}\n\
+         vm: {{ images: {}, state_dir: \"{{dir}}/vms\", boot_timeout_secs: 240, max_vms: 2, \
+         timeout_grace_secs: 10, keep_alive_secs: 20 }}\n",
+        images().display()
+    );
+    let backend = Backend::start(&nexus_binary(), &settings, &[]).unwrap();
+    let code = workspace().join("tests/fixtures");
+    let spec =
+        json!({ "name": "echo", "code": code, "handler": "echo.py:handler", "timeout_secs": 3 });
+    deploy(&backend, spec);
+    let (_, error, cold) = invoke(&backend, "echo", &json!({ "n": 1 }));
+    assert!(error.is_none() && cold.is_some(), "the first invocation starts a VM");
+    let first_pid = vms(&backend, "echo")[0]["pid"].clone();
+
+    // A handler past its timeout is stopped by the guest runtime; the VM serves on.
+    let (result, error, cold) = invoke(&backend, "echo", &json!({ "sleep": 60 }));
+    assert_eq!((error.as_deref(), cold), (Some("Unhandled"), None), "{result}");
+    assert_eq!(result["errorType"], "Sandbox.Timedout", "{result}");
+    let (result, error, cold) = invoke(&backend, "echo", &json!({ "n": 2 }));
+    assert_eq!((result["echo"]["n"].as_i64(), error, cold), (Some(2), None, None));
+    assert_eq!(vms(&backend, "echo")[0]["pid"], first_pid, "the same VM served");
+
+    // A guest that never answers (the runtime's timer blocked): while its VM is busy a second
+    // VM serves, and after the timeout and grace the stuck VM is stopped.
+    let stuck =
+        invoke_in_background(&backend, "echo", json!({ "sleep": 600, "block_alarm": true }));
+    wait_for_vms(&backend, "echo", Duration::from_secs(10), |vms| {
+        vms.iter().any(|v| v["busy"] == true)
+    });
+    let busy = backend.metric("nexus_function_vms", &["function=\"echo\"", "state=\"busy\""]);
+    assert_eq!(busy.unwrap(), 1.0);
+    let (result, error, cold) = invoke(&backend, "echo", &json!({ "n": 3 }));
+    assert_eq!(result["echo"]["n"].as_i64(), Some(3), "{result}");
+    assert!(error.is_none() && cold.is_some(), "a second VM started beside the busy one");
+    let (answer, took) = stuck.join().unwrap();
+    let error = answer.unwrap_err();
+    assert!(error.contains("504"), "{error}");
+    assert!(took < Duration::from_secs(60), "the stuck invocation ended after {took:?}");
+    let left = vms(&backend, "echo");
+    assert_eq!(left.len(), 1, "the stuck VM was recycled: {left:?}");
+    assert_ne!(left[0]["pid"], first_pid);
+    assert_eq!(qemu_processes(&backend.dir), 1);
+
+    // Stopping the function does not wait for the invocation running in it.
+    let running =
+        invoke_in_background(&backend, "echo", json!({ "sleep": 600, "block_alarm": true }));
+    wait_for_vms(&backend, "echo", Duration::from_secs(10), |vms| {
+        vms.iter().any(|v| v["busy"] == true)
+    });
+    let started = std::time::Instant::now();
+    backend.api("POST", "/v1/functions/echo/stop", None).unwrap();
+    let stopped_in = started.elapsed();
+    println!("timing: fn stop during an invocation took {stopped_in:?}");
+    assert!(stopped_in < Duration::from_secs(10), "fn stop waited {stopped_in:?}");
+    assert!(running.join().unwrap().0.is_err(), "the interrupted invocation failed");
+    assert_eq!(vms(&backend, "echo"), Vec::<Value>::new());
+    assert_eq!(qemu_processes(&backend.dir), 0);
+
+    // An idle VM is stopped after its keep-alive.
+    let (_, error, cold) = invoke(&backend, "echo", &json!({ "n": 4 }));
+    assert!(error.is_none() && cold.is_some());
+    wait_for_vms(&backend, "echo", Duration::from_secs(60), |vms| vms.is_empty());
+    assert_eq!(qemu_processes(&backend.dir), 0);
 }

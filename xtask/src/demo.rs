@@ -110,7 +110,7 @@ fn run_in_vm(backend: &Backend) -> Result<Vec<(String, Value)>> {
         outputs.push((key.to_owned(), result));
     }
     let functions = backend.api("GET", "/v1/functions", None)?;
-    let warm = &functions[0]["warm"];
+    let warm = &functions[0]["vms"][0];
     let accel = warm["accel"].as_str().unwrap_or("?");
     let note =
         if accel == "tcg" { " (TCG: software emulation, ≈ 10× slower than KVM)" } else { "" };

@@ -30,6 +30,8 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "libbpf-dev",
     "prometheus",
+    // The freestanding test guest (tests/ch-guest), built by the tests.
+    "gcc",
 ];
 const GARAGE_VERSION: &str = "2.5.0";
 

@@ -109,6 +109,7 @@ impl From<FunctionError> for ApiError {
             FunctionError::Backend(inner) => return ApiError::from_backend(inner, error_chain(&e)),
             FunctionError::Spec(_) => StatusCode::BAD_REQUEST,
             FunctionError::NoFunction(_) => StatusCode::NOT_FOUND,
+            FunctionError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             FunctionError::Boot { .. } => StatusCode::BAD_GATEWAY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -216,11 +217,8 @@ async fn deploy_function(
     State(api): State<Api>,
     Json(spec): Json<FunctionSpec>,
 ) -> Result<Response, ApiError> {
-    let functions = api.functions.clone();
-    // Building the code disk runs mkfs: keep it off the async workers.
-    let info = tokio::task::spawn_blocking(move || functions.deploy(spec))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    // Building the code disk runs mkfs.
+    let info = blocking(move || api.functions.deploy(spec)).await?;
     Ok((StatusCode::CREATED, Json(info)).into_response())
 }
 
@@ -228,8 +226,16 @@ async fn remove_function(
     State(api): State<Api>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    api.functions.remove(&name).await?;
+    blocking(move || api.functions.remove(&name)).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Runs `work` (seconds of blocking: mkfs, stopping VMMs) off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, FunctionError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let done = tokio::task::spawn_blocking(work).await;
+    Ok(done.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??)
 }
 
 /// The body is the event JSON; the answer is the handler's result JSON.
@@ -283,11 +289,12 @@ async fn stop_function(
     State(api): State<Api>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    api.functions.stop_vm(&name).await?;
+    blocking(move || api.functions.stop_vms(&name)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn metrics(State(api): State<Api>) -> Response {
+    api.functions.refresh_metrics();
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], api.backend.metrics().encode()).into_response()
 }
 

@@ -1,10 +1,20 @@
-//! Functions: deployed code, one warm VM each, and invocations.
+//! Functions: deployed code, a pool of warm VMs each, and invocations.
 //!
-//! Deploying packs the code into a disk image; the first invocation boots a VM (cold start)
-//! which then stays warm and serves the function's invocations one at a time. Removing a
-//! function, or stopping the backend, stops its VM.
+//! Deploying packs the code into a disk image. An invocation leases an idle VM of its function,
+//! or starts one more (a cold start: boot, or restore of the function's snapshot, with the
+//! invocation's hinted inputs prefetched meanwhile) while the function has fewer than its
+//! `max_vms`, else waits a bounded time for one to be released (see `pool.rs`). Each VM serves
+//! one invocation at a time; an idle VM is stopped after `vm.keep_alive_secs`.
+//!
+//! **Timeouts.** The guest runtime ends a handler at the function's timeout and answers with
+//! Lambda's timeout error. A VM whose guest has not answered `vm.timeout_grace_secs` after
+//! that is recycled: stopped, its region released, so that nothing it holds (host buffers,
+//! permits) can wedge later invocations, which start a new VM. Stopping or removing a function
+//! never waits for its invocations: their VMs are stopped under them and they fail.
 
 mod code_disk;
+mod metrics;
+mod pool;
 pub mod spec;
 mod warm;
 
@@ -12,15 +22,20 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use nexus_channel::wire::ObjectRef;
+use nexus_plugin::cloud_hypervisor::{ChOptions, CloudHypervisor, MemoryRestoreMode};
 use nexus_plugin::qemu::Qemu;
 use nexus_plugin::{Snapshot, Vmm, VmmError};
 use serde::Serialize;
 
 use crate::backend::{Backend, BackendError};
-use crate::invoke::Outcome;
+use crate::config::VmmKind;
+use crate::invoke::{InvokeError, Outcome};
+use metrics::FunctionMetrics;
+use pool::{Acquired, Lease, Pool, Refused};
 pub use spec::{Flavour, FunctionSpec, SpecError};
 pub use warm::WarmInfo;
 use warm::{Start, Warm};
@@ -37,6 +52,9 @@ pub enum FunctionError {
     /// No function of that name.
     #[error("No function {0}")]
     NoFunction(String),
+    /// Every VM of the function stayed busy for the whole wait.
+    #[error("All {max_vms} VMs of function {name} stayed busy for {waited:?}: raise its max_vms or retry")]
+    Busy { name: String, max_vms: u32, waited: Duration },
     /// No VMM could be started.
     #[error("No VMM available: {0}")]
     NoVmm(String),
@@ -61,7 +79,7 @@ pub enum FunctionError {
 struct Deployed {
     spec: FunctionSpec,
     code_disk: PathBuf,
-    warm: tokio::sync::Mutex<Option<Warm>>,
+    vms: Pool<Warm>,
     /// A snapshot of a warm VM of this function: cold starts restore it instead of booting.
     snapshot: Mutex<Option<Snapshot>>,
 }
@@ -79,7 +97,8 @@ pub enum ColdStart {
 #[derive(Debug, Clone, Serialize)]
 pub struct FunctionInfo {
     pub spec: FunctionSpec,
-    pub warm: Option<WarmInfo>,
+    /// Its warm VMs, idle ones first.
+    pub vms: Vec<WarmInfo>,
 }
 
 /// An invocation's outcome and whether it had to start a VM.
@@ -95,16 +114,47 @@ pub struct Invoked {
 #[derive(Debug)]
 pub struct Functions {
     backend: Arc<Backend>,
-    vmm: Result<Box<dyn Vmm>, String>,
+    /// One adapter per VMM kind, started when a function first needs it.
+    vmms: Mutex<BTreeMap<VmmKind, Arc<dyn Vmm>>>,
     deployed: Mutex<BTreeMap<String, Arc<Deployed>>>,
     instances: AtomicU64,
+    metrics: FunctionMetrics,
 }
 
 impl Functions {
-    /// The functions of `backend`; VMs run on QEMU.
+    /// The functions of `backend`.
     pub fn new(backend: Arc<Backend>) -> Self {
-        let vmm = Qemu::new().map(|q| Box::new(q) as Box<dyn Vmm>).map_err(|e| e.to_string());
-        Self { backend, vmm, deployed: Mutex::default(), instances: AtomicU64::new(1) }
+        Self {
+            metrics: FunctionMetrics::register(backend.metrics()),
+            backend,
+            vmms: Mutex::default(),
+            deployed: Mutex::default(),
+            instances: AtomicU64::new(1),
+        }
+    }
+
+    /// The adapter of `kind`, started on first use.
+    fn vmm_for(&self, kind: VmmKind) -> Result<Arc<dyn Vmm>, FunctionError> {
+        let mut vmms = lock(&self.vmms);
+        if let Some(vmm) = vmms.get(&kind) {
+            return Ok(vmm.clone());
+        }
+        let no_vmm = |e: VmmError| FunctionError::NoVmm(e.to_string());
+        let vmm: Arc<dyn Vmm> = match kind {
+            VmmKind::Qemu => {
+                let cache = self.backend.config().vm.tcg_cache_mib;
+                Arc::new(Qemu::new().map_err(no_vmm)?.with_tcg_cache(cache))
+            }
+            VmmKind::CloudHypervisor => {
+                let options = ChOptions {
+                    binary: self.backend.config().vm.cloud_hypervisor.clone(),
+                    memory_restore_mode: MemoryRestoreMode::OnDemand,
+                };
+                Arc::new(CloudHypervisor::new(options).map_err(no_vmm)?)
+            }
+        };
+        vmms.insert(kind, vmm.clone());
+        Ok(vmm)
     }
 
     /// Deploys (or replaces) a function; blocking: it builds the code disk.
@@ -116,17 +166,17 @@ impl Functions {
         let deployed = Arc::new(Deployed {
             spec: spec.clone(),
             code_disk,
-            warm: Default::default(),
+            vms: Pool::default(),
             snapshot: Mutex::default(),
         });
         if let Some(old) = self.lock().insert(spec.name.clone(), deployed) {
-            self.stop_warm(&old);
+            self.stop_all(&old, true);
         }
         tracing::info!(function = %spec.name, flavour = spec.flavour.name(), "Function deployed");
-        Ok(FunctionInfo { spec, warm: None })
+        Ok(FunctionInfo { spec, vms: Vec::new() })
     }
 
-    /// Runs one invocation, starting the function's VM first if it has none (restoring its
+    /// Runs one invocation in an idle VM of the function, or in one it starts (restoring its
     /// snapshot if it has one). On such a cold start the objects named in `hints` are fetched
     /// while the VM starts and staged for the invocation; a wrong hint costs only its fetch.
     pub async fn invoke(
@@ -136,42 +186,103 @@ impl Functions {
         hints: &[ObjectRef],
     ) -> Result<Invoked, FunctionError> {
         let deployed = self.get(name)?;
-        let mut warm = deployed.warm.lock().await;
-        let (mut cold_start, mut staged) = (None, Vec::new());
-        if !warm.as_ref().is_some_and(Warm::alive) {
-            if let Some(dead) = warm.take() {
-                dead.stop(&self.backend);
+        let config = self.backend.config();
+        let policy = deployed.spec.policy_in(config);
+        let (lease, cold_start, staged) = match self.acquire(&deployed).await? {
+            Acquired::Warm(lease) => (lease, None, Vec::new()),
+            Acquired::Start => {
+                let fetching = self.backend.prefetch(&policy, hints).shared();
+                // A VMM that keeps the region across a restore gets the inputs written into it
+                // while it restores (`warm::start`); others have them staged afterwards.
+                let runtime = tokio::runtime::Handle::current();
+                let stage = |region: &nexus_channel::Region| {
+                    let objects = runtime.block_on(fetching.clone());
+                    self.backend
+                        .place_staged(region, &policy, &objects)
+                        .inspect_err(|e| tracing::warn!("Cannot stage during the restore: {e}"))
+                        .ok()
+                };
+                let stage = (!hints.is_empty()).then_some(&stage as warm::StageDuringRestore<'_>);
+                let (lease, cold_start) = self.start_leased(&deployed, stage).await?;
+                (lease, Some(cold_start), fetching.await)
             }
-            let policy = deployed.spec.policy_in(self.backend.config());
-            let fetching = self.backend.prefetch(&policy, hints);
-            let snapshot = lock(&deployed.snapshot).clone();
-            let started = self.start(&deployed, snapshot.as_ref())?;
-            cold_start = Some(match snapshot {
-                Some(_) => ColdStart::Restored(started.booted_in),
-                None => ColdStart::Booted(started.booted_in),
-            });
-            staged = fetching.await;
-            *warm = Some(started);
-        }
-        let region = warm.as_ref().map(|w| w.region.clone()).unwrap_or_default();
-        let deadline = Duration::from_secs(deployed.spec.timeout_secs);
+        };
+        let timeout = Duration::from_secs(deployed.spec.timeout_secs);
+        let deadline = timeout + Duration::from_secs(config.vm.timeout_grace_secs);
         let prefetched = staged.len();
-        let outcome = self.backend.invoke_region(&region, event, deadline, staged).await?;
-        Ok(Invoked { outcome, cold_start, prefetched })
+        let outcome = self.backend.invoke_region(&lease.vm.region, event, deadline, staged).await;
+        if let Err(BackendError::Invoke { source: InvokeError::Timeout(_), .. }) = &outcome {
+            tracing::warn!(
+                function = name,
+                region = %lease.vm.region,
+                "The guest did not answer within its timeout and grace: recycling its VM"
+            );
+            self.retire(&deployed, lease);
+        } else {
+            deployed.vms.release(lease);
+        }
+        Ok(Invoked { outcome: outcome?, cold_start, prefetched })
     }
 
-    /// Starts a VM for `deployed`: restores `snapshot` if given, else boots.
+    /// An idle VM of `deployed`, or room to start one; stops the dead idle VMs it finds.
+    async fn acquire(&self, deployed: &Deployed) -> Result<Acquired<Warm>, FunctionError> {
+        let config = self.backend.config();
+        let max_vms = deployed.spec.max_vms_in(config);
+        let wait = Duration::from_secs(config.vm.queue_wait_secs);
+        let mut dead = Vec::new();
+        let acquired = deployed.vms.acquire(max_vms, wait, &mut dead).await;
+        if !dead.is_empty() {
+            tokio::task::block_in_place(|| dead.iter().for_each(|w| w.stop(&self.backend)));
+        }
+        acquired.map_err(|refused| match refused {
+            Refused::Busy { max_vms, waited } => {
+                FunctionError::Busy { name: deployed.spec.name.clone(), max_vms, waited }
+            }
+            Refused::Closed => FunctionError::NoFunction(deployed.spec.name.clone()),
+        })
+    }
+
+    /// Starts the VM a [`Acquired::Start`] made room for, leased to the caller.
+    async fn start_leased(
+        &self,
+        deployed: &Deployed,
+        stage: Option<warm::StageDuringRestore<'_>>,
+    ) -> Result<(Lease<Warm>, ColdStart), FunctionError> {
+        let snapshot = lock(&deployed.snapshot).clone();
+        let warm = match self.start(deployed, snapshot.as_ref(), stage) {
+            Ok(warm) => warm,
+            Err(e) => {
+                deployed.vms.start_failed();
+                return Err(e);
+            }
+        };
+        let cold_start = match snapshot {
+            Some(_) => ColdStart::Restored(warm.booted_in),
+            None => ColdStart::Booted(warm.booted_in),
+        };
+        match deployed.vms.started(warm) {
+            Ok(lease) => Ok((lease, cold_start)),
+            Err(orphan) => {
+                tokio::task::block_in_place(|| orphan.stop(&self.backend));
+                Err(FunctionError::NoFunction(deployed.spec.name.clone()))
+            }
+        }
+    }
+
+    /// Starts a VM for `deployed`: restores `snapshot` if given, else boots (see `warm::start`
+    /// for `stage`).
     fn start(
         &self,
         deployed: &Deployed,
         snapshot: Option<&Snapshot>,
+        stage: Option<warm::StageDuringRestore<'_>>,
     ) -> Result<Warm, FunctionError> {
-        let vmm = self.vmm.as_ref().map_err(|e| FunctionError::NoVmm(e.clone()))?;
         let instance = self.instances.fetch_add(1, Ordering::Relaxed);
         let from = snapshot.map_or(Start::Boot, Start::Restore);
-        // Starting blocks for seconds (QEMU, the guest): keep it off the other async workers,
-        // which meanwhile run the prefetches.
+        // Starting blocks for seconds (the VMM, the guest; the first use of an adapter probes
+        // its VMM): keep it off the other async workers, which meanwhile run the prefetches.
         tokio::task::block_in_place(|| {
+            let vmm = self.vmm_for(deployed.spec.vmm_in(self.backend.config()))?;
             warm::start(
                 &self.backend,
                 vmm.as_ref(),
@@ -179,40 +290,54 @@ impl Functions {
                 &deployed.code_disk,
                 instance,
                 from,
+                stage,
             )
         })
     }
 
-    /// Snapshots the function's warm VM (starting one if needed), which then runs on: later
-    /// cold starts restore the snapshot instead of booting. The channel is quiet meanwhile:
-    /// invocations of the function wait for the snapshot, and its runtime waits for the next.
+    /// Takes a leased VM out of its function's pool and stops it.
+    fn retire(&self, deployed: &Deployed, lease: Lease<Warm>) {
+        if let Some(warm) = deployed.vms.retire(lease) {
+            tokio::task::block_in_place(|| warm.stop(&self.backend));
+        }
+    }
+
+    /// Snapshots a VM of the function (starting one if none is idle), which then runs on:
+    /// later cold starts restore the snapshot instead of booting. The VM is leased meanwhile,
+    /// so no invocation runs in it, and its runtime waits for the next one.
     pub async fn snapshot(&self, name: &str) -> Result<Snapshot, FunctionError> {
         let deployed = self.get(name)?;
-        let mut warm = deployed.warm.lock().await;
-        if !warm.as_ref().is_some_and(Warm::alive) {
-            let existing = lock(&deployed.snapshot).clone();
-            *warm = Some(self.start(&deployed, existing.as_ref())?);
-        }
-        let vm = &mut warm.as_mut().ok_or_else(|| FunctionError::NoFunction(name.into()))?.vm;
+        let lease = match self.acquire(&deployed).await? {
+            Acquired::Warm(lease) => lease,
+            Acquired::Start => self.start_leased(&deployed, None).await?.0,
+        };
         let dir = self.backend.config().vm.state_dir.join("functions").join(name).join("snapshot");
         let _ = std::fs::remove_dir_all(&dir);
-        let snapshot = tokio::task::block_in_place(|| -> Result<Snapshot, FunctionError> {
+        let taken = tokio::task::block_in_place(|| -> Result<Snapshot, FunctionError> {
+            let mut vm = lease.vm.vm();
             vm.pause()?;
             let snapshot = vm.snapshot(&dir);
             vm.resume()?;
             Ok(snapshot?)
-        })?;
-        *lock(&deployed.snapshot) = Some(snapshot.clone());
-        tracing::info!(function = name, dir = %dir.display(), "Function snapshot taken");
-        Ok(snapshot)
+        });
+        match taken {
+            Ok(snapshot) => {
+                deployed.vms.release(lease);
+                *lock(&deployed.snapshot) = Some(snapshot.clone());
+                tracing::info!(function = name, dir = %dir.display(), "Function snapshot taken");
+                Ok(snapshot)
+            }
+            Err(e) => {
+                self.retire(&deployed, lease);
+                Err(e)
+            }
+        }
     }
 
-    /// Stops the function's warm VM, if any; the next invocation is a cold start.
-    pub async fn stop_vm(&self, name: &str) -> Result<(), FunctionError> {
-        let deployed = self.get(name)?;
-        if let Some(warm) = deployed.warm.lock().await.take() {
-            tokio::task::block_in_place(|| warm.stop(&self.backend));
-        }
+    /// Stops the function's VMs, busy ones included (their invocations fail); the next
+    /// invocation is a cold start.
+    pub fn stop_vms(&self, name: &str) -> Result<(), FunctionError> {
+        self.stop_all(&*self.get(name)?, false);
         Ok(())
     }
 
@@ -223,31 +348,50 @@ impl Functions {
             .iter()
             .map(|d| FunctionInfo {
                 spec: d.spec.clone(),
-                warm: d.warm.try_lock().ok().and_then(|w| w.as_ref().map(Warm::info)),
+                vms: d.vms.vms().iter().map(|(warm, busy)| warm.info(*busy)).collect(),
             })
             .collect()
     }
 
-    /// Removes a function and stops its VM.
-    pub async fn remove(&self, name: &str) -> Result<(), FunctionError> {
+    /// Removes a function and stops its VMs (their invocations fail).
+    pub fn remove(&self, name: &str) -> Result<(), FunctionError> {
         let deployed =
             self.lock().remove(name).ok_or_else(|| FunctionError::NoFunction(name.into()))?;
-        if let Some(warm) = deployed.warm.lock().await.take() {
-            tokio::task::block_in_place(|| warm.stop(&self.backend));
-        }
+        self.stop_all(&deployed, true);
         Ok(())
     }
 
-    /// Stops every function's VM (the backend is stopping).
+    /// Brings the functions' metrics up to date (before a scrape).
+    pub fn refresh_metrics(&self) {
+        let deployed = self.lock();
+        self.metrics.set(deployed.iter().map(|(name, d)| (name.as_str(), d.vms.counts())));
+    }
+
+    /// Stops the VMs idle for longer than `vm.keep_alive_secs`; returns how many.
+    pub fn stop_idle(&self) -> usize {
+        let keep_alive = Duration::from_secs(self.backend.config().vm.keep_alive_secs);
+        let Some(cut) = Instant::now().checked_sub(keep_alive) else { return 0 };
+        let deployed: Vec<Arc<Deployed>> = self.lock().values().cloned().collect();
+        let idle: Vec<Arc<Warm>> =
+            deployed.iter().flat_map(|d| d.vms.take_idle_since(cut)).collect();
+        for warm in &idle {
+            tracing::info!(region = %warm.region, "Stopping a VM idle for {keep_alive:?}");
+            warm.stop(&self.backend);
+        }
+        idle.len()
+    }
+
+    /// Stops every function's VMs (the backend is stopping).
     pub fn shutdown(&self) {
         let all = std::mem::take(&mut *self.lock());
         for deployed in all.values() {
-            self.stop_warm(deployed);
+            self.stop_all(deployed, true);
         }
     }
 
-    fn stop_warm(&self, deployed: &Deployed) {
-        if let Some(warm) = deployed.warm.try_lock().ok().and_then(|mut w| w.take()) {
+    /// Stops every VM of `deployed`; with `close`, for good.
+    fn stop_all(&self, deployed: &Deployed, close: bool) {
+        for warm in deployed.vms.take_all(close) {
             warm.stop(&self.backend);
         }
     }

@@ -5,6 +5,8 @@
 //! code: examples/compress          # a directory; relative to the spec file for `nexus fn deploy`
 //! handler: handler.py:handler      # module file (relative to code) and function
 //! flavour: nexus                   # nexus (no NIC, the shim) | baseline (NIC, real boto3)
+//! vmm: qemu                        # qemu | cloud-hypervisor; optional, else the config's vm.vmm
+//! max_vms: 4                       # optional; else the backend config's vm.max_vms
 //! memory_mib: 256
 //! vcpus: 1
 //! timeout_secs: 60
@@ -17,7 +19,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{is_function_name, Config};
+use crate::config::{is_function_name, Config, VmmKind, MAX_VMS};
 use crate::policy::Policy;
 
 /// The guest image a function runs on.
@@ -50,6 +52,12 @@ pub struct FunctionSpec {
     pub handler: String,
     #[serde(default)]
     pub flavour: Flavour,
+    /// The VMM its VMs run on; `None`: the config's `vm.vmm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm: Option<VmmKind>,
+    /// Warm VMs it may have at once; `None`: the config's `vm.max_vms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_vms: Option<u32>,
     #[serde(default = "default_memory")]
     pub memory_mib: u32,
     #[serde(default = "default_vcpus")]
@@ -97,6 +105,16 @@ impl FunctionSpec {
         self.policy.clone().unwrap_or_else(|| config.policy_for(&self.name).clone())
     }
 
+    /// How many warm VMs it may have: its own limit, or the config's default.
+    pub fn max_vms_in(&self, config: &Config) -> u32 {
+        self.max_vms.unwrap_or(config.vm.max_vms)
+    }
+
+    /// The VMM its VMs run on: its own choice, or the config's default.
+    pub fn vmm_in(&self, config: &Config) -> VmmKind {
+        self.vmm.unwrap_or(config.vm.vmm)
+    }
+
     /// Checks the spec against the files it names.
     pub fn validate(&self) -> Result<(), SpecError> {
         if !is_function_name(&self.name) {
@@ -118,6 +136,9 @@ impl FunctionSpec {
         }
         if self.timeout_secs == 0 {
             return Err(SpecError::Range("timeout_secs: must be at least 1"));
+        }
+        if self.max_vms.is_some_and(|n| !(1..=MAX_VMS).contains(&n)) {
+            return Err(SpecError::Range("max_vms: must be from 1 to 256"));
         }
         Ok(())
     }
@@ -155,5 +176,25 @@ mod tests {
         assert!(matches!(bad(|s| s.handler = "handler.py".into()), SpecError::Handler(_)));
         assert!(matches!(bad(|s| s.memory_mib = 1), SpecError::Range(_)));
         assert!(matches!(bad(|s| s.code = "/nonexistent".into()), SpecError::Code(_)));
+        assert!(matches!(bad(|s| s.max_vms = Some(0)), SpecError::Range(_)));
+        assert!(matches!(bad(|s| s.max_vms = Some(MAX_VMS + 1)), SpecError::Range(_)));
+        assert_eq!(spec(code.path()).max_vms_in(&Config::default()), 1);
+    }
+
+    #[test]
+    fn the_vmm_is_the_specs_own_or_the_configs() {
+        let code = tempfile::tempdir().unwrap();
+        let config = Config::default();
+        assert_eq!(spec(code.path()).vmm_in(&config), config.vm.vmm);
+        let named = serde_json::json!({
+            "name": "f", "code": code.path(), "handler": "h.py:handler", "vmm": "qemu"
+        });
+        let named: FunctionSpec = serde_json::from_value(named).unwrap();
+        assert_eq!(named.vmm, Some(VmmKind::Qemu));
+        let unknown = serde_json::json!({
+            "name": "f", "code": code.path(), "handler": "h.py:handler", "vmm": "firecracker"
+        });
+        let error = serde_json::from_value::<FunctionSpec>(unknown).unwrap_err().to_string();
+        assert!(error.contains("unknown variant `firecracker`"), "{error}");
     }
 }

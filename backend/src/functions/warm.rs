@@ -1,27 +1,31 @@
 //! Booting a function's VM and keeping it warm.
 //!
 //! ```text
-//!  region file created ─► VMM started with it (paused) ─► doorbell socket connected
+//!  region file created ─► VMM started with it (paused) ─► doorbell's host end connected
 //!  ─► region served (stream kick) ─► boot ─► agent starts the runtime ─► runtime acks the
 //!  epoch (ready) ─► invocations
 //! ```
 //! A VM that exits or is not ready in time is stopped, its region removed, and the error
 //! carries the tail of its console.
 
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use nexus_channel::notify::Kick;
+use nexus_channel::Region;
 use nexus_plugin::{
-    AccelChoice, Disk, Network, RegionSpec, Snapshot, Vm, VmSpec, VmState, Vmm, VmmError,
+    AccelChoice, Disk, Network, RegionOnRestore, RegionSpec, Snapshot, Vm, VmSpec, VmState, Vmm,
+    VmmError,
 };
 use serde::Serialize;
 
+use super::pool::Vital;
 use super::spec::{Flavour, FunctionSpec};
 use super::FunctionError;
 use crate::backend::{Backend, BackendError};
 use crate::config::VmConfig;
+use crate::served::Placed;
 use crate::storage::error_chain;
 
 /// Console lines an error carries.
@@ -31,7 +35,8 @@ const SERIAL_LINES: usize = 30;
 #[derive(Debug)]
 pub struct Warm {
     pub region: String,
-    pub vm: Box<dyn Vm>,
+    /// Locked only for a lifecycle call (pause, snapshot, stop), never across an invocation.
+    pub vm: Mutex<Box<dyn Vm>>,
     pub booted_in: Duration,
 }
 
@@ -45,17 +50,26 @@ pub struct WarmInfo {
     pub pid: Option<u32>,
     pub boot_ms: u64,
     pub serial_log: PathBuf,
+    /// Serving an invocation (or being snapshotted) now.
+    pub busy: bool,
+}
+
+impl Vital for Warm {
+    fn alive(&self) -> bool {
+        !matches!(self.vm().info().state, VmState::Exited | VmState::Stopped)
+    }
 }
 
 impl Warm {
-    /// Whether the VM still runs.
-    pub fn alive(&self) -> bool {
-        !matches!(self.vm.info().state, VmState::Exited | VmState::Stopped)
+    /// The VM, for a lifecycle call.
+    pub fn vm(&self) -> MutexGuard<'_, Box<dyn Vm>> {
+        self.vm.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn info(&self) -> WarmInfo {
-        let info = self.vm.info();
+    pub fn info(&self, busy: bool) -> WarmInfo {
+        let info = self.vm().info();
         WarmInfo {
+            busy,
             region: self.region.clone(),
             vmm: info.vmm,
             accel: info.accel.to_string(),
@@ -66,9 +80,9 @@ impl Warm {
         }
     }
 
-    /// Stops the VM and removes its region.
-    pub fn stop(mut self, backend: &Backend) {
-        if let Err(e) = self.vm.stop() {
+    /// Stops the VM and removes its region (an invocation still running in it fails).
+    pub fn stop(&self, backend: &Backend) {
+        if let Err(e) = self.vm().stop() {
             tracing::warn!(region = %self.region, "Stopping the VM failed: {e}");
         }
         let _ = backend.remove_region(&self.region);
@@ -85,7 +99,13 @@ pub enum Start<'a> {
     Restore(&'a Snapshot),
 }
 
+/// Fills a region's staging area while its VM restores (see [`start`]); what it placed.
+pub type StageDuringRestore<'a> = &'a (dyn Fn(&Region) -> Option<Placed> + Sync);
+
 /// Starts a VM for `spec`, with `code` as its code disk, and waits until its runtime is ready.
+/// When a VMM that keeps the region's contents restores a snapshot, `stage` runs meanwhile on
+/// this thread and writes prefetched inputs straight into the region; they are published as
+/// soon as the region is served, before the VM resumes.
 pub fn start(
     backend: &Backend,
     vmm: &dyn Vmm,
@@ -93,11 +113,12 @@ pub fn start(
     code: &Path,
     instance: u64,
     from: Start<'_>,
+    stage: Option<StageDuringRestore<'_>>,
 ) -> Result<Warm, FunctionError> {
     let started = Instant::now();
     let config = &backend.config().vm;
     let image = config.images.join(spec.flavour.name());
-    let files = ["vmlinuz", "initrd.img", "rootfs.ext4"].map(|f| image.join(f));
+    let files = [kernel_file(vmm), "initrd.img", "rootfs.ext4"].map(|f| image.join(f));
     if let Some(missing) = files.iter().find(|f| !f.is_file()) {
         return Err(FunctionError::NoImage(missing.clone()));
     }
@@ -105,10 +126,9 @@ pub fn start(
     let work = config.state_dir.join("vms").join(format!("{}-{instance}", spec.name));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(|e| FunctionError::Io(work.clone(), e))?;
-    let doorbell = work.join("doorbell.sock");
     let policy = spec.policy_in(backend.config());
     let region_size = backend.config().region.size;
-    let mut created = None;
+    let (mut created, mut placed) = (None, None);
     let region =
         backend.create_region_with(&spec.name, policy, |region| -> Result<Kick, VmmError> {
             let mut vm = VmSpec::new(format!("{}-{instance}", spec.name), &kernel, &work);
@@ -120,16 +140,24 @@ pub fn start(
             ];
             vm.memory_mib = spec.memory_mib;
             vm.vcpus = spec.vcpus;
-            vm.region = Some(RegionSpec { path: region.to_owned(), size: region_size });
-            vm.doorbell = Some(doorbell.clone());
+            vm.region = Some(RegionSpec { path: region.path().to_owned(), size: region_size });
+            vm.doorbell = true;
             vm.network = (spec.flavour == Flavour::Baseline).then_some(Network::User);
             vm.accel = accel(config);
-            let vm = match from {
-                Start::Boot => vmm.create(&vm)?,
-                Start::Restore(snapshot) => vmm.restore(&vm, snapshot)?,
+            let mut vm = match (from, stage) {
+                (Start::Boot, _) => vmm.create(&vm)?,
+                (Start::Restore(snapshot), Some(stage))
+                    if vmm.region_on_restore() == RegionOnRestore::Kept =>
+                {
+                    std::thread::scope(|s| {
+                        let restoring = s.spawn(|| vmm.restore(&vm, snapshot));
+                        placed = stage(region);
+                        restoring.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                    })?
+                }
+                (Start::Restore(snapshot), _) => vmm.restore(&vm, snapshot)?,
             };
-            let stream =
-                UnixStream::connect(&doorbell).map_err(VmmError::io("connect to the doorbell"))?;
+            let stream = vm.doorbell()?;
             created = Some(vm);
             Ok(Kick::Stream(stream.into()))
         });
@@ -148,11 +176,19 @@ pub fn start(
             serial: String::new(),
         });
     };
-    let mut warm = Warm { region: region.id, vm, booted_in: Duration::ZERO };
-    if let Some(pid) = warm.vm.info().pid {
-        backend.vm_started(&warm.region, pid);
+    if let Some(placed) = placed {
+        match backend.adopt_staged(&region.id, placed) {
+            Ok(in_place) => {
+                tracing::info!(region = %region.id, in_place, "Staged during the restore")
+            }
+            Err(e) => tracing::warn!(region = %region.id, "Cannot publish the staged objects: {e}"),
+        }
     }
-    match run(backend, &mut warm, config, from) {
+    if let Some(pid) = vm.info().pid {
+        backend.vm_started(&region.id, pid);
+    }
+    let mut warm = Warm { region: region.id, vm: Mutex::new(vm), booted_in: Duration::ZERO };
+    match run(backend, &warm, config, from) {
         Ok(()) => {
             warm.booted_in = started.elapsed();
             let ms = warm.booted_in.as_millis() as u64;
@@ -161,7 +197,7 @@ pub fn start(
             Ok(warm)
         }
         Err(reason) => {
-            let serial = warm.vm.serial_tail(SERIAL_LINES);
+            let serial = warm.vm().serial_tail(SERIAL_LINES);
             warm.stop(backend);
             Err(FunctionError::Boot { name: spec.name.clone(), reason, serial })
         }
@@ -169,16 +205,11 @@ pub fn start(
 }
 
 /// Runs the VM and waits for the runtime's ready; the error says what went wrong.
-fn run(
-    backend: &Backend,
-    warm: &mut Warm,
-    config: &VmConfig,
-    from: Start<'_>,
-) -> Result<(), String> {
+fn run(backend: &Backend, warm: &Warm, config: &VmConfig, from: Start<'_>) -> Result<(), String> {
     match from {
-        Start::Boot => warm.vm.boot().map_err(|e| e.to_string())?,
+        Start::Boot => warm.vm().boot().map_err(|e| e.to_string())?,
         Start::Restore(_) => {
-            warm.vm.resume().map_err(|e| e.to_string())?;
+            warm.vm().resume().map_err(|e| e.to_string())?;
             // The restored runtime sleeps on its doorbell with no flag left to say so.
             backend.kick_guest(&warm.region).map_err(|e| e.to_string())?;
         }
@@ -195,6 +226,15 @@ fn run(
             return Err(format!("the runtime was not ready after {} s", config.boot_timeout_secs));
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The image's kernel `vmm` boots: Cloud Hypervisor loads ELF kernels only (the PVH
+/// `vmlinux` the image builder extracts), QEMU the bzImage.
+fn kernel_file(vmm: &dyn Vmm) -> &'static str {
+    match vmm.name() {
+        nexus_plugin::cloud_hypervisor::NAME => "vmlinux",
+        _ => "vmlinuz",
     }
 }
 

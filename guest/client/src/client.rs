@@ -1,6 +1,6 @@
 //! A guest's connection to the backend over one region.
 
-use std::fs::OpenOptions;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,7 +17,7 @@ use nexus_channel::{
     ResultDesc,
 };
 
-use crate::locate::find_doorbell;
+use crate::locate::{find_doorbell, replace_stream, Doorbell};
 
 /// How long a call may wait for its completion before the client gives up.
 const CALL_TIMEOUT: Duration = Duration::from_secs(300);
@@ -49,10 +49,10 @@ pub enum ClientError {
     /// The host answered something that does not belong to the call.
     #[error("Protocol error: {0}")]
     Protocol(&'static str),
-    /// The doorbell port could not be opened.
-    #[error("Cannot open the doorbell {path}")]
+    /// The doorbell could not be opened.
+    #[error("Cannot open the doorbell {doorbell:?}")]
     Doorbell {
-        path: std::path::PathBuf,
+        doorbell: Doorbell,
         #[source]
         source: std::io::Error,
     },
@@ -110,24 +110,29 @@ pub struct Client {
     free: Mutex<Vec<u32>>,
     /// The host epoch this client last synced to.
     pub(crate) epoch: AtomicU64,
+    /// A vsock doorbell and the descriptor the notifier polls: a restored VM's VMM has none of
+    /// the old connections, so it is dialled again at a new epoch.
+    redial: Option<(Doorbell, RawFd)>,
 }
 
 impl Client {
     /// Maps the region at `path` and attaches to its rings, sleeping on the doorbell stream
     /// [`find_doorbell`] finds, or on a shared futex when there is none.
     pub fn open(path: &Path) -> Result<Self, ClientError> {
-        let kick = match find_doorbell() {
-            Some(port) => {
-                let stream = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&port)
-                    .map_err(|source| ClientError::Doorbell { path: port, source })?;
-                Kick::Stream(stream.into())
+        let doorbell = find_doorbell(path);
+        let (kick, redial) = match doorbell {
+            Some(doorbell) => {
+                let stream = doorbell.connect().map_err(|source| ClientError::Doorbell {
+                    doorbell: doorbell.clone(),
+                    source,
+                })?;
+                let fd = stream.as_raw_fd();
+                let redial = matches!(doorbell, Doorbell::Vsock { .. }).then_some((doorbell, fd));
+                (Kick::Stream(stream), redial)
             }
-            None => Kick::Futex,
+            None => (Kick::Futex, None),
         };
-        Self::open_with(path, kick)
+        Ok(Self { redial, ..Self::open_with(path, kick)? })
     }
 
     /// Maps the region at `path`, sleeping and waking through `kick`.
@@ -155,6 +160,7 @@ impl Client {
             geometry,
             rings: Mutex::new(rings),
             epoch: AtomicU64::new(0),
+            redial: None,
         })
     }
 
@@ -169,6 +175,10 @@ impl Client {
         let mut rings = self.rings.lock().unwrap_or_else(|e| e.into_inner());
         rings.calls = Producer::attach(region.clone(), geometry, RingId::Calls)?;
         rings.completions = Consumer::attach(region.clone(), geometry, RingId::Completions)?;
+        if let Some((doorbell, fd)) = &self.redial {
+            // Best effort: without it the notifier's bounded waits still see every change.
+            let _ = doorbell.connect().and_then(|stream| replace_stream(*fd, stream));
+        }
         Ok(())
     }
 

@@ -17,5 +17,5 @@ mod objects;
 
 pub use client::{Client, ClientError, Reply, Request};
 pub use invocations::{Invocation, INFLIGHT_ENV};
-pub use locate::{find_doorbell, find_region, LocateError};
+pub use locate::{find_doorbell, find_region, Doorbell, LocateError};
 pub use objects::StagedObject;

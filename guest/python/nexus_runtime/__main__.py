@@ -11,7 +11,14 @@ import json
 import sys
 from pathlib import Path
 
-from nexus_runtime.invoke import Context, error_result, invoke, load_handler
+from nexus_runtime.invoke import (
+    Context,
+    HandlerTimeout,
+    error_result,
+    invoke,
+    load_handler,
+    timeout_result,
+)
 from nexus_runtime.serve import serve
 
 
@@ -39,7 +46,11 @@ def main(argv=None):
         except Exception as error:
             ok, result = False, json.dumps(error_result(error, "Runtime.ImportModuleError"))
         else:
-            ok, result = invoke(handler, event, Context(function_name, args.timeout))
+            context = Context(function_name, args.timeout)
+            try:
+                ok, result = invoke(handler, event, context, args.timeout)
+            except HandlerTimeout:
+                ok, result = False, json.dumps(timeout_result(args.timeout))
     print(result)
     return 0 if ok else 1
 

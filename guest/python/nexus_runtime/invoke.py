@@ -1,7 +1,9 @@
 """Calling one handler with one event, with a Lambda-like context and Lambda's error shape."""
 
+import contextlib
 import importlib.util
 import json
+import signal
 import sys
 import time
 import traceback
@@ -52,10 +54,46 @@ def error_result(error, error_type=None):
     }
 
 
-def invoke(handler, event, context):
-    """Calls the handler; returns (succeeded, result JSON text)."""
+class HandlerTimeout(BaseException):
+    """Raised in the handler when its time is up. A BaseException, like KeyboardInterrupt, so
+    that a handler's ``except Exception`` does not swallow it."""
+
+
+def timeout_result(timeout_s):
+    """Lambda's JSON for an invocation whose handler ran out of time."""
+    return {
+        "errorType": "Sandbox.Timedout",
+        "errorMessage": f"Task timed out after {timeout_s:.2f} seconds",
+        "stackTrace": [],
+    }
+
+
+@contextlib.contextmanager
+def deadline(timeout_s):
+    """Raises HandlerTimeout in the block once ``timeout_s`` seconds have passed (SIGALRM: the
+    caller is the main thread). Code blocked inside a C call sees it when the call returns; a
+    guest that never returns is the backend's to recycle."""
+
+    def expire(_signum, _frame):
+        raise HandlerTimeout()
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, timeout_s)
     try:
-        result = handler(event, context)
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def invoke(handler, event, context, timeout_s):
+    """Calls the handler with ``timeout_s`` seconds to run; returns (succeeded, result JSON
+    text). Raises HandlerTimeout when the time runs out: the handler may have been stopped
+    anywhere (in the middle of a call to the backend, say), so the caller answers with
+    ``timeout_result`` and starts afresh, as Lambda does."""
+    try:
+        with deadline(timeout_s):
+            result = handler(event, context)
     except Exception as error:
         return False, json.dumps(error_result(error))
     try:

@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import time
 
 from conftest import BUCKET, PYTHON_DIR, stored
 
@@ -67,3 +68,25 @@ def test_the_shim_wins_over_a_vendored_boto3(runtime, tmp_path):
     done = runtime(["--handler", f"{tmp_path / 'app.py'}:handler", "--event", "-"], "{}")
     assert done.returncode == 0, done.stdout + done.stderr
     assert json.loads(done.stdout).startswith(str(PYTHON_DIR))
+
+
+def test_a_handler_is_stopped_at_its_timeout_even_if_it_swallows_exceptions(runtime, tmp_path):
+    handler = tmp_path / "slow.py"
+    handler.write_text(
+        "import time\n\n"
+        "def handler(event, context):\n"
+        "    try:\n"
+        "        time.sleep(30)\n"
+        "    except Exception:\n"
+        "        return 'swallowed'\n"
+    )
+    started = time.monotonic()
+    done = runtime(["--handler", f"{handler}:handler", "--timeout", "0.3", "--event", "-"], "{}")
+    assert time.monotonic() - started < 10
+    assert done.returncode == 1, done.stdout + done.stderr
+    error = json.loads(done.stdout)
+    assert error == {
+        "errorType": "Sandbox.Timedout",
+        "errorMessage": "Task timed out after 0.30 seconds",
+        "stackTrace": [],
+    }

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  qemu-system-x86_64 -nodefaults -no-user-config -nographic -no-reboot -name NAME
-//!    -M q35 -accel tcg -cpu max | -accel kvm -cpu host        -m MIB -smp N
+//!    -M q35 -accel tcg[,tb-size=MIB] -cpu max | -accel kvm -cpu host   -m MIB -smp N
 //!    -kernel K [-initrd I] -append CMDLINE                     direct kernel boot
 //!    -chardev file,…,path=WORK/serial.log -serial chardev:ser0 guest console
 //!    -chardev socket,…,path=WORK/qmp.sock -mon …,mode=control  QMP
@@ -48,6 +48,9 @@ pub struct WorkPaths {
     pub pid_file: PathBuf,
     /// QEMU's own stdout and stderr.
     pub log: PathBuf,
+    /// The doorbell's host end: a socket QEMU listens on, relayed to the guest's
+    /// virtio-serial port [`DOORBELL_PORT`].
+    pub doorbell: PathBuf,
 }
 
 impl WorkPaths {
@@ -57,6 +60,7 @@ impl WorkPaths {
             serial: work_dir.join("serial.log"),
             pid_file: work_dir.join("qemu.pid"),
             log: work_dir.join("qemu.log"),
+            doorbell: work_dir.join("doorbell.sock"),
         }
     }
 }
@@ -70,14 +74,24 @@ pub enum Start {
     Incoming,
 }
 
-/// The arguments (after the program name) that run `spec` on `accel`.
-pub fn qemu_args(spec: &VmSpec, accel: Accel, paths: &WorkPaths, start: Start) -> Vec<OsString> {
+/// The arguments (after the program name) that run `spec` on `accel`, with TCG's translation
+/// cache bounded to `tcg_cache_mib` (QEMU's own default if `None`).
+pub fn qemu_args(
+    spec: &VmSpec,
+    accel: Accel,
+    tcg_cache_mib: Option<u32>,
+    paths: &WorkPaths,
+    start: Start,
+) -> Vec<OsString> {
     let mut args = Args::default();
     args.add(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
     args.add(["-name", &spec.name, "-M", MACHINE]);
-    match accel {
-        Accel::Kvm => args.add(["-accel", "kvm", "-cpu", "host"]),
-        Accel::Tcg => args.add(["-accel", "tcg", "-cpu", TCG_CPU]),
+    match (accel, tcg_cache_mib) {
+        (Accel::Kvm, _) => args.add(["-accel", "kvm", "-cpu", "host"]),
+        (Accel::Tcg, None) => args.add(["-accel", "tcg", "-cpu", TCG_CPU]),
+        (Accel::Tcg, Some(mib)) => {
+            args.add(["-accel", &format!("tcg,tb-size={mib}"), "-cpu", TCG_CPU])
+        }
     };
     args.add(["-m", &format!("{}M", spec.memory_mib), "-smp", &spec.vcpus.to_string()]);
 
@@ -112,9 +126,9 @@ pub fn qemu_args(spec: &VmSpec, accel: Accel, paths: &WorkPaths, start: Start) -
         // master=on: this VM owns the region's contents, which lets QEMU migrate (snapshot) it.
         args.add(["-device", "ivshmem-plain,memdev=nexus-region,master=on"]);
     }
-    if let Some(socket) = &spec.doorbell {
+    if spec.doorbell {
         args.add(["-device", "virtio-serial-pci", "-chardev"]);
-        args.push(option("socket,id=nexus-doorbell,path=", socket, ",server=on,wait=off"));
+        args.push(option("socket,id=nexus-doorbell,path=", &paths.doorbell, ",server=on,wait=off"));
         let port = format!("virtserialport,chardev=nexus-doorbell,name={DOORBELL_PORT}");
         args.add(["-device", &port]);
     }
@@ -173,7 +187,7 @@ mod tests {
 
     fn argv(spec: &VmSpec, accel: Accel, start: Start) -> Vec<String> {
         let paths = WorkPaths::new(&spec.work_dir);
-        qemu_args(spec, accel, &paths, start)
+        qemu_args(spec, accel, None, &paths, start)
             .into_iter()
             .map(|a| a.into_string().unwrap())
             .collect()
@@ -221,6 +235,17 @@ mod tests {
     }
 
     #[test]
+    fn the_translation_cache_is_bounded_under_tcg_only() {
+        let paths = WorkPaths::new(&spec().work_dir);
+        let bounded = |accel| {
+            let args = qemu_args(&spec(), accel, Some(64), &paths, Start::Fresh);
+            args.into_iter().map(|a| a.into_string().unwrap()).collect::<Vec<_>>()
+        };
+        assert!(has(&bounded(Accel::Tcg), &["-accel", "tcg,tb-size=64"]));
+        assert!(has(&bounded(Accel::Kvm), &["-accel", "kvm"]));
+    }
+
+    #[test]
     fn kvm_uses_the_host_cpu() {
         let args = argv(&spec(), Accel::Kvm, Start::Fresh);
         assert!(has(&args, &["-accel", "kvm", "-cpu", "host"]), "{args:?}");
@@ -231,7 +256,7 @@ mod tests {
     fn attaches_region_doorbell_and_network() {
         let spec = VmSpec {
             region: Some(RegionSpec { path: "/dev/shm/nexus/fn-1.region".into(), size: 16 << 20 }),
-            doorbell: Some("/run/vm/fn-1/doorbell.sock".into()),
+            doorbell: true,
             network: Some(Network::User),
             ..spec()
         };

@@ -9,8 +9,9 @@
 //!  stop()         quit, wait ≤ 5 s, else SIGKILL; reap                                  Stopped
 //! ```
 //!
-//! The work dir holds `qmp.sock`, `serial.log` (the guest console), `qemu.pid` and `qemu.log`
-//! (QEMU's stdout and stderr, whose tail goes into start-up errors). The region is an
+//! The work dir holds `qmp.sock`, `serial.log` (the guest console), `qemu.pid`, `qemu.log`
+//! (QEMU's stdout and stderr, whose tail goes into start-up errors) and `doorbell.sock` (the
+//! doorbell's host end, a virtio-serial port in the guest). The region is an
 //! `ivshmem-plain` device backed by the region file (`share=on`), with `master=on` because
 //! QEMU refuses to migrate ivshmem otherwise. The command line is built in `args.rs`.
 //!
@@ -23,16 +24,17 @@
 //! **No QEMU outlives its owner.** Every QEMU is started with `PR_SET_PDEATHSIG(SIGKILL)`. The
 //! kernel sends that signal when the *thread* that forked the child exits, not the process, so
 //! all QEMUs are forked by one long-lived `vmm-spawner` thread owned by the adapter (and kept
-//! alive by every VM it started), never by the short-lived thread that asked (see `process.rs`).
+//! alive by every VM it started), never by the short-lived thread that asked (see
+//! `crate::process`).
 //! Dropping a [`QemuVm`] stops it.
 
 mod args;
-mod process;
 mod qmp;
 mod snapshot;
 
 use std::fs;
 use std::io;
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, ExitStatus};
 use std::thread;
@@ -41,14 +43,14 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use self::args::{qemu_args, Start, WorkPaths};
-use self::process::{Process, Spawner};
 use self::qmp::Qmp;
 pub use self::qmp::QmpError;
 use self::snapshot::Shape;
 use crate::accel::Accel;
 use crate::error::VmmError;
+use crate::process::{remove_stale, Process, Spawner};
 use crate::spec::VmSpec;
-use crate::vm::{Snapshot, Vm, VmInfo, VmState, Vmm};
+use crate::vm::{RegionOnRestore, Snapshot, Vm, VmInfo, VmState, Vmm};
 
 /// The adapter's name, also in the snapshots it writes.
 const NAME: &str = "qemu";
@@ -69,13 +71,22 @@ const LOG_TAIL_LINES: usize = 20;
 #[derive(Debug)]
 pub struct Qemu {
     spawner: Spawner,
+    /// TCG's translation cache per VM, MiB; QEMU's default if `None`.
+    tcg_cache_mib: Option<u32>,
 }
 
 impl Qemu {
     /// Starts the adapter's `vmm-spawner` thread.
     pub fn new() -> Result<Qemu, VmmError> {
         let spawner = Spawner::start().map_err(VmmError::io("start the vmm-spawner thread"))?;
-        Ok(Qemu { spawner })
+        Ok(Qemu { spawner, tcg_cache_mib: None })
+    }
+
+    /// Bounds TCG's translation cache of every VM it starts to `mib` (`-accel tcg,tb-size=`).
+    /// The cache is host memory an emulated VM holds beyond its guest's, which KVM does not
+    /// have; bounding it keeps memory figures closer to a KVM host's.
+    pub fn with_tcg_cache(self, mib: Option<u32>) -> Qemu {
+        Qemu { tcg_cache_mib: mib, ..self }
     }
 
     /// [`Vmm::create`], keeping the QEMU-specific type.
@@ -120,7 +131,7 @@ impl Qemu {
         remove_stale(&paths.qmp)?;
 
         let mut command = Command::new(BINARY);
-        command.args(qemu_args(spec, accel, &paths, start));
+        command.args(qemu_args(spec, accel, self.tcg_cache_mib, &paths, start));
         let process = Process::start(&self.spawner, command, &paths.log).map_err(|e| {
             let reason = match e.kind() {
                 io::ErrorKind::NotFound => {
@@ -149,6 +160,11 @@ impl Qemu {
 impl Vmm for Qemu {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn region_on_restore(&self) -> RegionOnRestore {
+        // master=on puts the region's contents into the migration stream.
+        RegionOnRestore::Rewritten
     }
 
     fn create(&self, spec: &VmSpec) -> Result<Box<dyn Vm>, VmmError> {
@@ -348,6 +364,19 @@ impl Vm for QemuVm {
     fn serial_tail(&self, lines: usize) -> String {
         crate::serial::tail_lines(&self.paths.serial, lines)
     }
+
+    fn doorbell(&mut self) -> Result<UnixStream, VmmError> {
+        if !self.shape.has_doorbell() {
+            return Err(VmmError::InvalidSpec {
+                vm: self.name.clone(),
+                reason: "its spec asked for no doorbell".into(),
+            });
+        }
+        UnixStream::connect(&self.paths.doorbell).map_err(VmmError::io(format!(
+            "connect to the doorbell {}",
+            self.paths.doorbell.display()
+        )))
+    }
 }
 
 impl Drop for QemuVm {
@@ -362,14 +391,4 @@ impl Drop for QemuVm {
 fn refused(vm: &str, command: &str) -> impl FnOnce(QmpError) -> VmmError {
     let (vm, command) = (vm.to_owned(), command.to_owned());
     move |error| VmmError::Control { vm, command, source: Box::new(error) }
-}
-
-/// Removes a file left by an earlier QEMU in the same work dir.
-fn remove_stale(path: &Path) -> Result<(), VmmError> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            Err(VmmError::io(format!("remove stale {}", path.display()))(e))
-        }
-        _ => Ok(()),
-    }
 }

@@ -70,9 +70,14 @@ impl Shape {
             vcpus: spec.vcpus,
             region_size: spec.region.as_ref().map(|r| r.size),
             disks_read_only: spec.disks.iter().map(|d| d.read_only).collect(),
-            doorbell: spec.doorbell.is_some(),
+            doorbell: spec.doorbell,
             network: spec.network.is_some(),
         }
+    }
+
+    /// Whether the VM has a doorbell port.
+    pub fn has_doorbell(&self) -> bool {
+        self.doorbell
     }
 
     /// `field: snapshot value ≠ spec value` for each field that differs.

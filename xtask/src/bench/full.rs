@@ -14,7 +14,7 @@ use super::measure::{machine, today};
 use super::phase::{self, Function, Load, Phase};
 use super::plot::{self, Series};
 use super::report::{change, mib, ratio, seconds, Row, Table};
-use super::stack::{accel_note, Stack};
+use super::stack::{accel_note, Stack, Storage};
 use super::stats::{mean, median, percentile};
 use crate::image::Flavour;
 use crate::{setup, workspace_root};
@@ -27,7 +27,7 @@ const PLOTS: &str = "docs/plots";
 /// `cargo xtask bench` options; the defaults fit a 2-core machine in under 15 minutes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Options {
-    /// Function VMs per flavour: copies of each function, loaded together.
+    /// Function VMs per flavour: each function's max_vms, and invocations in flight.
     #[arg(long, default_value_t = 2)]
     pub vms: usize,
     /// Invocations per second per flavour and function, over its VMs (Poisson arrivals).
@@ -51,6 +51,10 @@ pub struct Options {
     /// Seed of the arrival times (the same plan for both flavours).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// `remote`: storage behind a link with cloud object storage's latency and bandwidth;
+    /// `local`: on loopback.
+    #[arg(long, value_enum, default_value = "remote")]
+    pub storage: Storage,
 }
 
 impl Options {
@@ -59,7 +63,7 @@ impl Options {
         let functions: Vec<&str> = self.functions.iter().map(|f| f.name()).collect();
         format!(
             "cargo xtask bench --vms {} --rate {} --duration {} --warm-up {} --functions {} \
-             --budget-gib {} --cold-rounds {} --seed {}",
+             --budget-gib {} --cold-rounds {} --seed {} --storage {}",
             self.vms,
             self.rate,
             self.duration,
@@ -67,7 +71,8 @@ impl Options {
             functions.join(","),
             self.budget_gib,
             self.cold_rounds,
-            self.seed
+            self.seed,
+            self.storage.name()
         )
     }
 }
@@ -83,7 +88,7 @@ pub fn run(options: &Options) -> Result<()> {
     let fabric = fabric::measure(&tools)?;
     fabric.table.write_section(&file)?;
 
-    let stack = Stack::start(&tools, &Flavour::ALL, REGION, "")?;
+    let stack = Stack::start(&tools, &Flavour::ALL, options.storage, REGION, "")?;
     for function in &functions {
         function.seed(&stack, &tools.python)?;
     }
@@ -324,6 +329,7 @@ fn table(
         notes: notes(options, pairs, plots, elapsed, &accel),
         rows,
         extra_columns: EXTRA_COLUMNS.map(String::from).to_vec(),
+        sides: None,
     }
 }
 
@@ -409,21 +415,23 @@ fn notes(
             elapsed % 60
         ),
         format!(
-            "Load: for each function and flavour in turn, {vms} copies of the function (one VM \
-             each, deployed as e.g. `thumbnail-nexus-0`) get {rate} invocations/s in all, Poisson \
-             arrivals from seed {seed} (the same plan for both flavours), spread round-robin over \
-             the VMs; {warm} s of warm-up load are left out, then {duration} s are measured. \
+            "Load: for each function and flavour in turn, one function (deployed as e.g. \
+             `thumbnail-nexus`, `max_vms` {vms}, its {vms} VMs started first) gets {rate} \
+             invocations/s, Poisson arrivals from seed {seed} (the same plan for both flavours), \
+             with up to {vms} in flight: each takes an idle VM of the function; {warm} s of \
+             warm-up load are left out, then {duration} s are measured. \
              Invocations measured (baseline + Nexus): {inv}. Latencies are end to end at the \
              backend's API and count from the planned arrival, so a VM that falls behind shows \
-             in them. Both flavours read and write the same Garage S3 server on loopback: the \
-             baseline with the real boto3 through its virtio NIC and QEMU user networking, \
-             Nexus through the shim, the channel and the backend (its object cache off).",
+             in them. Both flavours read and write the same Garage S3 server: the baseline with \
+             the real boto3 through its virtio NIC and QEMU user networking, Nexus through the \
+             shim, the channel and the backend (its object cache off). {storage}",
             vms = options.vms,
             rate = options.rate,
             seed = options.seed,
             warm = options.warm_up,
             duration = options.duration,
             inv = invocations.join(", "),
+            storage = options.storage.note(),
         ),
         "Measured: node CPU is the user + system time (`/proc/<pid>/stat`) over the measured \
          window of the flavour's QEMU processes and, for Nexus, of the backend, divided by the \
@@ -601,6 +609,7 @@ mod tests {
             budget_gib: 16.0,
             cold_rounds: 3,
             seed: 1,
+            storage: Storage::Remote,
         };
         let pairs = vec![(
             phase(Flavour::Baseline, 30.0, 300.0, 80.0),

@@ -10,8 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
-
-use super::stats::Rng;
+use nexus_tests::Rng;
 
 /// One invocation of the plan.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -37,7 +36,7 @@ pub struct Done<T> {
 
 /// The arrivals of `duration` at `rate` per second over `targets` targets, from `seed`.
 pub fn plan(rate: f64, duration: Duration, targets: usize, seed: u64) -> Vec<Planned> {
-    let mut rng = Rng::new(seed);
+    let mut rng = Rng(seed);
     let mut planned = Vec::new();
     let mut at = rng.exponential(rate);
     while at < duration.as_secs_f64() {
@@ -115,7 +114,7 @@ mod tests {
         let planned: Vec<Planned> = (0..6)
             .map(|seq| Planned { seq, at: Duration::from_millis(5), target: seq % 2 })
             .collect();
-        let busy = Duration::from_millis(20);
+        let busy = Duration::from_millis(60);
         let done = run(&planned, 2, |p| {
             std::thread::sleep(busy);
             Ok(p.seq * 10)

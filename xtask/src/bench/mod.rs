@@ -4,6 +4,7 @@
 //! Without a subcommand, `full` runs baseline and Nexus side by side under load and prints the
 //! one table that sets the results against the paper's claims and our goals.
 
+mod ch;
 mod cold;
 mod fabric;
 mod full;
@@ -19,8 +20,9 @@ mod vm;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
+use stack::Storage;
 
-/// `cargo xtask bench [fabric|vm|cold] [options of the side-by-side run]`.
+/// `cargo xtask bench [fabric|vm|cold|ch] [options of the side-by-side run]`.
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
@@ -37,16 +39,30 @@ pub enum Bench {
     Fabric,
     /// The same function in a baseline VM and a Nexus VM: memory, VMM RSS, warm and cold
     /// latency.
-    Vm,
-    /// Cold starts with a 64 MiB input: boot, restore then fetch, restore with prefetch.
-    Cold,
+    Vm(Distance),
+    /// Cold starts with 1, 16 and 64 MiB inputs: boot, restore then fetch, restore with
+    /// prefetch, and how much of the hideable time the prefetch hid.
+    Cold(Distance),
+    /// Cloud Hypervisor next to QEMU with the test guest: boot, snapshot, restore (Copy vs
+    /// OnDemand), one call.
+    Ch,
+}
+
+/// How far the object store is.
+#[derive(Debug, Args)]
+pub struct Distance {
+    /// `remote`: behind a link with cloud object storage's latency and bandwidth; `local`:
+    /// on loopback.
+    #[arg(long, value_enum, default_value = "remote")]
+    pub storage: Storage,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
     match args.which {
         None => full::run(&args.options),
         Some(Bench::Fabric) => fabric::run(),
-        Some(Bench::Vm) => vm::run(),
-        Some(Bench::Cold) => cold::run(),
+        Some(Bench::Vm(distance)) => vm::run(distance.storage),
+        Some(Bench::Cold(distance)) => cold::run(distance.storage),
+        Some(Bench::Ch) => ch::run(),
     }
 }

@@ -1,7 +1,8 @@
-//! One flavour of one function under load, for `cargo xtask bench`: deploy N copies (one VM
-//! each), boot them, warm them up, load them at a fixed rate for a fixed time while the CPU
-//! time of every host process serving them is counted, read their memory, time cold starts
-//! from a snapshot, and remove them.
+//! One flavour of one function under load, for `cargo xtask bench`: deploy it with
+//! `max_vms` N, boot its N VMs (N invocations at once), warm them up, load the function at a
+//! fixed rate for a fixed time with up to N invocations in flight (so the backend spreads them
+//! over its VMs) while the CPU time of every host process serving them is counted, read their
+//! memory, time cold starts from a snapshot, and remove it.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -158,30 +159,31 @@ impl Phase {
 
 /// Runs `function` in `load.vms` VMs of `flavour`; see the module doc.
 pub fn run(stack: &Stack, function: Function, flavour: Flavour, load: &Load) -> Result<Phase> {
-    let names: Vec<String> =
-        (0..load.vms).map(|i| format!("{}-{}-{i}", function.name(), flavour.name())).collect();
+    let name = format!("{}-{}", function.name(), flavour.name());
+    let name = name.as_str();
     let code = workspace_root().join(function.code());
-    for name in &names {
-        stack.deploy(name, &code, function.handler(), flavour, json!({}))?;
-    }
+    stack.deploy(name, &code, function.handler(), flavour, json!({ "max_vms": load.vms }))?;
     let say = |what: &str| println!("bench: {} {}: {what}", function.name(), flavour.name());
     say(&format!("booting {} VMs", load.vms));
     std::thread::scope(|scope| {
-        let boots: Vec<_> = names
-            .iter()
-            .map(|name| scope.spawn(|| stack.invoke(name, &function.event(name, "boot"), &[])))
+        let boots: Vec<_> = (0..load.vms)
+            .map(|i| {
+                scope.spawn(move || {
+                    stack.invoke(name, &function.event(name, &format!("boot-{i}")), &[])
+                })
+            })
             .collect();
         boots.into_iter().try_for_each(|boot| boot.join().expect("boot thread").map(drop))
     })?;
     let invoke = |planned: &load::Planned| {
-        let name = &names[planned.target];
         stack.invoke(name, &function.event(name, &planned.seq.to_string()), &[])
     };
     say(&format!("warming up for {} s at {}/s", load.warm_up.as_secs(), load.rate));
     let warm_up = load::plan(load.rate, load.warm_up, load.vms, load.seed.wrapping_add(1));
     load::run(&warm_up, load.vms, |p| invoke(p).map(drop))?;
 
-    let vms = names.iter().map(|name| stack.warm_vm(name)).collect::<Result<Vec<_>>>()?;
+    let vms = stack.warm_vms(name)?;
+    anyhow::ensure!(vms.len() == load.vms, "{name} has {} VMs, not {}", vms.len(), load.vms);
     let backend = stack.backend.pid().context("backend pid")?;
     let cpu = |pids: &[u32]| -> Result<f64> {
         pids.iter().map(|&pid| Ok(cpu_time(pid)?.as_secs_f64())).sum()
@@ -196,11 +198,13 @@ pub fn run(stack: &Stack, function: Function, flavour: Flavour, load: &Load) -> 
     let window = started.elapsed().as_secs_f64();
     let after = (cpu(&qemu)?, cpu(&[backend])?);
 
-    let mut guest_used_kib = vec![f64::NAN; load.vms];
-    for d in &done {
-        guest_used_kib[d.planned.target] =
-            d.output.result["guest_used_kib"].as_f64().unwrap_or(f64::NAN);
-    }
+    // The last invocations' reports, one per VM when the load spread them evenly.
+    let guest_used_kib: Vec<f64> = done
+        .iter()
+        .rev()
+        .take(load.vms)
+        .map(|d| d.output.result["guest_used_kib"].as_f64().unwrap_or(f64::NAN))
+        .collect();
     let memory = |read: fn(u32) -> Result<f64>| -> Result<Vec<f64>> {
         qemu.iter().map(|&pid| read(pid)).collect()
     };
@@ -223,7 +227,7 @@ pub fn run(stack: &Stack, function: Function, flavour: Flavour, load: &Load) -> 
     };
 
     say(&format!("snapshot, then {} cold starts", load.cold_rounds));
-    let first = &names[0];
+    let first = name;
     stack.backend.api("POST", &format!("/v1/functions/{first}/snapshot"), None)?;
     // Nexus names the input so the backend fetches it while the VM restores; the baseline's
     // boto3 fetches it itself once the handler runs.
@@ -237,8 +241,6 @@ pub fn run(stack: &Stack, function: Function, flavour: Flavour, load: &Load) -> 
         let console = std::fs::read_to_string(stack.warm_vm(first)?.serial_log).unwrap_or_default();
         phase.cold_runtime_restarts += usize::from(console.contains(RUNTIME_RESTARTED));
     }
-    for name in &names {
-        stack.backend.api("DELETE", &format!("/v1/functions/{name}"), None)?;
-    }
+    stack.backend.api("DELETE", &format!("/v1/functions/{name}"), None)?;
     Ok(phase)
 }

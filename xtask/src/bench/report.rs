@@ -28,6 +28,8 @@ pub struct Table {
     pub notes: Vec<String>,
     pub rows: Vec<Row>,
     pub extra_columns: Vec<String>,
+    /// Headings of the baseline and nexus columns when they compare something else (two VMMs).
+    pub sides: Option<(&'static str, &'static str)>,
 }
 
 const HEADINGS: [&str; 4] = ["metric", "baseline", "nexus", "nexus / baseline"];
@@ -38,10 +40,17 @@ impl Table {
         self.rows.iter().any(|row| !row.target.is_empty())
     }
 
-    fn headings(&self) -> Vec<&str> {
+    fn headings(&self) -> Vec<String> {
         let target = self.has_target().then_some(TARGET);
         let extra = self.extra_columns.iter().map(String::as_str);
-        HEADINGS.into_iter().chain(target).chain(extra).collect()
+        let mut headings: Vec<String> =
+            HEADINGS.into_iter().chain(target).chain(extra).map(str::to_owned).collect();
+        if let Some((baseline, nexus)) = self.sides {
+            headings[1] = baseline.into();
+            headings[2] = nexus.into();
+            headings[3] = format!("{nexus} / {baseline}");
+        }
+        headings
     }
 
     /// A row's cells, one per heading (missing extra cells are empty).
@@ -74,7 +83,7 @@ impl Table {
             out.trim_end().to_owned() + "\n"
         };
         let mut out = format!("{}\n\n", self.title);
-        out += &line(&headings);
+        out += &line(&headings.iter().map(String::as_str).collect::<Vec<_>>());
         let rules: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
         out += &line(&rules.iter().map(String::as_str).collect::<Vec<_>>());
         for row in &self.rows {

@@ -1,7 +1,8 @@
-//! What the VM benchmarks share: a Garage S3 server with the `bench` bucket, a release backend
-//! whose function VMs boot the guest images and reach that server (Nexus VMs through the
-//! backend, baseline VMs through their NIC), deploying a function in either flavour, invoking
-//! it, and finding its VM's process.
+//! What the VM benchmarks share: a Garage S3 server with the `bench` bucket, by default behind a
+//! link at cloud distance (`nexus_tests::Link`), a release backend whose function VMs boot the
+//! guest images and reach that server the same way (Nexus VMs through the backend, baseline VMs
+//! through their NIC), deploying a function in either flavour, invoking it, and finding its
+//! VM's process.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,7 +11,7 @@ use std::time::Instant;
 use anyhow::{ensure, Context, Result};
 use nexus_backend::api::{COLD_START, FUNCTION_ERROR, PREFETCH};
 use nexus_backend::client::exchange_with;
-use nexus_tests::{Backend, Garage};
+use nexus_tests::{Backend, Garage, Link, LinkProfile};
 use serde_json::{json, Value};
 
 use crate::image::{self, Flavour};
@@ -20,10 +21,66 @@ use crate::{cmd, workspace_root};
 /// The bucket every VM benchmark reads and writes.
 pub const BUCKET: &str = "bench";
 
-/// A Garage server and a backend using it; the backend stops first (field order).
+/// Where the object store is, seen from the node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Storage {
+    /// Garage on loopback: a 64 MiB object arrives in ≈ 0.1 s.
+    Local,
+    /// Garage behind [`LinkProfile::S3`]: first bytes after a sampled latency (median 30 ms,
+    /// p99 150 ms), each connection paced to 88 MB/s, as cloud object storage is.
+    #[default]
+    Remote,
+}
+
+/// TCG's translation cache per VM, both flavours alike: without a bound it dominates QEMU's RSS
+/// (≈ 300 MiB for a guest using 40–65 MiB), memory a KVM host does not spend.
+pub const TCG_CACHE_MIB: u32 = 64;
+
+/// The seed of the remote link's latency draws.
+const LINK_SEED: u64 = 1;
+
+impl Storage {
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Storage::Local => "local",
+            Storage::Remote => "remote",
+        }
+    }
+
+    /// What the benchmark notes say about it.
+    pub fn note(self) -> String {
+        match self {
+            Storage::Local => {
+                "Storage: Garage on loopback (`--storage local`), far closer than cloud \
+                               object storage: an input arrives almost at once."
+                    .to_owned()
+            }
+            Storage::Remote => {
+                let p = LinkProfile::S3;
+                format!(
+                    "Storage at cloud distance (`--storage remote`, the default): every request to \
+                     Garage, from the backend and from baseline guests alike, crosses a proxy that \
+                     holds each answer's first byte for a log-normal latency (median {} ms, p99 {} \
+                     ms) and paces each connection to {} MB/s each way, the published figures for \
+                     S3 within a region (tens of ms for small requests, 100–200 ms at the tail, \
+                     ≈ 85–90 MB/s per connection).",
+                    p.median_latency.as_millis(),
+                    p.p99_latency.as_millis(),
+                    p.bytes_per_second / 1_000_000
+                )
+            }
+        }
+    }
+}
+
+/// A Garage server, maybe behind a link, and a backend using it; the backend stops first
+/// (field order).
 #[derive(Debug)]
 pub struct Stack {
     pub backend: Backend,
+    /// The proxy in front of Garage with [`Storage::Remote`].
+    pub link: Option<Link>,
     pub garage: Garage,
 }
 
@@ -64,9 +121,15 @@ pub fn build_release(packages: &[&str]) -> Result<()> {
 
 impl Stack {
     /// Makes sure the guest images of `flavours` are built, then starts Garage (with the
-    /// `bench` bucket) and the release backend (built first) with its object cache off, the
-    /// region geometry `region` (YAML flow fields) and `extra` settings.
-    pub fn start(tools: &Tools, flavours: &[Flavour], region: &str, extra: &str) -> Result<Self> {
+    /// `bench` bucket) at the `storage` distance and the release backend (built first) with its
+    /// object cache off, the region geometry `region` (YAML flow fields) and `extra` settings.
+    pub fn start(
+        tools: &Tools,
+        flavours: &[Flavour],
+        storage: Storage,
+        region: &str,
+        extra: &str,
+    ) -> Result<Self> {
         let mut images = None;
         for &flavour in flavours {
             images = Some(image::ensure(flavour, false)?);
@@ -76,11 +139,19 @@ impl Stack {
         std::env::set_var("NEXUS_GARAGE", &tools.garage);
         let garage = Garage::start()?;
         garage.create_bucket(BUCKET)?;
+        let link = match storage {
+            Storage::Local => None,
+            Storage::Remote => {
+                let server = garage.endpoint.trim_start_matches("http://").parse()?;
+                Some(Link::start(server, LinkProfile::S3, LINK_SEED)?)
+            }
+        };
+        let endpoint = endpoint(&garage, link.as_ref());
         let settings = format!(
             "{storage}cache: {{ max_bytes: 0, max_object_bytes: 0 }}\n\
              default_policy: {{ grants: [{{ bucket: {BUCKET}, access: [read, write] }}], max_object_size: 1GiB }}\n\
-             vm: {{ images: {images}, state_dir: \"{{dir}}\", boot_timeout_secs: 240 }}\n{extra}",
-            storage = garage.storage_settings(),
+             vm: {{ images: {images}, state_dir: \"{{dir}}\", boot_timeout_secs: 240, tcg_cache_mib: {TCG_CACHE_MIB} }}\n{extra}",
+            storage = garage.storage_settings_at(&endpoint),
             images = images.dir.parent().context("images dir")?.display(),
         );
         let backend = Backend::start_with(
@@ -89,7 +160,12 @@ impl Stack {
             &settings,
             &[],
         )?;
-        Ok(Self { backend, garage })
+        Ok(Self { backend, link, garage })
+    }
+
+    /// Where clients reach Garage: the link's address, or Garage's own.
+    pub fn storage_endpoint(&self) -> String {
+        endpoint(&self.garage, self.link.as_ref())
     }
 
     /// Runs `script` in the tests' venv with real boto3, `s3` a client of Garage: puts the
@@ -124,7 +200,7 @@ impl Stack {
         if flavour == Flavour::Baseline {
             let garage = &self.garage;
             spec["environment"] = json!({
-                "AWS_ENDPOINT_URL": garage.endpoint.replace("127.0.0.1", "10.0.2.2"),
+                "AWS_ENDPOINT_URL": self.storage_endpoint().replace("127.0.0.1", "10.0.2.2"),
                 "AWS_ACCESS_KEY_ID": garage.access_key, "AWS_SECRET_ACCESS_KEY": garage.secret_key,
                 "AWS_DEFAULT_REGION": garage.region, "AWS_EC2_METADATA_DISABLED": "true",
             });
@@ -170,30 +246,47 @@ impl Stack {
         })
     }
 
-    /// `name`'s warm VM. Call it while the function is idle: the backend lists a VM only when
-    /// no invocation holds it.
+    /// `name`'s first warm VM.
     pub fn warm_vm(&self, name: &str) -> Result<WarmVm> {
+        self.warm_vms(name)?.into_iter().next().with_context(|| format!("{name} has no warm VM"))
+    }
+
+    /// `name`'s warm VMs.
+    pub fn warm_vms(&self, name: &str) -> Result<Vec<WarmVm>> {
         let listed = self.backend.api("GET", "/v1/functions", None)?;
         let function = listed.as_array().into_iter().flatten().find(|f| f["spec"]["name"] == name);
-        let warm = &function.with_context(|| format!("{name} is not listed"))?["warm"];
-        Ok(WarmVm {
-            pid: warm["pid"]
-                .as_u64()
-                .and_then(|p| u32::try_from(p).ok())
-                .with_context(|| format!("{name} has no warm VM"))?,
-            region: warm["region"].as_str().unwrap_or_default().to_owned(),
-            accel: warm["accel"].as_str().unwrap_or("?").to_uppercase(),
-            serial_log: warm["serial_log"].as_str().unwrap_or_default().into(),
-        })
+        let vms = function.with_context(|| format!("{name} is not listed"))?["vms"].as_array();
+        vms.into_iter()
+            .flatten()
+            .map(|vm| {
+                Ok(WarmVm {
+                    pid: vm["pid"]
+                        .as_u64()
+                        .and_then(|p| u32::try_from(p).ok())
+                        .with_context(|| format!("a VM of {name} has no process: {vm}"))?,
+                    region: vm["region"].as_str().unwrap_or_default().to_owned(),
+                    accel: vm["accel"].as_str().unwrap_or("?").to_uppercase(),
+                    serial_log: vm["serial_log"].as_str().unwrap_or_default().into(),
+                })
+            })
+            .collect()
     }
+}
+
+/// Where clients reach `garage`: through `link` if there is one.
+fn endpoint(garage: &Garage, link: Option<&Link>) -> String {
+    link.map_or(garage.endpoint.clone(), |l| format!("http://{}", l.addr))
 }
 
 /// For a table measured under `accel`: what TCG means for its figures (none under KVM).
 pub fn accel_note(accel: &str) -> Option<String> {
     (accel == "TCG").then(|| {
-        "Every VM figure here was measured under TCG (QEMU software emulation: this host has no \
-         hardware virtualization); guest code runs ≈ 10× slower than under KVM, so latencies are \
-         inflated and dominated by emulated CPU work. QEMU's RSS includes TCG's translation cache."
-            .to_owned()
+        format!(
+            "Every VM figure here was measured under TCG (QEMU software emulation: this host has \
+             no hardware virtualization); guest code runs ≈ 10× slower than under KVM, so \
+             latencies are inflated and dominated by emulated CPU work. QEMU's RSS includes TCG's \
+             translation cache, bounded to {TCG_CACHE_MIB} MiB per VM for both flavours \
+             (`vm.tcg_cache_mib`), which a KVM host does not have."
+        )
     })
 }

@@ -1,8 +1,9 @@
 //! `cargo xtask bench vm`: the same boto3 function in a Nexus VM and in a baseline VM, one run:
 //! memory in the guest after warm-up, the VMM's RSS, warm latency p50/p99 and the cold start.
-//! Both talk to one Garage server on loopback (the baseline through its NIC and QEMU's user
-//! networking, Nexus through the backend). Every figure is marked with the accelerator. As root,
-//! the backend runs its eBPF probes and the table adds what they saw (`probes.rs`).
+//! Both talk to one Garage server (the baseline through its NIC and QEMU's user networking,
+//! Nexus through the backend), at cloud distance unless `--storage local`. Every figure is
+//! marked with the accelerator. As root, the backend runs its eBPF probes and the table adds
+//! what they saw (`probes.rs`).
 
 use std::path::Path;
 
@@ -12,7 +13,7 @@ use serde_json::{json, Value};
 use super::measure::{machine, rss_kib};
 use super::probes::{self, CpuReading, CpuUse, Merged};
 use super::report::{mib, ratio, seconds, Row, Table};
-use super::stack::{accel_note, Stack, BUCKET};
+use super::stack::{accel_note, Stack, Storage, BUCKET};
 use super::stats::percentile;
 use crate::image::Flavour;
 use crate::{setup, workspace_root};
@@ -48,11 +49,12 @@ struct Observed {
     merged: Merged,
 }
 
-pub fn run() -> Result<()> {
+pub fn run(storage: Storage) -> Result<()> {
     let tools = setup::run()?;
     let observe = probes::available();
     let settings = if observe { probes::SETTINGS } else { "" };
-    let stack = Stack::start(&tools, &Flavour::ALL, "size: 32MiB, buffer_size: 1MiB", settings)?;
+    let stack =
+        Stack::start(&tools, &Flavour::ALL, storage, "size: 32MiB, buffer_size: 1MiB", settings)?;
     seed_input(&stack, &tools.python)?;
     let _cost_stats = observe.then(nexus_ebpf::Probes::cost_stats).transpose()?;
     let baseline = measure(&stack, "bench-baseline", Flavour::Baseline)?;
@@ -67,7 +69,7 @@ pub fn run() -> Result<()> {
             None
         }
     };
-    let table = vm_table(&baseline, &nexus, observed.as_ref());
+    let table = vm_table(&baseline, &nexus, storage, observed.as_ref());
     print!("\n{}", table.text());
     let file = workspace_root().join("docs/BENCHMARKS.md");
     table.write_section(&file)?;
@@ -129,7 +131,12 @@ fn measure(stack: &Stack, name: &str, flavour: Flavour) -> Result<Measured> {
     })
 }
 
-fn vm_table(baseline: &Measured, nexus: &Measured, observed: Option<&Observed>) -> Table {
+fn vm_table(
+    baseline: &Measured,
+    nexus: &Measured,
+    storage: Storage,
+    observed: Option<&Observed>,
+) -> Table {
     let accel = &nexus.accel;
     let mark = format!(" [{accel}]");
     let kib = |k: f64| mib(k * 1024.0);
@@ -186,6 +193,7 @@ fn vm_table(baseline: &Measured, nexus: &Measured, observed: Option<&Observed>) 
         machine(),
         INPUT_BYTES >> 10
     )];
+    notes.push(storage.note());
     notes.extend(accel_note(accel));
     if let Some(seen) = observed {
         notes.push(format!(
@@ -205,7 +213,7 @@ fn vm_table(baseline: &Measured, nexus: &Measured, observed: Option<&Observed>) 
     Table {
         name: "vm",
         title: format!("Function VMs: baseline (NIC + boto3) vs Nexus (no NIC, shim), {accel}"),
-        command: "cargo xtask bench vm".into(),
+        command: format!("cargo xtask bench vm --storage {}", storage.name()),
         notes,
         rows,
         ..Table::default()

@@ -75,12 +75,18 @@ impl Flavour {
     }
 
     /// Kernel modules the initramfs loads; their dependencies come from `modules.dep`, and
-    /// those built into the kernel are skipped. virtio_mmio serves `-M microvm` without PCI.
+    /// those built into the kernel are skipped. virtio_mmio serves `-M microvm` without PCI;
+    /// the doorbell is a virtio-serial port under QEMU and a vsock under Cloud Hypervisor.
     fn modules(self) -> &'static [&'static str] {
         match self {
-            Flavour::Nexus => {
-                &["virtio_pci", "virtio_mmio", "virtio_blk", "ext4", "virtio_console"]
-            }
+            Flavour::Nexus => &[
+                "virtio_pci",
+                "virtio_mmio",
+                "virtio_blk",
+                "ext4",
+                "virtio_console",
+                "vmw_vsock_virtio_transport",
+            ],
             Flavour::Baseline => {
                 &["virtio_pci", "virtio_mmio", "virtio_blk", "ext4", "virtio_console", "virtio_net"]
             }

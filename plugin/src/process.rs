@@ -22,6 +22,7 @@ use std::sync::{mpsc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::error::VmmError;
 use crate::serial::tail_lines;
 
 /// How often [`Process::wait_timeout`] checks whether the process has exited.
@@ -139,6 +140,16 @@ impl Process {
 
     fn child(&self) -> MutexGuard<'_, Child> {
         self.child.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Removes a file an earlier VMM left in a work dir (a socket it did not clean up).
+pub fn remove_stale(path: &Path) -> Result<(), VmmError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(VmmError::io(format!("remove stale {}", path.display()))(e))
+        }
+        _ => Ok(()),
     }
 }
 

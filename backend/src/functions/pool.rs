@@ -1,0 +1,346 @@
+//! A function's VMs: up to `max_vms` of them, each serving one invocation at a time.
+//!
+//! ```text
+//!  acquire ──► an idle VM? ──yes──► lease it (busy)
+//!                 │ no
+//!                 ▼
+//!         fewer than max_vms? ──yes──► reserve a start (starting) ──► the caller starts one
+//!                 │ no                                                 ├─ ok: started(vm) → busy
+//!                 ▼                                                    └─ failed: start_failed()
+//!         wait for a release (bounded) and look again
+//!
+//!  release(lease) ──► idle again (a waiter wakes)      retire(lease) ──► gone (a waiter wakes)
+//!  take_all() (fn stop / rm / shutdown): every VM, idle or busy, out of the pool at once;
+//!            a busy VM's invocation then fails, and its release finds it gone.
+//!  take_idle_since(t): the idle VMs unused since t (keep-alive).
+//! ```
+//!
+//! The pool only counts and hands out; starting and stopping VMs (seconds of blocking work)
+//! happens outside its lock.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+/// What a pool holds: a VM that may die on its own.
+pub trait Vital {
+    fn alive(&self) -> bool;
+}
+
+/// What [`Pool::acquire`] hands out.
+#[derive(Debug)]
+pub enum Acquired<V> {
+    /// An idle VM, now leased to the caller.
+    Warm(Lease<V>),
+    /// Room for one more VM: the caller starts it, then calls [`Pool::started`] or
+    /// [`Pool::start_failed`].
+    Start,
+}
+
+/// Why [`Pool::acquire`] handed out nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Every VM stayed busy, and no more may start, for the whole wait.
+    Busy { max_vms: u32, waited: Duration },
+    /// The function was removed.
+    Closed,
+}
+
+/// One VM leased to one invocation (or snapshot).
+#[derive(Debug)]
+pub struct Lease<V> {
+    pub vm: Arc<V>,
+    number: u64,
+}
+
+#[derive(Debug)]
+struct State<V> {
+    idle: Vec<(Arc<V>, Instant)>,
+    busy: BTreeMap<u64, Arc<V>>,
+    starting: u32,
+    next_number: u64,
+    closed: bool,
+}
+
+impl<V> Default for State<V> {
+    fn default() -> Self {
+        State {
+            idle: Vec::new(),
+            busy: BTreeMap::new(),
+            starting: 0,
+            next_number: 0,
+            closed: false,
+        }
+    }
+}
+
+impl<V> State<V> {
+    fn total(&self) -> u32 {
+        (self.idle.len() + self.busy.len()) as u32 + self.starting
+    }
+
+    fn lease(&mut self, vm: Arc<V>) -> Lease<V> {
+        self.next_number += 1;
+        self.busy.insert(self.next_number, vm.clone());
+        Lease { vm, number: self.next_number }
+    }
+}
+
+/// How many VMs of a function are in each state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub idle: u32,
+    pub busy: u32,
+    pub starting: u32,
+}
+
+/// The VMs of one function.
+#[derive(Debug)]
+pub struct Pool<V> {
+    state: Mutex<State<V>>,
+    /// Woken when a VM is released or retired, or a start fails: room may have appeared.
+    changed: Notify,
+}
+
+impl<V> Default for Pool<V> {
+    fn default() -> Self {
+        Pool { state: Mutex::default(), changed: Notify::new() }
+    }
+}
+
+impl<V: Vital> Pool<V> {
+    /// Leases an idle VM, or reserves a start if fewer than `max_vms` exist, else waits up to
+    /// `wait` for either. Idle VMs that died are handed back for stopping through `dead`.
+    pub async fn acquire(
+        &self,
+        max_vms: u32,
+        wait: Duration,
+        dead: &mut Vec<Arc<V>>,
+    ) -> Result<Acquired<V>, Refused> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the look, so a release between the look and the wait wakes it.
+            changed.as_mut().enable();
+            {
+                let mut state = self.lock();
+                if state.closed {
+                    return Err(Refused::Closed);
+                }
+                while let Some((vm, _)) = state.idle.pop() {
+                    if vm.alive() {
+                        return Ok(Acquired::Warm(state.lease(vm)));
+                    }
+                    dead.push(vm);
+                }
+                if state.total() < max_vms {
+                    state.starting += 1;
+                    return Ok(Acquired::Start);
+                }
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return Err(Refused::Busy { max_vms, waited: wait });
+            }
+        }
+    }
+
+    /// A VM the caller started after [`Acquired::Start`], leased to it; handed back for
+    /// stopping if the pool was closed meanwhile.
+    pub fn started(&self, vm: V) -> Result<Lease<V>, V> {
+        let mut state = self.lock();
+        state.starting -= 1;
+        if state.closed {
+            drop(state);
+            self.changed.notify_one();
+            return Err(vm);
+        }
+        Ok(state.lease(Arc::new(vm)))
+    }
+
+    /// The start reserved by [`Acquired::Start`] failed.
+    pub fn start_failed(&self) {
+        self.lock().starting -= 1;
+        self.changed.notify_one();
+    }
+
+    /// The leased VM is idle again; `false` if it left the pool meanwhile (then the caller
+    /// need not stop it: whoever took it does).
+    pub fn release(&self, lease: Lease<V>) -> bool {
+        let mut state = self.lock();
+        let Some(vm) = state.busy.remove(&lease.number) else { return false };
+        state.idle.push((vm, Instant::now()));
+        drop(state);
+        self.changed.notify_one();
+        true
+    }
+
+    /// Takes the leased VM out of the pool (the caller stops it); `None` if it already left.
+    pub fn retire(&self, lease: Lease<V>) -> Option<Arc<V>> {
+        let vm = self.lock().busy.remove(&lease.number);
+        self.changed.notify_one();
+        vm
+    }
+
+    /// Every VM, idle and busy, for stopping; with `close`, the pool refuses every later
+    /// acquire (the function is gone).
+    pub fn take_all(&self, close: bool) -> Vec<Arc<V>> {
+        let mut state = self.lock();
+        state.closed |= close;
+        let mut all: Vec<Arc<V>> = state.idle.drain(..).map(|(vm, _)| vm).collect();
+        all.extend(std::mem::take(&mut state.busy).into_values());
+        drop(state);
+        self.changed.notify_waiters();
+        all
+    }
+
+    /// The idle VMs last released before `since`, for stopping.
+    pub fn take_idle_since(&self, since: Instant) -> Vec<Arc<V>> {
+        let mut state = self.lock();
+        let (old, fresh) =
+            std::mem::take(&mut state.idle).into_iter().partition(|(_, at)| *at < since);
+        state.idle = fresh;
+        drop(state);
+        self.changed.notify_one();
+        old.into_iter().map(|(vm, _)| vm).collect()
+    }
+
+    /// Every VM with whether it is busy.
+    pub fn vms(&self) -> Vec<(Arc<V>, bool)> {
+        let state = self.lock();
+        let idle = state.idle.iter().map(|(vm, _)| (vm.clone(), false));
+        idle.chain(state.busy.values().map(|vm| (vm.clone(), true))).collect()
+    }
+
+    pub fn counts(&self) -> Counts {
+        let state = self.lock();
+        Counts {
+            idle: state.idle.len() as u32,
+            busy: state.busy.len() as u32,
+            starting: state.starting,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State<V>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    #[derive(Debug, Default)]
+    struct FakeVm {
+        dead: AtomicBool,
+    }
+
+    impl Vital for FakeVm {
+        fn alive(&self) -> bool {
+            !self.dead.load(Ordering::Relaxed)
+        }
+    }
+
+    const NO_WAIT: Duration = Duration::ZERO;
+
+    async fn acquire(
+        pool: &Pool<FakeVm>,
+        max_vms: u32,
+        wait: Duration,
+    ) -> Result<Acquired<FakeVm>, Refused> {
+        pool.acquire(max_vms, wait, &mut Vec::new()).await
+    }
+
+    fn leased(acquired: Result<Acquired<FakeVm>, Refused>) -> Lease<FakeVm> {
+        match acquired {
+            Ok(Acquired::Warm(lease)) => lease,
+            other => panic!("expected a warm VM, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn starts_up_to_the_limit_then_reuses_idle_vms() {
+        let pool = Pool::default();
+        assert!(matches!(acquire(&pool, 2, NO_WAIT).await, Ok(Acquired::Start)));
+        let first = pool.started(FakeVm::default()).unwrap();
+        assert!(matches!(acquire(&pool, 2, NO_WAIT).await, Ok(Acquired::Start)));
+        let second = pool.started(FakeVm::default()).unwrap();
+        assert_eq!(pool.counts(), Counts { idle: 0, busy: 2, starting: 0 });
+        let refused = acquire(&pool, 2, NO_WAIT).await.unwrap_err();
+        assert_eq!(refused, Refused::Busy { max_vms: 2, waited: NO_WAIT });
+
+        let first_vm = first.vm.clone();
+        assert!(pool.release(first));
+        let again = leased(acquire(&pool, 2, NO_WAIT).await);
+        assert!(Arc::ptr_eq(&again.vm, &first_vm), "the idle VM is reused, not a new one started");
+        assert!(pool.retire(second).is_some());
+        assert!(matches!(acquire(&pool, 2, NO_WAIT).await, Ok(Acquired::Start)), "room again");
+        pool.start_failed();
+        assert_eq!(pool.counts(), Counts { idle: 0, busy: 1, starting: 0 });
+    }
+
+    #[tokio::test]
+    async fn a_waiter_gets_the_vm_released_while_it_waits() {
+        let pool = Arc::new(Pool::default());
+        assert!(matches!(acquire(&pool, 1, NO_WAIT).await, Ok(Acquired::Start)));
+        let lease = pool.started(FakeVm::default()).unwrap();
+        let waiter = tokio::spawn({
+            let pool = pool.clone();
+            async move { leased(acquire(&pool, 1, Duration::from_secs(10)).await).vm }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let vm = lease.vm.clone();
+        pool.release(lease);
+        let got = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
+        assert!(Arc::ptr_eq(&got, &vm));
+    }
+
+    #[tokio::test]
+    async fn dead_idle_vms_are_handed_back_and_replaced() {
+        let pool = Pool::default();
+        assert!(matches!(acquire(&pool, 1, NO_WAIT).await, Ok(Acquired::Start)));
+        let lease = pool.started(FakeVm::default()).unwrap();
+        lease.vm.dead.store(true, Ordering::Relaxed);
+        pool.release(lease);
+        let mut dead = Vec::new();
+        assert!(matches!(pool.acquire(1, NO_WAIT, &mut dead).await, Ok(Acquired::Start)));
+        assert_eq!(dead.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn take_all_empties_busy_and_idle_vms_and_closing_refuses_later_acquires() {
+        let pool = Pool::default();
+        assert!(matches!(acquire(&pool, 3, NO_WAIT).await, Ok(Acquired::Start)));
+        let busy = pool.started(FakeVm::default()).unwrap();
+        assert!(matches!(acquire(&pool, 3, NO_WAIT).await, Ok(Acquired::Start)));
+        let idle = pool.started(FakeVm::default()).unwrap();
+        assert!(matches!(acquire(&pool, 3, NO_WAIT).await, Ok(Acquired::Start)));
+        pool.release(idle);
+
+        assert_eq!(pool.take_all(false).len(), 2);
+        assert!(!pool.release(busy), "a VM taken while busy does not come back");
+        assert!(pool.started(FakeVm::default()).is_ok(), "an open pool takes a started VM");
+        assert_eq!(pool.take_all(true).len(), 1);
+        assert!(matches!(acquire(&pool, 3, NO_WAIT).await, Err(Refused::Closed)));
+        assert!(matches!(acquire(&pool, 3, NO_WAIT).await, Err(Refused::Closed)));
+    }
+
+    #[tokio::test]
+    async fn only_vms_idle_since_before_the_cut_are_taken() {
+        let pool = Pool::default();
+        for _ in 0..2 {
+            assert!(matches!(acquire(&pool, 2, NO_WAIT).await, Ok(Acquired::Start)));
+        }
+        let old = pool.started(FakeVm::default()).unwrap();
+        let fresh = pool.started(FakeVm::default()).unwrap();
+        pool.release(old);
+        let cut = Instant::now();
+        pool.release(fresh);
+        assert_eq!(pool.take_idle_since(cut).len(), 1);
+        assert_eq!(pool.counts(), Counts { idle: 1, busy: 0, starting: 0 });
+    }
+}

@@ -1,0 +1,281 @@
+//! A storage server at cloud distance: a TCP proxy on loopback that delays the first byte of
+//! each answer and paces each connection's bytes, so that object storage behaves as it does
+//! across a data centre rather than on loopback. (This kernel has no netem; `tbf` could pace
+//! bytes but not delay them.)
+//!
+//! ```text
+//!  client ──► proxy ──────────────────────────────► server        requests: paced
+//!  client ◄── proxy ◄── hold first byte (sampled) ◄── server      answers: delayed, then paced
+//! ```
+//!
+//! An *answer* is what the server sends after the client last sent something: its first chunk
+//! waits for a latency drawn from a log-normal distribution (median and p99 of the profile);
+//! every byte in either direction is paced to the profile's bandwidth per connection. HTTP/1.1
+//! without pipelining (what S3 clients speak) makes that one delay per request. Each
+//! connection's draws come from a seeded generator, so runs are comparable.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::error::HarnessError;
+use crate::rng::Rng;
+
+/// How far the server is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LinkProfile {
+    /// Median time to an answer's first byte.
+    pub median_latency: Duration,
+    /// 99th percentile of that time.
+    pub p99_latency: Duration,
+    /// Bytes per second per connection, each direction.
+    pub bytes_per_second: u64,
+}
+
+impl LinkProfile {
+    /// Cloud object storage from a compute node in the same region, as published for S3:
+    /// small requests answer in tens of ms at the median (AWS, "Best Practices Design Patterns:
+    /// Optimizing Amazon S3 Performance", timeouts and retries) and 100–200 ms at the tail, and
+    /// one connection carries about 85–90 MB/s (the same paper's guidance to parallelize, and
+    /// single-connection measurements from EC2).
+    pub const S3: LinkProfile = LinkProfile {
+        median_latency: Duration::from_millis(30),
+        p99_latency: Duration::from_millis(150),
+        bytes_per_second: 88_000_000,
+    };
+
+    /// One first-byte latency drawn from the log-normal distribution with this median and p99.
+    fn sample_latency(&self, rng: &mut Rng) -> Duration {
+        /// The standard normal quantile of 0.99.
+        const Z99: f64 = 2.326_347_874;
+        let median = self.median_latency.as_secs_f64();
+        let sigma = (self.p99_latency.as_secs_f64() / median).ln().max(0.0) / Z99;
+        Duration::from_secs_f64(median * (sigma * rng.normal()).exp())
+    }
+}
+
+/// A running proxy; stops accepting when dropped (open connections end with their peers).
+#[derive(Debug)]
+pub struct Link {
+    /// Where clients connect instead of the server.
+    pub addr: SocketAddr,
+    pub profile: LinkProfile,
+    stop: Arc<AtomicBool>,
+}
+
+impl Link {
+    /// Starts a proxy to `server` with `profile`; draws start from `seed`.
+    pub fn start(
+        server: SocketAddr,
+        profile: LinkProfile,
+        seed: u64,
+    ) -> Result<Link, HarnessError> {
+        let listener =
+            TcpListener::bind("127.0.0.1:0").map_err(HarnessError::io("bind the link"))?;
+        let addr = listener.local_addr().map_err(HarnessError::io("read the link's address"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepting = stop.clone();
+        thread::Builder::new()
+            .name("link-accept".into())
+            .spawn(move || {
+                for (n, client) in listener.incoming().enumerate() {
+                    if accepting.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let Ok(client) = client else { continue };
+                    let seed = seed.wrapping_add(n as u64);
+                    if let Err(e) = Connection::spawn(client, server, profile, seed) {
+                        eprintln!("link: cannot reach {server}: {e}");
+                    }
+                }
+            })
+            .map_err(HarnessError::io("start the link"))?;
+        Ok(Link { addr, profile, stop })
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wakes the accept loop so that it sees the flag.
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+/// One proxied connection: a thread per direction.
+struct Connection;
+
+impl Connection {
+    fn spawn(
+        client: TcpStream,
+        server: SocketAddr,
+        profile: LinkProfile,
+        seed: u64,
+    ) -> io::Result<()> {
+        let upstream = TcpStream::connect(server)?;
+        for stream in [&client, &upstream] {
+            stream.set_nodelay(true)?;
+        }
+        // Bumped by each request chunk; an answer chunk that sees it moved starts an answer.
+        let requests = Arc::new(AtomicU64::new(0));
+        let (client_in, upstream_out) = (client.try_clone()?, upstream.try_clone()?);
+        let sent = requests.clone();
+        thread::spawn(move || {
+            let mut pace = Pacer::new(profile.bytes_per_second);
+            copy(
+                client_in,
+                upstream_out,
+                |_| {
+                    sent.fetch_add(1, Ordering::Release);
+                    None
+                },
+                &mut pace,
+            );
+        });
+        thread::spawn(move || {
+            let mut rng = Rng(seed);
+            let mut pace = Pacer::new(profile.bytes_per_second);
+            let mut answered = 0;
+            copy(
+                upstream,
+                client,
+                |pace: &mut Pacer| {
+                    let now = requests.load(Ordering::Acquire);
+                    if now == answered {
+                        return None;
+                    }
+                    answered = now;
+                    let hold = profile.sample_latency(&mut rng);
+                    pace.restart_after(hold);
+                    Some(hold)
+                },
+                &mut pace,
+            );
+        });
+        Ok(())
+    }
+}
+
+/// Copies `from` to `to` until either ends; `before_chunk` may ask to hold a chunk back first.
+fn copy(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    mut before_chunk: impl FnMut(&mut Pacer) -> Option<Duration>,
+    pace: &mut Pacer,
+) {
+    let mut chunk = vec![0; 64 << 10];
+    loop {
+        let n = match from.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if let Some(hold) = before_chunk(pace) {
+            thread::sleep(hold);
+        }
+        // Paced in slices so that a large chunk does not arrive in one burst.
+        for slice in chunk[..n].chunks(PACE_SLICE) {
+            pace.wait_for(slice.len());
+            if to.write_all(slice).is_err() {
+                let _ = from.shutdown(Shutdown::Both);
+                return;
+            }
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+}
+
+/// Bytes written at a time between pacing waits.
+const PACE_SLICE: usize = 16 << 10;
+
+/// Paces a byte stream to a rate: a burst starts on the clock, and each write waits until the
+/// bytes sent so far in the burst are due.
+struct Pacer {
+    bytes_per_second: f64,
+    burst_start: Instant,
+    burst_bytes: u64,
+}
+
+impl Pacer {
+    fn new(bytes_per_second: u64) -> Self {
+        Pacer {
+            bytes_per_second: bytes_per_second as f64,
+            burst_start: Instant::now(),
+            burst_bytes: 0,
+        }
+    }
+
+    /// A new burst starts once `hold` has passed (the first byte of an answer).
+    fn restart_after(&mut self, hold: Duration) {
+        self.burst_start = Instant::now() + hold;
+        self.burst_bytes = 0;
+    }
+
+    /// Waits until `len` more bytes may go. An idle stream does not bank credit: a burst that
+    /// fell behind the clock by more than a slice's time restarts from now.
+    fn wait_for(&mut self, len: usize) {
+        let due = self.burst_start
+            + Duration::from_secs_f64(self.burst_bytes as f64 / self.bytes_per_second);
+        let now = Instant::now();
+        if due > now {
+            thread::sleep(due - now);
+        } else if now - due > Duration::from_secs_f64(PACE_SLICE as f64 / self.bytes_per_second) {
+            self.burst_start = now;
+            self.burst_bytes = 0;
+        }
+        self.burst_bytes += len as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server that answers each byte it reads with `answer` bytes.
+    fn server(answer: usize) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = [0; 1];
+            while stream.read_exact(&mut request).is_ok() {
+                stream.write_all(&vec![request[0]; answer]).unwrap();
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn every_answer_waits_for_its_latency_and_arrives_at_the_link_rate() {
+        let fixed = Duration::from_millis(50);
+        let profile =
+            LinkProfile { median_latency: fixed, p99_latency: fixed, bytes_per_second: 10_000_000 };
+        let answer = 1_000_000;
+        let link = Link::start(server(answer), profile, 1).unwrap();
+        let mut client = TcpStream::connect(link.addr).unwrap();
+        // At least the latency, then the bytes at 10 MB/s: 50 ms + 100 ms, for each answer.
+        let least = fixed + Duration::from_millis(100);
+        for request in [b'a', b'b'] {
+            let started = Instant::now();
+            client.write_all(&[request]).unwrap();
+            let mut body = vec![0; answer];
+            client.read_exact(&mut body).unwrap();
+            let took = started.elapsed();
+            assert!(body.iter().all(|&b| b == request), "the bytes arrive intact");
+            assert!(took >= least, "answer {} came in {took:?}", request as char);
+        }
+    }
+
+    #[test]
+    fn latencies_follow_the_profile() {
+        let mut rng = Rng(7);
+        let mut samples: Vec<f64> =
+            (0..20_000).map(|_| LinkProfile::S3.sample_latency(&mut rng).as_secs_f64()).collect();
+        samples.sort_by(f64::total_cmp);
+        let at = |q: f64| samples[(q * samples.len() as f64) as usize];
+        assert!((at(0.5) - 0.030).abs() < 0.002, "median {}", at(0.5));
+        assert!((at(0.99) - 0.150).abs() < 0.015, "p99 {}", at(0.99));
+    }
+}
