@@ -21,6 +21,7 @@ use crate::cache::ObjectCache;
 use crate::config::{is_function_name, Config};
 use crate::invoke::{InvokeError, Outcome};
 use crate::metrics::Metrics;
+use crate::observe::{Observer, ProbeStatus};
 use crate::ops;
 use crate::ops::Context;
 use crate::policy::{Access, Policy};
@@ -92,6 +93,8 @@ struct Attached {
     path: PathBuf,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// The serving thread's kernel thread id (for the probes' attribution).
+    serving_tid: Option<u32>,
 }
 
 impl Attached {
@@ -124,6 +127,7 @@ pub struct Backend {
     config: Config,
     shared: Arc<Shared>,
     regions: Mutex<BTreeMap<String, Attached>>,
+    observer: Arc<Observer>,
     next_id: AtomicU64,
     /// Epochs handed to regions: they start at the wall clock in milliseconds, so they grow
     /// across backend restarts too.
@@ -141,6 +145,8 @@ impl Backend {
         } else {
             None
         };
+        let observer = Arc::new(Observer::start(&config.probes));
+        metrics.register_collector(observer.clone());
         let context = Context { storage, cache, metrics, spool, invoker: Default::default() };
         if !context.storage.keeps_attributes() {
             tracing::info!("The local-directory store does not keep ContentType or Metadata");
@@ -157,6 +163,7 @@ impl Backend {
             config,
             shared,
             regions: Mutex::default(),
+            observer,
             next_id: AtomicU64::new(1),
             next_epoch: AtomicU64::new(first_epoch),
         })
@@ -236,14 +243,20 @@ impl Backend {
         ));
         served.open_channel(self.next_epoch.fetch_add(1, Ordering::Relaxed)).map_err(region_err)?;
         let stop = Arc::new(AtomicBool::new(false));
+        let (tid_sender, tid) = std::sync::mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name(format!("nexus-{id}"))
             .spawn({
                 let (served, shared, stop) = (served.clone(), self.shared.clone(), stop.clone());
-                move || serve(served, shared, stop)
+                move || {
+                    // SAFETY: gettid has no preconditions and cannot fail.
+                    let _ = tid_sender.send(unsafe { libc::gettid() } as u32);
+                    serve(served, shared, stop)
+                }
             })
             .map_err(|source| BackendError::Thread { id: id.clone(), source })?;
-        let attached = Attached { served, path, stop, thread: Some(thread) };
+        let serving_tid = tid.recv().ok();
+        let attached = Attached { served, path, stop, thread: Some(thread), serving_tid };
         let info = attached.info();
         let mut regions = self.lock();
         regions.insert(id, attached);
@@ -338,6 +351,20 @@ impl Backend {
         Ok(self.served(id)?.policy.clone())
     }
 
+    /// The VM of region `id` runs as process `pid`: the probes (when on) account its CPU and
+    /// memory, and its serving thread's CPU, to it until the region is removed.
+    pub fn vm_started(&self, id: &str, pid: u32) {
+        let attached = self.lock().get(id).map(|a| (a.served.function.clone(), a.serving_tid));
+        if let Some((function, serving_tid)) = attached {
+            self.observer.track(id, &function, pid, serving_tid);
+        }
+    }
+
+    /// Whether the eBPF probes are on, and what they see.
+    pub fn probe_status(&self) -> &ProbeStatus {
+        self.observer.status()
+    }
+
     /// Stops serving region `id` and removes its file.
     pub fn remove_region(&self, id: &str) -> Result<(), BackendError> {
         let attached = {
@@ -347,6 +374,7 @@ impl Backend {
             attached
         };
         attached.detach();
+        self.observer.forget(id);
         tracing::info!(region = id, "Region removed");
         Ok(())
     }
@@ -392,8 +420,9 @@ impl Backend {
     /// Stops serving every region, then the write-back uploads (after a few seconds' grace).
     pub fn shutdown(&self) {
         let all = std::mem::take(&mut *self.lock());
-        for (_, attached) in all {
+        for (id, attached) in all {
             attached.detach();
+            self.observer.forget(&id);
         }
         self.metrics().set_regions(0);
         if let Some(spool) = &self.shared.context.spool {

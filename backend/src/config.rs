@@ -48,6 +48,7 @@ pub struct Config {
     pub functions: BTreeMap<String, FunctionConfig>,
     pub vm: VmConfig,
     pub writeback: WritebackConfig,
+    pub probes: ProbesConfig,
 }
 
 /// Where the control API and metrics listen.
@@ -140,6 +141,14 @@ pub struct WritebackConfig {
     /// Bytes waiting for upload beyond which new puts wait for room.
     #[serde(deserialize_with = "byte_size::deserialize")]
     pub max_backlog_bytes: u64,
+}
+
+/// The eBPF probes (per-VM CPU, memory and KVM exits on `/metrics`; see `ebpf/`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProbesConfig {
+    /// Load them at start; they also need the backend to run as root.
+    pub enabled: bool,
 }
 
 /// How function VMs run.

@@ -8,6 +8,7 @@
 //!                        │                       │        policy · metrics
 //!                        │                       └─ spool (write-back) ── uploaders
 //!                      served (host end of a region: rings, doorbell, streams)
+//!  observe (eBPF probes, /proc: per-VM CPU and memory on /metrics)
 //! ```
 
 pub mod api;
@@ -20,6 +21,7 @@ pub mod daemon;
 pub mod functions;
 pub mod invoke;
 pub mod metrics;
+pub mod observe;
 mod ops;
 pub mod policy;
 mod serve;

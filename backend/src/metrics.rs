@@ -9,6 +9,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use nexus_channel::wire::{Op, Status};
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{text, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -167,6 +168,12 @@ impl Metrics {
     /// `_total`, so leave both out.
     pub fn register(&self, name: &str, help: &str, metric: impl Metric) {
         self.lock().register(name, help, metric);
+    }
+
+    /// Adds metrics that `collector` reads afresh at each scrape (their names get the
+    /// `nexus_` prefix).
+    pub fn register_collector(&self, collector: impl Collector) {
+        self.lock().register_collector(Box::new(collector));
     }
 
     /// The OpenMetrics text exposition (see [`CONTENT_TYPE`]).

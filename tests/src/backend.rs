@@ -3,6 +3,7 @@
 //! tempdir, as after a crash.
 
 use std::fs::{self, File};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -12,6 +13,7 @@ use nexus_backend::client::request;
 use tempfile::TempDir;
 
 use crate::error::tail;
+use crate::garage::free_ports;
 use crate::HarnessError;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -22,6 +24,8 @@ const LOG_LINES: usize = 40;
 #[derive(Debug)]
 pub struct Backend {
     pub socket: PathBuf,
+    /// Where it serves the API and `/metrics` over TCP, if asked to ([`Backend::start_on_tcp`]).
+    pub listen: Option<SocketAddr>,
     /// The tempdir holding config, socket, spool, log (and a local store, if used).
     pub dir: PathBuf,
     binary: PathBuf,
@@ -54,6 +58,24 @@ impl Backend {
         settings: &str,
         local_buckets: &[&str],
     ) -> Result<Self, HarnessError> {
+        Self::start_inner(binary, region, settings, local_buckets, None)
+    }
+
+    /// [`Backend::start`], also serving the API and `/metrics` on a free loopback TCP port
+    /// (`listen`), e.g. for a Prometheus server to scrape.
+    pub fn start_on_tcp(binary: &Path, settings: &str) -> Result<Self, HarnessError> {
+        let [port] = free_ports()?;
+        let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        Self::start_inner(binary, "size: 32MiB, buffer_size: 1MiB", settings, &[], Some(listen))
+    }
+
+    fn start_inner(
+        binary: &Path,
+        region: &str,
+        settings: &str,
+        local_buckets: &[&str],
+        listen: Option<SocketAddr>,
+    ) -> Result<Self, HarnessError> {
         let tmp = tempfile::tempdir().map_err(HarnessError::io("create a backend tempdir"))?;
         let dir = tmp.path().to_owned();
         let shm = Path::new("/dev/shm");
@@ -72,7 +94,8 @@ impl Backend {
             settings = settings.replace("{dir}", &dir.display().to_string()),
         );
         if !settings.contains("api:") {
-            config += &format!("\napi: {{ socket: {} }}\n", socket.display());
+            let listen = listen.map(|addr| format!(", listen: \"{addr}\"")).unwrap_or_default();
+            config += &format!("\napi: {{ socket: {}{listen} }}\n", socket.display());
         }
         if !settings.contains("writeback:") {
             config += &format!("\nwriteback: {{ dir: {}/spool }}\n", dir.display());
@@ -82,6 +105,7 @@ impl Backend {
         let log = dir.join("backend.log");
         let mut backend = Self {
             socket,
+            listen,
             dir,
             binary: binary.to_owned(),
             config: config_path,

@@ -35,6 +35,15 @@ pub enum HarnessError {
     /// The backend's control API refused a request.
     #[error("Nexus control API: {0}")]
     Api(String),
+    /// The Prometheus server is not installed.
+    #[error("Prometheus not found ({0}): install the Debian package `prometheus` (or run `cargo xtask setup`)")]
+    PrometheusMissing(String),
+    /// The Prometheus server exited or did not become ready in time.
+    #[error("Prometheus did not come up: {why}\n--- prometheus log (tail) ---\n{log}")]
+    PrometheusNotReady { why: String, log: String },
+    /// A Prometheus query failed.
+    #[error("Prometheus query {query:?}: {why}")]
+    PrometheusQuery { query: String, why: String },
     /// `cargo build` of a workspace artifact failed.
     #[error("Cannot build {what}: {detail}")]
     Build { what: String, detail: String },

@@ -320,10 +320,9 @@ api_bind_addr = '127.0.0.1:{admin_port}'
 }
 
 /// Three distinct free loopback ports: all are bound at once, then released for Garage.
-fn free_ports() -> Result<[u16; 3], HarnessError> {
-    let bind = || TcpListener::bind((Ipv4Addr::LOCALHOST, 0));
-    let held = [bind(), bind(), bind()];
-    let mut ports = [0; 3];
+pub(crate) fn free_ports<const N: usize>() -> Result<[u16; N], HarnessError> {
+    let held: [_; N] = std::array::from_fn(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)));
+    let mut ports = [0; N];
     for (port, listener) in ports.iter_mut().zip(held) {
         let addr = listener.and_then(|l| l.local_addr());
         *port = addr.map_err(HarnessError::io("pick a free loopback port"))?.port();

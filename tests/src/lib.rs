@@ -1,4 +1,5 @@
-//! Harness for the integration tests: starts real servers (Garage, the backend) on loopback.
+//! Harness for the integration tests: starts real servers (Garage, the backend, Prometheus) on
+//! loopback.
 //!
 //! Everything here is blocking (`std::process`), so it works from plain `#[test]` functions.
 //! Every process the harness starts is owned by a value that kills it on drop.
@@ -8,6 +9,7 @@ mod backend;
 mod error;
 mod garage;
 mod link;
+mod prometheus;
 mod rng;
 mod test_guest;
 
@@ -16,5 +18,6 @@ pub use backend::Backend;
 pub use error::HarnessError;
 pub use garage::Garage;
 pub use link::{Link, LinkProfile};
+pub use prometheus::Prometheus;
 pub use rng::Rng;
 pub use test_guest::{layout_header, test_guest};

@@ -17,12 +17,25 @@ use anyhow::{Context, Result};
 use crate::{cmd, python};
 
 /// Debian packages the demo needs: the guest image (`cargo xtask guest-image`) and booting it.
-const DEMO_APT_PACKAGES: &[&str] =
-    &["python3", "debootstrap", "cpio", "lz4", "e2fsprogs", "binutils", "kmod", "qemu-system-x86"];
+/// The `nexus` binary embeds its eBPF probes, which build with clang against the kernel's BTF
+/// (bpftool, libbpf's headers).
+const DEMO_APT_PACKAGES: &[&str] = &[
+    "python3",
+    "debootstrap",
+    "cpio",
+    "lz4",
+    "e2fsprogs",
+    "binutils",
+    "kmod",
+    "qemu-system-x86",
+    "clang",
+    "bpftool",
+    "libbpf-dev",
+];
 /// Debian packages the tests and benchmarks need besides: the venv, pip (which the backend
-/// runs to install a function's requirements.txt), and gcc for the freestanding test guest
-/// (tests/ch-guest, built by the tests).
-const TEST_APT_PACKAGES: &[&str] = &["python3-venv", "python3-pip", "gcc"];
+/// runs to install a function's requirements.txt), gcc for the freestanding test guest
+/// (tests/ch-guest, built by the tests), and the Prometheus server the probe tests scrape with.
+const TEST_APT_PACKAGES: &[&str] = &["python3-venv", "python3-pip", "gcc", "prometheus"];
 const GARAGE_VERSION: &str = "2.5.0";
 
 /// What later steps use from the set-up.

@@ -148,6 +148,7 @@ async fn status(State(api): State<Api>) -> Json<serde_json::Value> {
         "regions": backend.regions().len(),
         "storage": backend.config().storage.url,
         "cache_bytes": backend.cache_bytes(),
+        "probes": backend.probe_status(),
     }))
 }
 

@@ -184,6 +184,9 @@ pub fn start(
             Err(e) => tracing::warn!(region = %region.id, "Cannot publish the staged objects: {e}"),
         }
     }
+    if let Some(pid) = vm.info().pid {
+        backend.vm_started(&region.id, pid);
+    }
     let mut warm = Warm { region: region.id, vm: Mutex::new(vm), booted_in: Duration::ZERO };
     match run(backend, &warm, config, from) {
         Ok(()) => {

@@ -106,6 +106,9 @@ pub fn qemu_args(
     args.add(["-chardev"]).push(option("socket,id=qmp,path=", &paths.qmp, ",server=on,wait=off"));
     args.add(["-mon", "chardev=qmp,mode=control"]);
     args.add(["-pidfile"]).push(&paths.pid_file);
+    // Named threads (`CPU 0/TCG`, `CPU 0/KVM`): the eBPF probes tell vCPU threads by their
+    // names. QEMU merges this `-name` with the one above.
+    args.add(["-name", "debug-threads=on"]);
 
     for (i, disk) in spec.disks.iter().enumerate() {
         let read_only = if disk.read_only { ",readonly=on" } else { "" };
@@ -217,6 +220,7 @@ mod tests {
             &["-chardev", "file,id=ser0,path=/run/vm/fn-1/serial.log", "-serial", "chardev:ser0"],
             &["-chardev", "socket,id=qmp,path=/run/vm/fn-1/qmp.sock,server=on,wait=off"],
             &["-mon", "chardev=qmp,mode=control", "-pidfile", "/run/vm/fn-1/qemu.pid"],
+            &["-name", "debug-threads=on"],
             &["-drive", "file=/img/rootfs.ext4,if=none,id=disk0,format=raw,readonly=on"],
             &["-device", "virtio-blk-pci,drive=disk0"],
         ] {

@@ -13,6 +13,7 @@ mod load;
 mod measure;
 mod phase;
 mod plot;
+mod probes;
 mod report;
 mod stack;
 mod stats;

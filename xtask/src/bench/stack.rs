@@ -100,6 +100,8 @@ pub struct Invocation {
 pub struct WarmVm {
     /// The VMM process.
     pub pid: u32,
+    /// Its region (the `vm` label of the probes' series).
+    pub region: String,
     /// The accelerator, upper case (`TCG`, `KVM`).
     pub accel: String,
     /// The VM's console output.
@@ -262,6 +264,7 @@ impl Stack {
                         .as_u64()
                         .and_then(|p| u32::try_from(p).ok())
                         .with_context(|| format!("a VM of {name} has no process: {vm}"))?,
+                    region: vm["region"].as_str().unwrap_or_default().to_owned(),
                     accel: vm["accel"].as_str().unwrap_or("?").to_uppercase(),
                     serial_log: vm["serial_log"].as_str().unwrap_or_default().into(),
                 })

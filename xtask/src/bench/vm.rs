@@ -2,7 +2,8 @@
 //! memory in the guest after warm-up, the VMM's RSS, warm latency p50/p99 and the cold start.
 //! Both talk to one Garage server (the baseline through its NIC and QEMU's user networking,
 //! Nexus through the backend), at cloud distance unless `--storage local`. Every figure is
-//! marked with the accelerator.
+//! marked with the accelerator. As root, the backend runs its eBPF probes and the table adds
+//! what they saw (`probes.rs`).
 
 use std::path::Path;
 
@@ -10,6 +11,7 @@ use anyhow::Result;
 use serde_json::{json, Value};
 
 use super::measure::{machine, rss_kib};
+use super::probes::{self, CpuReading, CpuUse, Merged};
 use super::report::{mib, ratio, seconds, Row, Table};
 use super::stack::{accel_note, Stack, Storage, BUCKET};
 use super::stats::percentile;
@@ -34,15 +36,40 @@ struct Measured {
     guest_used_kib: f64,
     runtime_rss_kib: f64,
     vmm_rss_kib: f64,
+    pid: u32,
+    /// What the probes saw over the warm invocations (as root).
+    cpu: Option<CpuUse>,
+}
+
+/// What the probes saw of both VMs (as root).
+struct Observed {
+    baseline: CpuUse,
+    nexus: CpuUse,
+    /// What KSM merged of each VM (baseline, Nexus) and on the node.
+    merged: Merged,
 }
 
 pub fn run(storage: Storage) -> Result<()> {
     let tools = setup::run()?;
-    let stack = Stack::start(&tools, &Flavour::ALL, storage, "size: 32MiB, buffer_size: 1MiB", "")?;
+    let observe = probes::available();
+    let settings = if observe { probes::SETTINGS } else { "" };
+    let stack =
+        Stack::start(&tools, &Flavour::ALL, storage, "size: 32MiB, buffer_size: 1MiB", settings)?;
     seed_input(&stack, &tools.python)?;
+    let _cost_stats = observe.then(nexus_ebpf::Probes::cost_stats).transpose()?;
     let baseline = measure(&stack, "bench-baseline", Flavour::Baseline)?;
     let nexus = measure(&stack, "bench-nexus", Flavour::Nexus)?;
-    let table = vm_table(&baseline, &nexus, storage);
+    let observed = match (baseline.cpu, nexus.cpu) {
+        (Some(b), Some(n)) => {
+            let merged = probes::merged_after_ksm(&[baseline.pid, nexus.pid])?;
+            Some(Observed { baseline: b, nexus: n, merged })
+        }
+        _ => {
+            println!("bench: not root: no eBPF probe figures");
+            None
+        }
+    };
+    let table = vm_table(&baseline, &nexus, storage, observed.as_ref());
     print!("\n{}", table.text());
     let file = workspace_root().join("docs/BENCHMARKS.md");
     table.write_section(&file)?;
@@ -73,6 +100,10 @@ fn measure(stack: &Stack, name: &str, flavour: Flavour) -> Result<Measured> {
     let invoke = |round: usize| stack.invoke(name, &event(&format!("out/{name}-{round}.gz")), &[]);
     println!("bench: {name}: cold invocation (boots the VM)");
     let cold = invoke(0)?;
+    let vm = stack.warm_vm(name)?;
+    let before = probes::available()
+        .then(|| CpuReading::take(&stack.backend, &vm.region, vm.pid))
+        .transpose()?;
     println!("bench: {name}: {ROUNDS} warm invocations");
     let mut warm = Vec::new();
     let mut last = Value::Null;
@@ -83,7 +114,10 @@ fn measure(stack: &Stack, name: &str, flavour: Flavour) -> Result<Measured> {
         }
         last = invocation.result;
     }
-    let vm = stack.warm_vm(name)?;
+    let cpu = match before {
+        Some(before) => Some(before.until(&CpuReading::take(&stack.backend, &vm.region, vm.pid)?)),
+        None => None,
+    };
     Ok(Measured {
         accel: vm.accel,
         cold_s: cold.seconds,
@@ -92,10 +126,17 @@ fn measure(stack: &Stack, name: &str, flavour: Flavour) -> Result<Measured> {
         guest_used_kib: last["guest_used_kib"].as_f64().unwrap_or(f64::NAN),
         runtime_rss_kib: last["runtime_rss_kib"].as_f64().unwrap_or(f64::NAN),
         vmm_rss_kib: rss_kib(vm.pid)?,
+        pid: vm.pid,
+        cpu,
     })
 }
 
-fn vm_table(baseline: &Measured, nexus: &Measured, storage: Storage) -> Table {
+fn vm_table(
+    baseline: &Measured,
+    nexus: &Measured,
+    storage: Storage,
+    observed: Option<&Observed>,
+) -> Table {
     let accel = &nexus.accel;
     let mark = format!(" [{accel}]");
     let kib = |k: f64| mib(k * 1024.0);
@@ -108,7 +149,7 @@ fn vm_table(baseline: &Measured, nexus: &Measured, storage: Storage) -> Table {
         ..Row::default()
     };
     let p = percentile;
-    let rows = vec![
+    let mut rows = vec![
         row(
             "guest memory in use after warm-up (MemTotal − MemAvailable)",
             baseline.guest_used_kib,
@@ -141,6 +182,9 @@ fn vm_table(baseline: &Measured, nexus: &Measured, storage: Storage) -> Table {
         ),
         row("cold: first invocation, end to end", baseline.cold_s, nexus.cold_s, &seconds, ""),
     ];
+    if let Some(seen) = observed {
+        rows.extend(probe_rows(seen, &mark));
+    }
     let mut notes = vec![format!(
         "Machine: {}. One run: {ROUNDS} warm invocations per flavour after {WARM_UP} warm-up ones, \
          medians/percentiles of those; the function (`guest/python/examples/bench`) reads a {} KiB \
@@ -151,6 +195,21 @@ fn vm_table(baseline: &Measured, nexus: &Measured, storage: Storage) -> Table {
     )];
     notes.push(storage.note());
     notes.extend(accel_note(accel));
+    if let Some(seen) = observed {
+        notes.push(format!(
+            "Probe rows (`probe:`): the backend's eBPF probes (`probes.enabled`, as root), read from \
+             its /metrics before and after the {} warm invocations; `/proc` is the VMM's \
+             utime + stime over the same span. Memory KSM merged: each VM's `ksm_merging_pages` \
+             once KSM's merging settled ({} passes) with both VMs up (node duplicated memory then: \
+             {}; ksmd used {:?} of CPU over {:.1} s). The probe cost is the kernel's run-time \
+             statistics of the sched_switch program, node-wide.",
+            WARM_UP + ROUNDS,
+            seen.merged.passes,
+            mib(seen.merged.node as f64),
+            seen.merged.ksmd_cpu,
+            seen.merged.took.as_secs_f64()
+        ));
+    }
     Table {
         name: "vm",
         title: format!("Function VMs: baseline (NIC + boto3) vs Nexus (no NIC, shim), {accel}"),
@@ -159,4 +218,40 @@ fn vm_table(baseline: &Measured, nexus: &Measured, storage: Storage) -> Table {
         rows,
         ..Table::default()
     }
+}
+
+/// The rows of what the probes saw: CPU per warm invocation (probe, and /proc as a
+/// cross-check), the probe's own cost, and the memory KSM found duplicated.
+fn probe_rows(seen: &Observed, mark: &str) -> Vec<Row> {
+    let invocations = (WARM_UP + ROUNDS) as f64;
+    let row = |metric: &str, b: f64, n: f64, show: &dyn Fn(f64) -> String| Row {
+        metric: format!("{metric}{mark}"),
+        baseline: show(b),
+        nexus: show(n),
+        ratio: ratio(n, b),
+        ..Row::default()
+    };
+    let per_call = |s: f64| seconds(s / invocations);
+    let (b, n) = (&seen.baseline, &seen.nexus);
+    let bytes = |v: f64| mib(v);
+    let percent = |share: f64| format!("{:.3} %", share * 100.0);
+    let nanos = |ns: f64| format!("{ns:.0} ns");
+    vec![
+        row("probe: VMM CPU per warm invocation (vCPU + VMM threads)", b.vmm_s, n.vmm_s, &per_call),
+        row("/proc: VMM CPU per warm invocation (cross-check)", b.proc_s, n.proc_s, &per_call),
+        row(
+            "probe: backend CPU per warm invocation (serving thread)",
+            b.backend_s,
+            n.backend_s,
+            &per_call,
+        ),
+        row(
+            "probe: memory KSM merged (duplicated with other memory)",
+            seen.merged.per_vm[0] as f64,
+            seen.merged.per_vm[1] as f64,
+            &bytes,
+        ),
+        row("probe cost: ns per sched_switch event", b.ns_per_event, n.ns_per_event, &nanos),
+        row("probe cost: share of all CPUs during the rounds", b.cpu_share, n.cpu_share, &percent),
+    ]
 }
