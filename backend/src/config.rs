@@ -175,6 +175,8 @@ pub const MAX_VMS: u32 = 256;
 pub enum VmmKind {
     #[default]
     Qemu,
+    /// A libvirt domain per VM (`qemu:///system`), which operators also manage with virsh.
+    Libvirt,
 }
 
 impl Default for VmConfig {

@@ -1,6 +1,6 @@
 //! VMM adapters: one pair of traits, [`Vmm`] and [`Vm`], for running a function VM with its
-//! shared-memory region attached, and the adapters that implement them ([`qemu`] today; Cloud
-//! Hypervisor and libvirt implement the same traits).
+//! shared-memory region attached, and the adapters that implement them: [`qemu`] (a QEMU process
+//! per VM) and [`libvirt`] (a libvirt domain per VM, managed with `virsh` too).
 //!
 //! A VM's life, whatever the VMM:
 //!
@@ -23,6 +23,7 @@
 
 mod accel;
 mod error;
+pub mod libvirt;
 pub mod qemu;
 mod serial;
 mod spec;

@@ -35,6 +35,9 @@ pub enum HarnessError {
     /// The backend's control API refused a request.
     #[error("Nexus control API: {0}")]
     Api(String),
+    /// libvirtd is not there, or `virsh` failed.
+    #[error("libvirt: {0}")]
+    Libvirt(String),
     /// `cargo build` of a workspace artifact failed.
     #[error("Cannot build {what}: {detail}")]
     Build { what: String, detail: String },

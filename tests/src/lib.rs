@@ -1,4 +1,5 @@
-//! Harness for the integration tests: starts real servers (Garage, the backend) on loopback.
+//! Harness for the integration tests: starts real servers (Garage, the backend, libvirtd) on
+//! loopback.
 //!
 //! Everything here is blocking (`std::process`), so it works from plain `#[test]` functions.
 //! Every process the harness starts is owned by a value that kills it on drop.
@@ -7,6 +8,7 @@ mod artifacts;
 mod backend;
 mod error;
 mod garage;
+pub mod libvirtd;
 mod rng;
 
 pub use artifacts::{guest_lib, nexus_binary};

@@ -25,6 +25,12 @@ const APT_PACKAGES: &[&str] = &[
     "kmod",
     "qemu-system-x86",
     "qemu-utils",
+    // The libvirt adapter and its tests: libvirtd, virsh, and the library the `virt` crate
+    // links (libvirt 9.0 on Debian 12).
+    "libvirt-daemon-system",
+    "libvirt-clients",
+    "libvirt-dev",
+    "pkg-config",
 ];
 const GARAGE_VERSION: &str = "2.5.0";
 
