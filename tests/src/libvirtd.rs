@@ -16,6 +16,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Makes sure libvirtd (and virtlogd, which it needs for QEMU's logs) answer on [`URI`];
 /// starts them if they do not. `Err` says what is missing.
 pub fn ensure_libvirtd() -> Result<(), HarnessError> {
+    share_kvm_with_its_group()?;
     if virsh(&["version"]).is_ok() {
         return Ok(());
     }
@@ -35,6 +36,32 @@ pub fn ensure_libvirtd() -> Result<(), HarnessError> {
             Err(_) => thread::sleep(Duration::from_millis(100)),
         }
     }
+}
+
+/// Gives `/dev/kvm` the owner and mode udev gives it on a standard Debian (root:kvm 0660),
+/// where no udev did (containers, CI). libvirt probes QEMU as root but checks that its cached
+/// capabilities still hold as its QEMU user (libvirt-qemu, in group kvm): with `/dev/kvm`
+/// root-only the two disagree ("KVM was enabled when probing, but it is not available now")
+/// and libvirtd probes QEMU again before every domain it starts, ≈ 90 s each on a busy host.
+fn share_kvm_with_its_group() -> Result<(), HarnessError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let kvm = std::path::Path::new("/dev/kvm");
+    let Ok(meta) = std::fs::metadata(kvm) else { return Ok(()) };
+    let group = Command::new("getent").args(["group", "kvm"]).output();
+    let gid = group.ok().and_then(|out| {
+        let line = String::from_utf8_lossy(&out.stdout).into_owned();
+        line.split(':').nth(2)?.trim().parse::<u32>().ok()
+    });
+    let Some(gid) = gid else { return Ok(()) };
+    if meta.gid() != gid {
+        std::os::unix::fs::chown(kvm, None, Some(gid))
+            .map_err(HarnessError::io("give /dev/kvm to group kvm"))?;
+    }
+    if meta.mode() & 0o060 != 0o060 {
+        std::fs::set_permissions(kvm, std::fs::Permissions::from_mode(0o660))
+            .map_err(HarnessError::io("make /dev/kvm 0660"))?;
+    }
+    Ok(())
 }
 
 /// Runs `virsh -c URI ARGS…`; its stdout, or its stderr as the error.

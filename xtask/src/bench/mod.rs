@@ -7,6 +7,7 @@
 mod cold;
 mod fabric;
 mod full;
+mod libvirt;
 mod load;
 mod measure;
 mod phase;
@@ -19,7 +20,7 @@ mod vm;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
-/// `cargo xtask bench [fabric|vm|cold] [options of the side-by-side run]`.
+/// `cargo xtask bench [fabric|vm|cold|libvirt] [options of the side-by-side run]`.
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
@@ -39,6 +40,9 @@ pub enum Bench {
     Vm,
     /// Cold starts with a 64 MiB input: boot, restore then fetch, restore with prefetch.
     Cold,
+    /// The same function through the QEMU adapter and the libvirt adapter: cold start,
+    /// snapshot and restore, warm p50, and the memory libvirt's daemons add per VM.
+    Libvirt,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -47,5 +51,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Some(Bench::Fabric) => fabric::run(),
         Some(Bench::Vm) => vm::run(),
         Some(Bench::Cold) => cold::run(),
+        Some(Bench::Libvirt) => libvirt::run(),
     }
 }
