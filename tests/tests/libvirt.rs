@@ -218,6 +218,18 @@ fn a_libvirt_function_serves_and_follows_virsh() {
     assert_eq!(result["echo"]["n"], 3);
     assert_eq!(domains("lvfn-").unwrap(), ["lvfn-2"]);
 
+    // A snapshot (virDomainSave, then a restore in place) leaves the VM serving; after a stop
+    // the next cold start restores it, under the saved domain's name.
+    backend.api("POST", "/v1/functions/lvfn/snapshot", None).unwrap();
+    let (result, cold) = invoke(&backend, "lvfn", &json!({ "n": 31 }));
+    assert!(!cold && result["echo"]["n"] == 31, "the snapshotted VM serves on: {result}");
+    backend.api("POST", "/v1/functions/lvfn/stop", None).unwrap();
+    assert!(domains("lvfn-").unwrap().is_empty(), "fn stop removes the domain");
+    let (result, cold) = invoke(&backend, "lvfn", &json!({ "n": 32 }));
+    assert!(cold, "a cold start after the stop");
+    assert_eq!(result["echo"]["n"], 32, "the restored VM serves at its new epoch");
+    assert_eq!(domains("lvfn-").unwrap(), ["lvfn-2"], "restored under the saved name");
+
     // Nothing left behind by fn rm, nor by a backend that stops.
     backend.api("DELETE", "/v1/functions/lvfn", None).unwrap();
     assert!(domains("lvfn-").unwrap().is_empty(), "fn rm removes the domains");
