@@ -236,6 +236,23 @@ fn a_libvirt_function_serves_and_follows_virsh() {
     let _ = invoke_cold_then_stop(&mut backend, &spec);
     assert!(domains("lvfn-").unwrap().is_empty(), "a stopped backend leaves no domain");
     assert!(no_region_names(), "no region name left in /dev/shm");
+
+    // A backend killed outright leaves its VM running (libvirtd's child, not the backend's);
+    // restarted, it removes that domain before it starts its first libvirt VM.
+    backend.restart().unwrap();
+    backend.api("POST", "/v1/functions", Some(&spec)).unwrap();
+    invoke(&backend, "lvfn", &json!({ "n": 5 }));
+    let uuid = virsh(&["domuuid", "lvfn-1"]).unwrap();
+    backend.kill();
+    assert_eq!(domains("lvfn-").unwrap(), ["lvfn-1"], "the killed backend's VM runs on");
+    backend.restart().unwrap();
+    backend.api("POST", "/v1/functions", Some(&spec)).unwrap();
+    let (result, cold) = invoke(&backend, "lvfn", &json!({ "n": 6 }));
+    assert!(cold && result["echo"]["n"] == 6, "{result}");
+    assert_eq!(domains("lvfn-").unwrap(), ["lvfn-1"]);
+    assert_ne!(virsh(&["domuuid", "lvfn-1"]).unwrap(), uuid, "a new domain, the old one removed");
+    assert!(backend.stop());
+    assert!(domains("lvfn-").unwrap().is_empty() && no_region_names());
 }
 
 /// Deploys `spec` again, starts a VM, and stops the backend.

@@ -141,7 +141,12 @@ impl Functions {
         let no_vmm = |e: VmmError| FunctionError::NoVmm(e.to_string());
         let vmm: Arc<dyn Vmm> = match kind {
             VmmKind::Qemu => Arc::new(Qemu::new().map_err(no_vmm)?),
-            VmmKind::Libvirt => Arc::new(Libvirt::new().map_err(no_vmm)?),
+            VmmKind::Libvirt => {
+                let libvirt = Libvirt::new().map_err(no_vmm)?;
+                // Domains of this state dir are a dead backend's: its VMs never outlive it.
+                libvirt.remove_left_behind(&self.backend.config().vm.state_dir)?;
+                Arc::new(libvirt)
+            }
         };
         vmms.insert(kind, vmm.clone());
         Ok(vmm)

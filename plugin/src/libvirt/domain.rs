@@ -19,6 +19,8 @@ use crate::spec::{Network, VmSpec};
 
 /// The template, documented in place.
 const TEMPLATE: &str = include_str!("../../../configs/libvirt/domain.xml");
+/// The XML namespace of the Nexus metadata (as in the template).
+pub const METADATA_NS: &str = "https://nexus.dev/libvirt/1";
 /// The name of the guest's virtio-serial doorbell port (the same as the qemu adapter's).
 pub const DOORBELL_PORT: &str = "org.nexus.doorbell";
 
@@ -162,6 +164,7 @@ mod tests {
     fn fills_every_placeholder_and_escapes_values() {
         let xml = domain_xml(&spec(), &host());
         assert!(!xml.contains('@'), "{xml}");
+        assert!(xml.contains(METADATA_NS));
         for part in [
             "<domain type='qemu'>",
             "<name>f-1</name>",

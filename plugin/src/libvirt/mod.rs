@@ -109,6 +109,33 @@ impl Libvirt {
         Ok(Libvirt { conn, lifecycle })
     }
 
+    /// Destroys and undefines the domains a backend that died left behind: those the adapter
+    /// defined (Nexus metadata) whose work dirs lie under `state_dir`, with their region names
+    /// in `/dev/shm`. Returns their names.
+    pub fn remove_left_behind(&self, state_dir: &Path) -> Result<Vec<String>, VmmError> {
+        let all = self.conn.list_all_domains(0).map_err(api("-", "list the domains"))?;
+        let under = state_dir.to_string_lossy();
+        let mut removed = Vec::new();
+        for domain in all {
+            let Ok(xml) = domain.get_xml_desc(0) else { continue };
+            let ours = xml.contains(domain::METADATA_NS)
+                && [format!("'{under}/"), format!("\"{under}/")].iter().any(|p| xml.contains(p));
+            if !ours {
+                continue;
+            }
+            let name = domain.get_name().unwrap_or_default();
+            if domain.is_active().unwrap_or(false) {
+                domain.destroy().map_err(api(&name, "destroy a domain left behind"))?;
+            }
+            domain.undefine().map_err(api(&name, "undefine a domain left behind"))?;
+            let link = Path::new(SHM_DIR).join(format!("nexus-{name}.region"));
+            let _ = std::fs::remove_file(link);
+            tracing::info!(domain = name, "Removed a libvirt domain an earlier backend left behind");
+            removed.push(name);
+        }
+        Ok(removed)
+    }
+
     /// [`Vmm::create`], keeping the libvirt-specific type.
     pub fn create_vm(&self, spec: &VmSpec) -> Result<LibvirtVm, VmmError> {
         let mut vm = self.prepare(spec, spec.name.clone(), None)?;
