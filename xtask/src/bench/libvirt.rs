@@ -12,9 +12,9 @@ use serde_json::json;
 
 use super::measure::{machine, rss_kib};
 use super::report::{mib, ratio, seconds, Row, Table};
-use super::stack::{accel_note, Stack, BUCKET};
+use super::stack::{accel_note, Stack};
 use super::stats::{median, percentile};
-use super::vm::{seed_input, CODE, HANDLER, INPUT_KEY};
+use super::vm::{event, seed_input, CODE, HANDLER};
 use crate::image::Flavour;
 use crate::{setup, workspace_root};
 
@@ -57,7 +57,7 @@ pub fn run() -> Result<()> {
 fn measure(stack: &Stack, name: &str, vmm: &str) -> Result<Measured> {
     let code = workspace_root().join(CODE);
     stack.deploy(name, &code, HANDLER, Flavour::Nexus, json!({ "vmm": vmm }))?;
-    let event = json!({ "bucket": BUCKET, "key": INPUT_KEY });
+    let event = event(&format!("out/{name}"));
     let stop = format!("/v1/functions/{name}/stop");
     println!("bench: {name}: {COLD_ROUNDS} cold boots");
     let mut boots = Vec::new();
@@ -116,7 +116,7 @@ fn libvirt_table(qemu: &Measured, libvirt: &Measured, daemons_added_kib: f64) ->
         ..Row::default()
     };
     let mut notes = vec![format!(
-        "Machine: {}. One run: the bench function (`{CODE}`, reading a 256 KiB object through the \
+        "Machine: {}. One run: the bench function (`{CODE}`, compressing a 256 KiB object read through the \
          backend) deployed twice in the Nexus flavour, once with `vmm: qemu` (baseline column) \
          and once with `vmm: libvirt` (nexus column, a libvirt domain under qemu:///system); \
          cold figures are medians of {COLD_ROUNDS} invocations after `fn stop`, end to end at \
