@@ -191,6 +191,8 @@ pub enum VmmKind {
     #[default]
     Qemu,
     CloudHypervisor,
+    /// A libvirt domain per VM (`qemu:///system`), which operators also manage with virsh.
+    Libvirt,
 }
 
 impl Default for VmConfig {

@@ -1,6 +1,7 @@
 //! VMM adapters: one pair of traits, [`Vmm`] and [`Vm`], for running a function VM with its
-//! shared-memory region attached, and the adapters that implement them ([`qemu`],
-//! [`cloud_hypervisor`]; libvirt implements the same traits).
+//! shared-memory region attached, and the adapters that implement them: [`qemu`] (a QEMU process
+//! per VM), [`cloud_hypervisor`] (a Cloud Hypervisor process per VM, driven over its REST API)
+//! and [`libvirt`] (a libvirt domain per VM, managed with `virsh` too).
 //!
 //! A VM's life, whatever the VMM:
 //!
@@ -24,6 +25,7 @@
 mod accel;
 pub mod cloud_hypervisor;
 mod error;
+pub mod libvirt;
 mod process;
 pub mod qemu;
 mod serial;

@@ -10,6 +10,8 @@ use crate::error::VmmError;
 pub struct VmSpec {
     /// Names the VM in logs, errors and the VMM process (`[A-Za-z0-9._-]+`).
     pub name: String,
+    /// The function the VM serves, for VMMs that record it (libvirt's domain metadata).
+    pub function: Option<String>,
     /// The kernel, booted directly (no firmware, no boot loader).
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
@@ -85,6 +87,7 @@ impl VmSpec {
     ) -> Self {
         VmSpec {
             name: name.into(),
+            function: None,
             kernel: kernel.into(),
             initrd: None,
             cmdline: String::new(),

@@ -44,6 +44,9 @@ pub enum HarnessError {
     /// A Prometheus query failed.
     #[error("Prometheus query {query:?}: {why}")]
     PrometheusQuery { query: String, why: String },
+    /// libvirtd is not there, or `virsh` failed.
+    #[error("libvirt: {0}")]
+    Libvirt(String),
     /// `cargo build` of a workspace artifact failed.
     #[error("Cannot build {what}: {detail}")]
     Build { what: String, detail: String },

@@ -1,4 +1,5 @@
-//! Harness for the integration tests: starts real servers (Garage, the backend, Prometheus) on
+//! Harness for the integration tests: starts real servers (Garage, the backend, Prometheus,
+//! libvirtd) on
 //! loopback.
 //!
 //! Everything here is blocking (`std::process`), so it works from plain `#[test]` functions.
@@ -8,6 +9,7 @@ mod artifacts;
 mod backend;
 mod error;
 mod garage;
+pub mod libvirtd;
 mod link;
 mod prometheus;
 mod rng;

@@ -17,8 +17,9 @@ use anyhow::{Context, Result};
 use crate::{cmd, python};
 
 /// Debian packages the demo needs: the guest image (`cargo xtask guest-image`) and booting it.
-/// The `nexus` binary embeds its eBPF probes, which build with clang against the kernel's BTF
-/// (bpftool, libbpf's headers).
+/// Building the `nexus` binary needs clang, bpftool and libbpf's headers (its eBPF probes,
+/// compiled against the kernel's BTF) and libvirt's library (the libvirt adapter, through
+/// pkg-config).
 const DEMO_APT_PACKAGES: &[&str] = &[
     "python3",
     "debootstrap",
@@ -31,11 +32,21 @@ const DEMO_APT_PACKAGES: &[&str] = &[
     "clang",
     "bpftool",
     "libbpf-dev",
+    "libvirt-dev",
+    "pkg-config",
 ];
 /// Debian packages the tests and benchmarks need besides: the venv, pip (which the backend
 /// runs to install a function's requirements.txt), gcc for the freestanding test guest
-/// (tests/ch-guest, built by the tests), and the Prometheus server the probe tests scrape with.
-const TEST_APT_PACKAGES: &[&str] = &["python3-venv", "python3-pip", "gcc", "prometheus"];
+/// (tests/ch-guest, built by the tests), the Prometheus server the probe tests scrape with, and
+/// libvirtd with virsh for the libvirt tests.
+const TEST_APT_PACKAGES: &[&str] = &[
+    "python3-venv",
+    "python3-pip",
+    "gcc",
+    "prometheus",
+    "libvirt-daemon-system",
+    "libvirt-clients",
+];
 const GARAGE_VERSION: &str = "2.5.0";
 
 /// What later steps use from the set-up.

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use nexus_channel::wire::ObjectRef;
 use nexus_plugin::cloud_hypervisor::{ChOptions, CloudHypervisor, MemoryRestoreMode};
+use nexus_plugin::libvirt::Libvirt;
 use nexus_plugin::qemu::Qemu;
 use nexus_plugin::{Snapshot, Vmm, VmmError};
 use serde::Serialize;
@@ -37,7 +38,7 @@ use crate::backend::{Backend, BackendError};
 use crate::config::VmmKind;
 use crate::invoke::{InvokeError, Outcome};
 use metrics::FunctionMetrics;
-use pool::{Acquired, Lease, Pool, Refused};
+use pool::{Acquired, Lease, Pool, Refused, Vital};
 pub use spec::{Flavour, FunctionSpec, SpecError};
 pub use warm::WarmInfo;
 use warm::{Start, Warm};
@@ -153,6 +154,12 @@ impl Functions {
                     memory_restore_mode: MemoryRestoreMode::OnDemand,
                 };
                 Arc::new(CloudHypervisor::new(options).map_err(no_vmm)?)
+            }
+            VmmKind::Libvirt => {
+                let libvirt = Libvirt::new().map_err(no_vmm)?;
+                // Domains of this state dir are a dead backend's: its VMs never outlive it.
+                libvirt.remove_left_behind(&self.backend.config().vm.state_dir)?;
+                Arc::new(libvirt)
             }
         };
         vmms.insert(kind, vmm.clone());
@@ -378,7 +385,8 @@ impl Functions {
         self.metrics.set(deployed.iter().map(|(name, d)| (name.as_str(), d.vms.counts())));
     }
 
-    /// Stops the VMs idle for longer than `vm.keep_alive_secs`; returns how many.
+    /// Stops the VMs idle for longer than `vm.keep_alive_secs`, and removes the idle VMs that
+    /// died (their regions with them); returns how many.
     pub fn stop_idle(&self) -> usize {
         let keep_alive = Duration::from_secs(self.backend.config().vm.keep_alive_secs);
         let Some(cut) = Instant::now().checked_sub(keep_alive) else { return 0 };
@@ -386,7 +394,14 @@ impl Functions {
         let idle: Vec<Arc<Warm>> =
             deployed.iter().flat_map(|d| d.vms.take_idle_since(cut)).collect();
         for warm in &idle {
-            tracing::info!(region = %warm.region, "Stopping a VM idle for {keep_alive:?}");
+            match warm.alive() {
+                true => {
+                    tracing::info!(region = %warm.region, "Stopping a VM idle for {keep_alive:?}")
+                }
+                false => {
+                    tracing::info!(region = %warm.region, "A VM ended outside Nexus: releasing its region")
+                }
+            }
             warm.stop(&self.backend);
         }
         idle.len()

@@ -12,7 +12,8 @@
 //!  release(lease) ──► idle again (a waiter wakes)      retire(lease) ──► gone (a waiter wakes)
 //!  take_all() (fn stop / rm / shutdown): every VM, idle or busy, out of the pool at once;
 //!            a busy VM's invocation then fails, and its release finds it gone.
-//!  take_idle_since(t): the idle VMs unused since t (keep-alive).
+//!  take_idle_since(t): the idle VMs unused since t (keep-alive), and those that died (an
+//!            operator's `virsh destroy`, a crashed VMM), so that their regions go at once.
 //! ```
 //!
 //! The pool only counts and hands out; starting and stopping VMs (seconds of blocking work)
@@ -196,11 +197,12 @@ impl<V: Vital> Pool<V> {
         all
     }
 
-    /// The idle VMs last released before `since`, for stopping.
+    /// The idle VMs last released before `since`, and the idle VMs that died, for stopping.
     pub fn take_idle_since(&self, since: Instant) -> Vec<Arc<V>> {
         let mut state = self.lock();
-        let (old, fresh) =
-            std::mem::take(&mut state.idle).into_iter().partition(|(_, at)| *at < since);
+        let (old, fresh) = std::mem::take(&mut state.idle)
+            .into_iter()
+            .partition(|(vm, at)| *at < since || !vm.alive());
         state.idle = fresh;
         drop(state);
         self.changed.notify_one();
@@ -342,5 +344,17 @@ mod tests {
         pool.release(fresh);
         assert_eq!(pool.take_idle_since(cut).len(), 1);
         assert_eq!(pool.counts(), Counts { idle: 1, busy: 0, starting: 0 });
+    }
+
+    #[tokio::test]
+    async fn idle_vms_that_died_are_taken_at_once() {
+        let pool = Pool::default();
+        assert!(matches!(acquire(&pool, 1, NO_WAIT).await, Ok(Acquired::Start)));
+        let lease = pool.started(FakeVm::default()).unwrap();
+        let cut = Instant::now();
+        lease.vm.dead.store(true, Ordering::Relaxed);
+        pool.release(lease);
+        assert_eq!(pool.take_idle_since(cut).len(), 1, "dead, though released after the cut");
+        assert_eq!(pool.counts(), Counts::default());
     }
 }

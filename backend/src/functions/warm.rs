@@ -132,6 +132,7 @@ pub fn start(
     let region =
         backend.create_region_with(&spec.name, policy, |region| -> Result<Kick, VmmError> {
             let mut vm = VmSpec::new(format!("{}-{instance}", spec.name), &kernel, &work);
+            vm.function = Some(spec.name.clone());
             vm.initrd = Some(initrd.clone());
             vm.cmdline = cmdline(spec);
             vm.disks = vec![

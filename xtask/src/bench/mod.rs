@@ -9,6 +9,7 @@ mod chain;
 mod cold;
 mod fabric;
 mod full;
+mod libvirt;
 mod load;
 mod measure;
 mod phase;
@@ -23,7 +24,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use stack::Storage;
 
-/// `cargo xtask bench [fabric|vm|cold|ch|chain] [options of the side-by-side run]`.
+/// `cargo xtask bench [fabric|vm|cold|ch|chain|libvirt] [options of the side-by-side run]`.
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
@@ -50,6 +51,9 @@ pub enum Bench {
     /// A chain of three functions calling each other: through the backend (Nexus) vs over
     /// HTTP from baseline VMs.
     Chain,
+    /// The same function through the QEMU adapter and the libvirt adapter: cold start,
+    /// snapshot and restore, warm p50, and the memory libvirt's daemons add per VM.
+    Libvirt,
 }
 
 /// How far the object store is.
@@ -69,5 +73,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Some(Bench::Cold(distance)) => cold::run(distance.storage),
         Some(Bench::Ch) => ch::run(),
         Some(Bench::Chain) => chain::run(),
+        Some(Bench::Libvirt) => libvirt::run(),
     }
 }
