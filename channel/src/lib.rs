@@ -42,6 +42,7 @@ pub mod notify;
 pub mod region;
 pub mod ring;
 pub mod staging;
+pub mod volatile;
 pub mod wire;
 
 pub use layout::{CallDesc, CompletionDesc, Geometry, InvocationDesc, ResultDesc};

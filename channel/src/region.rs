@@ -1,6 +1,7 @@
-//! A mapped region and the only ways to touch it: bounds-checked atomic words, copies of plain
-//! data in and out, and raw spans for zero-copy readers. No `&`/`&mut` to region bytes is ever
-//! handed out, because the peer may change them at any moment.
+//! A mapped region and the only ways to touch it: bounds-checked atomic words, volatile copies
+//! of plain data and of byte runs in and out ([`crate::volatile`]), and raw spans for zero-copy
+//! readers. No `&`/`&mut` to region bytes is ever handed out, because the peer may change them
+//! at any moment.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -13,6 +14,7 @@ use memmap2::{MmapOptions, MmapRaw};
 use crate::layout::{
     header, host_state, Geometry, GeometryError, Header, Plain, RingId, CACHE_LINE, HEADER_SIZE,
 };
+use crate::volatile;
 
 /// Errors from creating, opening or accessing a region.
 #[derive(Debug, thiserror::Error)]
@@ -236,19 +238,22 @@ impl Region {
         Ok(p)
     }
 
-    /// Copies `dst.len()` bytes at `offset` out of the region.
+    /// Copies `dst.len()` bytes at `offset` out of the region (volatile reads: the peer may be
+    /// writing them; the copy is what the caller validates).
     pub fn copy_out(&self, offset: usize, dst: &mut [u8]) -> Result<(), RegionError> {
         let p = self.span(offset, dst.len())?;
-        // SAFETY: the source span is in bounds and cannot overlap the private `dst`.
-        unsafe { ptr::copy_nonoverlapping(p.cast_const(), dst.as_mut_ptr(), dst.len()) };
+        // SAFETY: the source span is in bounds of the mapping, which no Rust reference points
+        // into, and cannot overlap the private `dst`.
+        unsafe { volatile::copy_from_shared(dst.as_mut_ptr(), p.cast_const(), dst.len()) };
         Ok(())
     }
 
-    /// Copies `src` into the region at `offset`.
+    /// Copies `src` into the region at `offset` (volatile writes).
     pub fn copy_in(&self, offset: usize, src: &[u8]) -> Result<(), RegionError> {
         let p = self.span(offset, src.len())?;
-        // SAFETY: the destination span is in bounds and cannot overlap the private `src`.
-        unsafe { ptr::copy_nonoverlapping(src.as_ptr(), p, src.len()) };
+        // SAFETY: the destination span is in bounds of the mapping, which no Rust reference
+        // points into, and cannot overlap the private `src`.
+        unsafe { volatile::copy_to_shared(p, src.as_ptr(), src.len()) };
         Ok(())
     }
 }
