@@ -622,7 +622,10 @@ default_policy:
                 "default_policy.requests_per_second: must",
             ),
             ("default_policy: { requests_per_second: 5, burst: 0 }", "default_policy.burst: must"),
-            ("default_policy: { burst: 5 }", "default_policy.burst: is set without"),
+            (
+                "default_policy: { requests_per_second: null, burst: 5 }",
+                "default_policy.burst: is set without",
+            ),
             ("writeback: { max_backlog_bytes: 0 }", "writeback.max_backlog_bytes: must be"),
             ("writeback: { dir: '' }", "writeback.dir: must not be empty"),
         ] {

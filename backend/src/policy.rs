@@ -47,6 +47,11 @@ impl Denied {
     }
 }
 
+/// The rate every region gets unless its policy says otherwise: far above what a handler
+/// doing real I/O asks for (each call costs microseconds of backend CPU), low enough that one
+/// guest spinning on calls cannot take the backend's workers from the others.
+pub const DEFAULT_REQUESTS_PER_SECOND: u32 = 10_000;
+
 /// A function's policy. The default denies everything.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -55,7 +60,8 @@ pub struct Policy {
     /// Largest object the function may read or write, in bytes.
     #[serde(deserialize_with = "byte_size::deserialize")]
     pub max_object_size: u64,
-    /// Sustained request rate; `None` is unlimited.
+    /// Sustained request rate; `None` (an explicit `null`) is unlimited. Default:
+    /// [`DEFAULT_REQUESTS_PER_SECOND`].
     pub requests_per_second: Option<u32>,
     /// Requests allowed at once after a quiet period; `None` is `requests_per_second`.
     pub burst: Option<u32>,
@@ -78,7 +84,7 @@ impl Default for Policy {
         Self {
             grants: Vec::new(),
             max_object_size: 5 << 30,
-            requests_per_second: None,
+            requests_per_second: Some(DEFAULT_REQUESTS_PER_SECOND),
             burst: None,
             invoke: Vec::new(),
         }
@@ -218,8 +224,18 @@ mod tests {
     }
 
     #[test]
+    fn a_rate_limit_is_on_unless_turned_off() {
+        let unset: Policy = serde_norway::from_str("grants: []").unwrap();
+        assert_eq!(unset.requests_per_second, Some(DEFAULT_REQUESTS_PER_SECOND));
+        assert!(RateLimiter::new(&unset).is_some());
+        let off: Policy = serde_norway::from_str("requests_per_second: null").unwrap();
+        assert!(RateLimiter::new(&off).is_none());
+    }
+
+    #[test]
     fn no_rate_no_limiter() {
-        assert!(RateLimiter::new(&Policy::default()).is_none());
+        let unlimited = Policy { requests_per_second: None, ..Default::default() };
+        assert!(RateLimiter::new(&unlimited).is_none());
         let zero = Policy { requests_per_second: Some(0), ..Default::default() };
         assert!(RateLimiter::new(&zero).is_none());
     }

@@ -142,6 +142,12 @@ impl Storage {
         Ok(Self { kind, buckets: Mutex::new(HashMap::new()) })
     }
 
+    /// Whether the store lists keys in lexicographic order (S3, GCS, Azure and memory do; a
+    /// local directory lists in whatever order the file system gives).
+    pub fn lists_in_order(&self) -> bool {
+        !matches!(self.kind, Kind::Local(_))
+    }
+
     /// Whether the store keeps `ContentType` and user metadata (the local directory does not).
     pub fn keeps_attributes(&self) -> bool {
         !matches!(self.kind, Kind::Local(_))
