@@ -141,6 +141,12 @@ pub struct WritebackConfig {
     /// Bytes waiting for upload beyond which new puts wait for room.
     #[serde(deserialize_with = "byte_size::deserialize")]
     pub max_backlog_bytes: u64,
+    /// Uploads one function may have open at once; more are refused (S3's `SlowDown`).
+    pub max_function_uploads: u32,
+    /// Bytes one function may hold in the spool (open uploads and entries waiting for
+    /// upload), charged as they arrive; more are refused (S3's `SlowDown`).
+    #[serde(deserialize_with = "byte_size::deserialize")]
+    pub max_function_bytes: u64,
 }
 
 /// The eBPF probes (per-VM CPU, memory and KVM exits on `/metrics`; see `ebpf/`).
@@ -215,7 +221,13 @@ impl Default for VmConfig {
 
 impl Default for WritebackConfig {
     fn default() -> Self {
-        Self { enabled: true, dir: "/var/lib/nexus/spool".into(), max_backlog_bytes: 4 << 30 }
+        Self {
+            enabled: true,
+            dir: "/var/lib/nexus/spool".into(),
+            max_backlog_bytes: 4 << 30,
+            max_function_uploads: 32,
+            max_function_bytes: 1 << 30,
+        }
     }
 }
 
@@ -329,6 +341,11 @@ impl Config {
             return Err("writeback.max_backlog_bytes: must be at least 1 (to turn write-back \
                         off, set writeback.enabled: false)"
                 .into());
+        }
+        if self.writeback.max_function_uploads == 0 || self.writeback.max_function_bytes == 0 {
+            return Err(
+                "writeback.max_function_uploads, max_function_bytes: must be at least 1".into()
+            );
         }
         if self.writeback.enabled && self.writeback.dir.as_os_str().is_empty() {
             return Err("writeback.dir: must not be empty".into());

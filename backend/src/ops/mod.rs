@@ -70,7 +70,10 @@ impl From<SpoolError> for OpError {
     fn from(e: SpoolError) -> Self {
         match e {
             SpoolError::Refused { status, message } => Self::new(status, message),
-            SpoolError::Stopped => Self::new(Status::ServiceUnavailable, e.to_string()),
+            SpoolError::Stopped | SpoolError::Full => {
+                Self::new(Status::ServiceUnavailable, e.to_string())
+            }
+            SpoolError::Quota(_) => Self::new(Status::SlowDown, e.to_string()),
             e => {
                 // The guest gets no host paths; the log gets the detail.
                 tracing::warn!("Write-back spool: {}", error_chain(&e));

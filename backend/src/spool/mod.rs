@@ -21,6 +21,7 @@
 pub(crate) mod entry;
 mod metrics;
 mod queue;
+mod quota;
 mod uploader;
 mod writer;
 
@@ -45,6 +46,8 @@ pub use writer::Writer;
 use self::entry::Kind;
 use self::metrics::SpoolMetrics;
 use self::queue::{Pending, Queue};
+pub use self::quota::QuotaError;
+use self::quota::Quotas;
 use crate::cache::ObjectCache;
 use crate::config::{Config, WriteBack};
 use crate::metrics::Metrics;
@@ -87,15 +90,25 @@ pub enum SpoolError {
     /// The store refused a strict put or delete for good.
     #[error("{message}")]
     Refused { status: Status, message: String },
+    /// The function is over its share of the spool.
+    #[error(transparent)]
+    Quota(#[from] QuotaError),
+    /// The spool's disk is full: new puts are refused until uploads make room.
+    #[error("The write-back spool's disk is full; retry once uploads have made room")]
+    Full,
     /// The spool stopped before a strict put or delete was stored.
     #[error("The backend is stopping; the upload will complete after it restarts")]
     Stopped,
 }
 
 impl SpoolError {
+    /// An I/O error of `action` on `path`; a full disk is [`SpoolError::Full`].
     fn io(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Self {
         let path = path.to_owned();
-        move |source| Self::Io { action, path, source }
+        move |source| match source.kind() {
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => Self::Full,
+            _ => Self::Io { action, path, source },
+        }
     }
 }
 
@@ -122,6 +135,8 @@ struct Inner {
     /// Held (flock) while the spool is open.
     _lock: File,
     max_backlog_bytes: u64,
+    /// Each function's share of the spool.
+    quotas: Arc<Quotas>,
     /// Functions whose puts and deletes wait for the upload.
     strict_functions: BTreeSet<String>,
     /// Every function waits: the store's ETags are not the MD5 a put answers.
@@ -193,7 +208,14 @@ impl Spool {
         let mut queue = Queue::new(u64::try_from(start).unwrap_or(u64::MAX / 2));
         for record in found {
             let path = dir.join(entry::entry_name(record.seq));
-            let pending = Pending { record, path, strict: false, waiters: vec![], doomed: vec![] };
+            let pending = Pending {
+                record,
+                path,
+                strict: false,
+                waiters: vec![],
+                doomed: vec![],
+                _charge: None,
+            };
             queue.restore(pending);
         }
         let (objects, bytes) = queue.backlog();
@@ -214,6 +236,10 @@ impl Spool {
             dir,
             _lock: lock,
             max_backlog_bytes: config.writeback.max_backlog_bytes,
+            quotas: Quotas::new(
+                config.writeback.max_function_uploads,
+                config.writeback.max_function_bytes,
+            ),
             strict_functions,
             all_strict,
             storage,
@@ -243,19 +269,18 @@ impl Spool {
         params: &PutParams,
         function: &str,
     ) -> Result<Writer, SpoolError> {
-        Writer::create(self.inner.clone(), object, Kind::Put, params, self.is_strict(function))
+        let charge = self.inner.quotas.open(function)?;
+        let strict = self.is_strict(function);
+        Writer::create(self.inner.clone(), object, Kind::Put, params, strict, charge)
     }
 
     /// Spools a delete of `object` by `function`; returns once it is durable (strict: stored).
     pub async fn delete(&self, object: &ObjectRef, function: &str) -> Result<(), SpoolError> {
         let params = PutParams::default();
-        let tombstone = Writer::create(
-            self.inner.clone(),
-            object,
-            Kind::Delete,
-            &params,
-            self.is_strict(function),
-        )?;
+        let charge = self.inner.quotas.open(function)?;
+        let strict = self.is_strict(function);
+        let tombstone =
+            Writer::create(self.inner.clone(), object, Kind::Delete, &params, strict, charge)?;
         tombstone.commit().await.map(drop)
     }
 

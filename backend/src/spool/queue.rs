@@ -22,6 +22,7 @@ use nexus_channel::wire::Status;
 use tokio::sync::oneshot;
 
 use super::entry::Record;
+use super::quota::Charge;
 
 /// An object: bucket and key.
 pub type ObjectId = (String, String);
@@ -46,6 +47,9 @@ pub struct Pending {
     pub waiters: Vec<oneshot::Sender<Outcome>>,
     /// Files of the entries this one superseded.
     pub doomed: Vec<PathBuf>,
+    /// Its bytes, charged to its function until it leaves the queue and this is dropped
+    /// (`None`: found at start).
+    pub _charge: Option<Charge>,
 }
 
 /// An upload to perform.
@@ -294,6 +298,7 @@ mod tests {
             strict,
             waiters: vec![],
             doomed: vec![],
+            _charge: None,
         }
     }
 

@@ -279,3 +279,94 @@ async fn a_listing_waits_for_the_entries_under_its_prefix() {
     tokio::join!(drain(&spool), settled);
     assert_eq!(stored(&storage, "p/a").await.as_deref(), Some(&b"a"[..]));
 }
+
+/// A config whose functions may each hold `bytes` in the spool with `uploads` open at once.
+fn with_quota(dir: &Path, uploads: u32, bytes: u64) -> Config {
+    let mut config = config(dir, "memory://");
+    config.writeback.max_function_uploads = uploads;
+    config.writeback.max_function_bytes = bytes;
+    config
+}
+
+#[tokio::test]
+async fn a_function_over_its_share_is_refused_as_bytes_arrive_and_others_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = memory();
+    let spool = open_with(&with_quota(dir.path(), 2, 1000), &storage).unwrap();
+    let params = PutParams::default();
+    let mut flood = spool.writer(&object("flood/1"), &params, "flood").unwrap();
+    flood.append(vec![1; 600]).await.unwrap();
+    let mut second = spool.writer(&object("flood/2"), &params, "flood").unwrap();
+    let refused = second.append(vec![2; 600]).await.unwrap_err();
+    assert!(matches!(refused, SpoolError::Quota(QuotaError::Bytes { .. })), "{refused}");
+    assert!(matches!(
+        spool.writer(&object("flood/3"), &params, "flood"),
+        Err(SpoolError::Quota(QuotaError::Uploads { max: 2, .. }))
+    ));
+    assert_eq!(files(dir.path(), ".tmp"), 2, "the refused chunk never reached the disk");
+
+    // Another function is unaffected.
+    put(&spool, "calm/1", &[3; 900], "calm").await;
+
+    // Committed bytes stay charged until uploaded.
+    drop(second);
+    flood.commit().await.unwrap();
+    let mut third = spool.writer(&object("flood/3"), &params, "flood").unwrap();
+    assert!(third.append(vec![4; 600]).await.is_err(), "600 bytes wait for upload");
+    drain(&spool).await;
+    third.append(vec![4; 600]).await.unwrap();
+    third.commit().await.unwrap();
+    drain(&spool).await;
+    assert_eq!(stored(&storage, "flood/1").await.unwrap().len(), 600);
+    assert_eq!(stored(&storage, "flood/3").await.unwrap().len(), 600);
+    assert_eq!(spool.inner.quotas.bytes("flood"), 0);
+}
+
+#[tokio::test]
+async fn a_full_spool_disk_refuses_new_puts_and_keeps_every_acknowledged_one() {
+    let mount = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+        .arg(mount.path())
+        .status();
+    if !mounted.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: mounting an 8 MiB tmpfs needs root");
+        return;
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(mount.path());
+    let storage = memory();
+    let spool = open(mount.path(), &storage).unwrap();
+    let mut acked = Vec::new();
+    let full = loop {
+        let key = format!("k/{}", acked.len());
+        let body = vec![acked.len() as u8; 1 << 20];
+        let mut writer = spool.writer(&object(&key), &PutParams::default(), "f").unwrap();
+        let written = match writer.append(body.clone()).await {
+            Ok(()) => writer.commit().await.map(drop),
+            Err(e) => Err(e),
+        };
+        match written {
+            Ok(()) => acked.push((key, body)),
+            Err(e) => break e,
+        }
+        assert!(acked.len() < 16, "an 8 MiB disk took 16 MiB");
+    };
+    assert!(matches!(full, SpoolError::Full), "{full}");
+    assert!(full.to_string().contains("disk is full"), "{full}");
+    assert!(acked.len() >= 4, "only {} puts fit", acked.len());
+    assert_eq!(files(mount.path(), ".tmp"), 0, "the refused put left nothing behind");
+
+    // After a restart every acknowledged put is uploaded intact.
+    drop(spool);
+    let spool = open(mount.path(), &storage).unwrap();
+    drain(&spool).await;
+    for (key, body) in &acked {
+        assert_eq!(stored(&storage, key).await.as_deref(), Some(&body[..]), "{key}");
+    }
+}

@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 
 use super::entry::{self, Kind, Record};
 use super::queue::{Commit, ObjectId, Outcome, Pending};
+use super::quota::Charge;
 use super::{Inner, SpoolError};
 
 /// A put being spooled. Dropped before [`Writer::commit`] finished, it leaves nothing behind.
@@ -36,6 +37,8 @@ pub struct Writer {
     reserved: Option<u64>,
     /// Sequence number given and not queued yet.
     sealing: Option<u64>,
+    /// This put's share of its function's quota; handed to the queued entry.
+    charge: Option<Charge>,
 }
 
 #[derive(Debug)]
@@ -59,6 +62,7 @@ impl Writer {
         kind: Kind,
         params: &PutParams,
         strict: bool,
+        charge: Charge,
     ) -> Result<Self, SpoolError> {
         let n = inner.next_temp.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let temp = inner.dir.join(entry::temp_name(n));
@@ -79,11 +83,15 @@ impl Writer {
             temp_exists: true,
             reserved: None,
             sealing: None,
+            charge: Some(charge),
         })
     }
 
-    /// Appends body bytes.
+    /// Appends body bytes, charged to the function's share first.
     pub async fn append(&mut self, bytes: Vec<u8>) -> Result<(), SpoolError> {
+        if let Some(charge) = &mut self.charge {
+            charge.add(bytes.len() as u64)?;
+        }
         let mut open = self.take_open()?;
         let (open, written) = blocking(move || {
             let written = open.file.write_all(&bytes);
@@ -147,12 +155,17 @@ impl Writer {
         } else {
             (None, None)
         };
+        let mut charge = self.charge.take();
+        if let Some(charge) = &mut charge {
+            charge.close();
+        }
         let pending = Pending {
             record,
             path,
             strict: self.strict,
             waiters: waiter.into_iter().collect(),
             doomed: Vec::new(),
+            _charge: charge,
         };
         {
             let mut queue = self.inner.queue();
