@@ -5,7 +5,8 @@ use std::fs;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::accel::Accel;
 use crate::error::VmmError;
@@ -129,6 +130,35 @@ impl Snapshot {
     pub fn manifest(&self) -> PathBuf {
         self.dir.join(Self::MANIFEST)
     }
+
+    /// Records the snapshot adapter `vmm` just saved into `dir`: writes `manifest` (which must
+    /// carry a `vmm` field naming the adapter) as `snapshot.json`, whole or not at all.
+    pub fn write(dir: &Path, vmm: &str, manifest: &impl Serialize) -> Result<Snapshot, VmmError> {
+        let snapshot = Snapshot { dir: dir.to_owned(), vmm: vmm.to_owned() };
+        let path = snapshot.manifest();
+        let partial = path.with_extension("json.partial");
+        let text = serde_json::to_string_pretty(manifest).expect("a manifest serializes");
+        fs::write(&partial, text)
+            .and_then(|()| fs::rename(&partial, &path))
+            .map_err(VmmError::io(format!("write {}", path.display())))?;
+        Ok(snapshot)
+    }
+
+    /// Reads the manifest of a snapshot that adapter `vmm` must have taken.
+    pub fn read_manifest<M: DeserializeOwned>(&self, vmm: &str) -> Result<M, VmmError> {
+        if self.vmm != vmm {
+            return Err(self.bad(format!("it was taken by {}, not {vmm}", self.vmm)));
+        }
+        let text = fs::read_to_string(self.manifest())
+            .map_err(|e| self.bad(format!("cannot read {}: {e}", Self::MANIFEST)))?;
+        serde_json::from_str(&text)
+            .map_err(|e| self.bad(format!("invalid {}: {e}", Self::MANIFEST)))
+    }
+
+    /// The error for a snapshot that cannot be restored, and why.
+    pub fn bad(&self, reason: String) -> VmmError {
+        VmmError::BadSnapshot { dir: self.dir.clone(), reason }
+    }
 }
 
 #[cfg(test)]
@@ -145,5 +175,18 @@ mod tests {
         fs::write(dir.path().join("snapshot.json"), "{}").unwrap();
         let error = Snapshot::open(dir.path()).unwrap_err().to_string();
         assert!(error.contains("invalid snapshot.json: missing field `vmm`"), "{error}");
+    }
+
+    #[test]
+    fn a_written_manifest_reads_back_only_for_its_own_adapter() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = serde_json::json!({ "vmm": "qemu", "memory_mib": 256 });
+        let written = Snapshot::write(dir.path(), "qemu", &manifest).unwrap();
+        assert_eq!(written, Snapshot::open(dir.path()).unwrap());
+        assert!(!dir.path().join("snapshot.json.partial").exists());
+        let read: serde_json::Value = written.read_manifest("qemu").unwrap();
+        assert_eq!(read, manifest);
+        let error = written.read_manifest::<serde_json::Value>("libvirt").unwrap_err();
+        assert!(error.to_string().contains("it was taken by qemu, not libvirt"), "{error}");
     }
 }

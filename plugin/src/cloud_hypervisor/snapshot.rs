@@ -67,26 +67,13 @@ impl Shape {
 pub fn write_manifest(dir: &Path, ch_version: &str, shape: &Shape) -> Result<Snapshot, VmmError> {
     let manifest =
         Manifest { vmm: NAME.into(), ch_version: ch_version.into(), shape: shape.clone() };
-    let snapshot = Snapshot { dir: dir.to_owned(), vmm: NAME.into() };
-    let path = snapshot.manifest();
-    let partial = path.with_extension("json.partial");
-    let text = serde_json::to_string_pretty(&manifest).expect("a manifest serializes");
-    fs::write(&partial, text)
-        .and_then(|()| fs::rename(&partial, &path))
-        .map_err(VmmError::io(format!("write {}", path.display())))?;
-    Ok(snapshot)
+    Snapshot::write(dir, NAME, &manifest)
 }
 
 /// Checks that `snapshot` is a CH snapshot of a VM shaped like `spec`.
 pub fn check(snapshot: &Snapshot, spec: &VmSpec) -> Result<Manifest, VmmError> {
-    let bad = |reason: String| VmmError::BadSnapshot { dir: snapshot.dir.clone(), reason };
-    if snapshot.vmm != NAME {
-        return Err(bad(format!("it was taken by {}, not {NAME}", snapshot.vmm)));
-    }
-    let text = fs::read_to_string(snapshot.manifest())
-        .map_err(|e| bad(format!("cannot read {}: {e}", Snapshot::MANIFEST)))?;
-    let manifest: Manifest = serde_json::from_str(&text)
-        .map_err(|e| bad(format!("invalid {}: {e}", Snapshot::MANIFEST)))?;
+    let bad = |reason: String| snapshot.bad(reason);
+    let manifest: Manifest = snapshot.read_manifest(NAME)?;
     let wanted = Shape::of(spec);
     if manifest.shape != wanted {
         return Err(bad(format!(

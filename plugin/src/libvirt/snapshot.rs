@@ -86,26 +86,13 @@ pub fn take(
     Domain::domain_restore_flags(conn, &path, None, sys::VIR_DOMAIN_SAVE_PAUSED)
         .map_err(api(&vm, "restore the domain from its save image"))?;
 
-    let snapshot = Snapshot { dir: dir.to_owned(), vmm: NAME.to_owned() };
-    let manifest_path = snapshot.manifest();
-    let partial = manifest_path.with_extension("json.partial");
-    let text = serde_json::to_string_pretty(&manifest).expect("a manifest serializes");
-    fs::write(&partial, text)
-        .and_then(|()| fs::rename(&partial, &manifest_path))
-        .map_err(VmmError::io(format!("write {}", manifest_path.display())))?;
-    Ok(snapshot)
+    Snapshot::write(dir, NAME, &manifest)
 }
 
 /// Reads the manifest of `snapshot` and checks that libvirt took it on `accel`.
 pub fn check(snapshot: &Snapshot, spec: &VmSpec, accel: Accel) -> Result<Manifest, VmmError> {
-    let bad = |reason: String| VmmError::BadSnapshot { dir: snapshot.dir.clone(), reason };
-    if snapshot.vmm != NAME {
-        return Err(bad(format!("it was taken by {}, not {NAME}", snapshot.vmm)));
-    }
-    let text = fs::read_to_string(snapshot.manifest())
-        .map_err(|e| bad(format!("cannot read {}: {e}", Snapshot::MANIFEST)))?;
-    let manifest: Manifest = serde_json::from_str(&text)
-        .map_err(|e| bad(format!("invalid {}: {e}", Snapshot::MANIFEST)))?;
+    let bad = |reason: String| snapshot.bad(reason);
+    let manifest: Manifest = snapshot.read_manifest(NAME)?;
     if manifest.accel != accel {
         return Err(bad(format!("it ran on {}, {} asks for {accel}", manifest.accel, spec.name)));
     }

@@ -108,26 +108,13 @@ pub fn take(qmp: &mut Qmp, vm: &str, shape: &Shape, dir: &Path) -> Result<Snapsh
         qemu_version: qmp.version().to_owned(),
         shape: shape.clone(),
     };
-    let snapshot = Snapshot { dir: dir.to_owned(), vmm: NAME.to_owned() };
-    let path = snapshot.manifest();
-    let partial = path.with_extension("json.partial");
-    let text = serde_json::to_string_pretty(&manifest).expect("a manifest serializes");
-    fs::write(&partial, text)
-        .and_then(|()| fs::rename(&partial, &path))
-        .map_err(VmmError::io(format!("write {}", path.display())))?;
-    Ok(snapshot)
+    Snapshot::write(dir, NAME, &manifest)
 }
 
 /// Reads the manifest of `snapshot` and checks that it was taken by QEMU from a VM of `shape`.
 pub fn check(snapshot: &Snapshot, shape: &Shape) -> Result<Manifest, VmmError> {
-    let bad = |reason: String| VmmError::BadSnapshot { dir: snapshot.dir.clone(), reason };
-    if snapshot.vmm != NAME {
-        return Err(bad(format!("it was taken by {}, not {NAME}", snapshot.vmm)));
-    }
-    let text = fs::read_to_string(snapshot.manifest())
-        .map_err(|e| bad(format!("cannot read {}: {e}", Snapshot::MANIFEST)))?;
-    let manifest: Manifest = serde_json::from_str(&text)
-        .map_err(|e| bad(format!("invalid {}: {e}", Snapshot::MANIFEST)))?;
+    let bad = |reason: String| snapshot.bad(reason);
+    let manifest: Manifest = snapshot.read_manifest(NAME)?;
     let differences = manifest.shape.differences(shape);
     if !differences.is_empty() {
         return Err(bad(differences.join("; ")));
