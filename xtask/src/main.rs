@@ -1,12 +1,20 @@
 //! Project chores, run as `cargo xtask <command>`: set-up of a fresh machine and the full test
 //! run. Each command lives in its own module; `cmd` runs the programs they need.
+//!
+//! Built in two stages (see the `stack` feature in Cargo.toml): without the feature, xtask
+//! needs nothing but Rust, so `demo` and `bench` first install the Debian packages that the
+//! stack's build needs, then run again with it ([`relaunch`]).
 
+#[cfg(feature = "stack")]
 mod bench;
 mod cmd;
+#[cfg(feature = "stack")]
 mod demo;
 mod fuzz;
 mod image;
 mod python;
+#[cfg(not(feature = "stack"))]
+mod relaunch;
 mod setup;
 mod test;
 
@@ -41,7 +49,17 @@ enum Chore {
     },
     /// Run the benchmarks side by side (or one of them); each prints a table and records it in
     /// docs/BENCHMARKS.md.
+    #[cfg(feature = "stack")]
     Bench(bench::BenchArgs),
+    /// Run the benchmarks side by side (or one of them); each prints a table and records it in
+    /// docs/BENCHMARKS.md. `cargo xtask bench --help` lists them.
+    #[cfg(not(feature = "stack"))]
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// What the benchmark stage is given.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Build the function-VM guest images (kernel, initramfs, rootfs) from Debian packages.
     GuestImage {
         /// Which image to build.
@@ -55,11 +73,17 @@ enum Chore {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        #[cfg(feature = "stack")]
         Chore::Demo { native } => demo::run(native),
+        #[cfg(not(feature = "stack"))]
+        Chore::Demo { .. } => relaunch::with_stack(),
         Chore::Setup => setup::run().map(drop),
         Chore::Test => test::run(),
         Chore::GuestImage { flavour, force } => image::run(flavour, force),
+        #[cfg(feature = "stack")]
         Chore::Bench(which) => bench::run(which),
+        #[cfg(not(feature = "stack"))]
+        Chore::Bench { .. } => relaunch::with_stack(),
         Chore::Fuzz { seconds } => fuzz::run(seconds),
     }
 }
