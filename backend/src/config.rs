@@ -69,6 +69,9 @@ pub struct StorageConfig {
     pub url: String,
     /// Passed to `object_store` as is (endpoint, credentials, region...).
     pub options: BTreeMap<String, String>,
+    /// Seconds within which a guest's call to a remote store ends, answered or failed: a slow
+    /// or unreachable store becomes an error the handler sees, never a hang.
+    pub call_timeout_secs: u64,
 }
 
 /// Shape of each VM's region.
@@ -239,7 +242,11 @@ impl Default for ApiConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { url: "file:///var/lib/nexus/objects".into(), options: BTreeMap::new() }
+        Self {
+            url: "file:///var/lib/nexus/objects".into(),
+            options: BTreeMap::new(),
+            call_timeout_secs: 60,
+        }
     }
 }
 
@@ -333,6 +340,9 @@ impl Config {
         }
         if !["auto", "kvm", "tcg"].contains(&self.vm.accel.as_str()) {
             return Err(format!("vm.accel: {:?} is not auto, kvm or tcg", self.vm.accel));
+        }
+        if self.storage.call_timeout_secs < 2 {
+            return Err("storage.call_timeout_secs: must be at least 2".into());
         }
         if self.vm.boot_timeout_secs == 0 {
             return Err("vm.boot_timeout_secs: must be at least 1".into());
@@ -620,6 +630,7 @@ default_policy:
             ("limits: { max_inflight_per_region: 0 }", "limits.max_inflight_per_region: must be"),
             ("storage: { url: /var/objects }", "storage.url: \"/var/objects\" has no supported"),
             ("storage: { url: \"ftp://x\" }", "storage.url: \"ftp://x\" has no supported"),
+            ("storage: { call_timeout_secs: 1 }", "storage.call_timeout_secs: must be at least 2"),
             (
                 "storage: { url: \"s3://nexus-objects\" }",
                 "storage.url: \"s3://nexus-objects\": \"nexus-objects\" is not used, buckets map",
