@@ -229,9 +229,10 @@ impl Storage {
                         let retry = RetryConfig { retry_timeout: half, ..RetryConfig::default() };
                         (retry, ClientOptions::new().with_timeout(half))
                     }
-                    Attempts::Once => {
-                        (RetryConfig { max_retries: 0, ..RetryConfig::default() }, ClientOptions::new())
-                    }
+                    Attempts::Once => (
+                        RetryConfig { max_retries: 0, ..RetryConfig::default() },
+                        ClientOptions::new(),
+                    ),
                 };
                 remote_store(scheme, &url, options, retry, client).map_err(open)?
             }

@@ -1,4 +1,4 @@
-//! The first stage of `cargo xtask demo` and `cargo xtask bench`: install the Debian packages
+//! The first stage of `cargo xtask demo`, `bench` and `soak`: install the Debian packages
 //! that building the stack needs (the demo's own, which include the build's), then run the
 //! same command again in an xtask built with the `stack` feature, and exit as it exits.
 //!
@@ -18,7 +18,9 @@ use crate::{cmd, setup, workspace_root};
 /// Prepares the machine, then hands this command to the `stack` build of xtask.
 pub fn with_stack() -> Result<()> {
     setup::demo()?;
-    println!("xtask: building the backend, the VMM adapters and the probes (first time: ≈ 3-5 min)");
+    println!(
+        "xtask: building the backend, the VMM adapters and the probes (first time: ≈ 3-5 min)"
+    );
     let status = cmd::status(
         cmd::cargo()
             .current_dir(workspace_root())

@@ -244,9 +244,8 @@ async fn a_strict_put_the_store_refuses_is_dropped_and_answered() {
     let dir = tempfile::tempdir().unwrap();
     let objects = tempfile::tempdir().unwrap();
     let url = format!("file://{}", objects.path().display());
-    let storage = Arc::new(
-        Storage::new(&StorageConfig { url: url.clone(), ..Default::default() }).unwrap(),
-    );
+    let storage =
+        Arc::new(Storage::new(&StorageConfig { url: url.clone(), ..Default::default() }).unwrap());
     let spool = open_with(&config(dir.path(), &url), &storage).unwrap();
     let mut writer = spool.writer(&object("k"), &PutParams::default(), "careful").unwrap();
     writer.append(b"never stored".to_vec()).await.unwrap();
