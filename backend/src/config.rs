@@ -89,6 +89,9 @@ pub struct RegionConfig {
     pub staging_size: Option<u64>,
     /// How long the host polls a ring before sleeping on its futex, in microseconds.
     pub spin_us: u64,
+    /// Group of a VMM that runs as another user than the backend: it gets read access to
+    /// `dir` and read-write access to the region files. `None`: the backend's user alone.
+    pub group: Option<String>,
 }
 
 /// Concurrency bounds.
@@ -253,6 +256,7 @@ impl Default for RegionConfig {
             host_buffers: 4,
             staging_size: None,
             spin_us: 50,
+            group: None,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! tempdir, as after a crash.
 
 use std::fs::{self, File};
+use std::os::unix::fs::PermissionsExt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -83,6 +84,9 @@ impl Backend {
             .prefix("nexus-test-regions-")
             .tempdir_in(if shm.is_dir() { shm } else { &dir })
             .map_err(HarnessError::io("create a regions tempdir"))?;
+        // The backend refuses a region directory others may read.
+        fs::set_permissions(regions.path(), fs::Permissions::from_mode(0o700))
+            .map_err(HarnessError::io("make the regions tempdir private"))?;
         for bucket in local_buckets {
             fs::create_dir_all(dir.join("objects").join(bucket))
                 .map_err(HarnessError::io("create a local bucket"))?;
