@@ -40,6 +40,19 @@ impl Table {
         self.rows.iter().any(|row| !row.target.is_empty())
     }
 
+    /// Whether any row has a baseline or a ratio: a table of Nexus figures alone (the soak)
+    /// has neither column.
+    fn compares(&self) -> bool {
+        self.rows.iter().any(|row| !row.baseline.is_empty() || !row.ratio.is_empty())
+    }
+
+    /// Drops the baseline and ratio columns (1 and 3) of a table that compares nothing.
+    fn shown<T>(&self, columns: Vec<T>) -> Vec<T> {
+        let compares = self.compares();
+        let keep = |i: usize| compares || (i != 1 && i != 3);
+        columns.into_iter().enumerate().filter(|(i, _)| keep(*i)).map(|(_, c)| c).collect()
+    }
+
     fn headings(&self) -> Vec<String> {
         let target = self.has_target().then_some(TARGET);
         let extra = self.extra_columns.iter().map(String::as_str);
@@ -50,7 +63,7 @@ impl Table {
             headings[2] = nexus.into();
             headings[3] = format!("{nexus} / {baseline}");
         }
-        headings
+        self.shown(headings)
     }
 
     /// A row's cells, one per heading (missing extra cells are empty).
@@ -58,12 +71,14 @@ impl Table {
         let target = self.has_target().then_some(row.target.as_str());
         let extra =
             (0..self.extra_columns.len()).map(|i| row.extra.get(i).map_or("", String::as_str));
-        [&row.metric, &row.baseline, &row.nexus, &row.ratio]
-            .map(String::as_str)
-            .into_iter()
-            .chain(target)
-            .chain(extra)
-            .collect()
+        self.shown(
+            [&row.metric, &row.baseline, &row.nexus, &row.ratio]
+                .map(String::as_str)
+                .into_iter()
+                .chain(target)
+                .chain(extra)
+                .collect(),
+        )
     }
 
     /// The table as aligned text for the terminal.
@@ -183,8 +198,13 @@ mod tests {
         let text = std::fs::read_to_string(&file).unwrap();
         assert!(text.starts_with("# Benchmarks\n\nintro\n"));
         assert_eq!(text.matches("<!-- fabric:begin -->").count(), 1);
-        assert!(text.contains("| metric | baseline | nexus | nexus / baseline | target |\n"));
-        assert!(text.contains("| m |  | 2 |  | t |"));
+        // Nothing is compared: no baseline or ratio column.
+        assert!(text.contains("| metric | nexus | target |\n"));
+        assert!(text.contains("| m | 2 | t |"));
+        table.rows.push(Row { metric: "n".into(), baseline: "3".into(), ..Row::default() });
+        let compared = table.markdown();
+        assert!(compared.contains("| metric | baseline | nexus | nexus / baseline | target |\n"));
+        assert!(compared.contains("| m |  | 2 |  | t |"));
     }
 
     #[test]

@@ -80,7 +80,7 @@ pub fn run(args: SoakArgs) -> Result<()> {
             "cargo xtask soak --minutes {} --regions {} --vms {vms}",
             args.minutes, args.regions
         ),
-        sides: Some(("", "result")),
+        sides: Some(("", "result")), // no baseline: only the result column shows
         ..Table::default()
     };
     let mut held = true;
@@ -109,6 +109,14 @@ pub fn run(args: SoakArgs) -> Result<()> {
     println!("soak: wrote {}", file.display());
     ensure!(held, "soak: a phase did not hold (see the table)");
     Ok(())
+}
+
+/// A phase's length as the table says it: "30 s", "10 min".
+fn span(load: Duration) -> String {
+    match load.as_secs() {
+        s if s < 120 => format!("{s} s"),
+        s => format!("{:.0} min", s as f64 / 60.0),
+    }
 }
 
 /// A row of the soak table: what was measured, the figure, what a healthy backend shows.
@@ -178,5 +186,11 @@ mod tests {
         let growing = [mib(40.0), mib(60.0), mib(80.0), mib(100.0)];
         assert!(!memory_trend(&growing, 0.1).1);
         assert_eq!(memory_trend(&flat, 0.1).0, "40.0 MiB → 61.0 MiB (peak 61.0 MiB)");
+    }
+
+    #[test]
+    fn spans_read_in_seconds_then_minutes() {
+        assert_eq!(span(Duration::from_secs(30)), "30 s");
+        assert_eq!(span(Duration::from_secs(600)), "10 min");
     }
 }

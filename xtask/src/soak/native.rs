@@ -14,7 +14,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::ObjectStoreExt;
 use serde_json::Value;
 
-use super::{memory_trend, row, Outcome, RssSampler, BUCKET};
+use super::{memory_trend, row, span, Outcome, RssSampler, BUCKET};
 use crate::bench::report::seconds;
 use crate::workspace_root;
 
@@ -41,7 +41,7 @@ pub fn backend(
     let settings = format!(
         "{storage}  call_timeout_secs: {}\n\
          cache: {{ max_bytes: 32MiB, max_object_bytes: 1MiB }}\n\
-         default_policy: {{ grants: [{{ bucket: {BUCKET}, access: [read, write] }}] }}\n{extra}",
+         default_policy: {{ grants: [{{ bucket: {BUCKET}, access: [read, write, list, delete] }}] }}\n{extra}",
         call_timeout.as_secs(),
         storage = garage.storage_settings_at(endpoint),
     );
@@ -170,11 +170,10 @@ pub fn load(garage: &Garage, regions: usize, load: Duration) -> Result<Outcome> 
     let (memory, bounded) = memory_trend(&sampler.stop(), MEMORY_SLACK);
     let faults = backend.metric("nexus_regions_faulted_total", &[])?;
     let clean = probed.error_count() == 0 && probed.mismatches == 0 && faults == 0.0;
-    let minutes = load.as_secs_f64() / 60.0;
     Ok(Outcome {
         rows: vec![
             row(
-                format!("regions: {regions} host-native, {minutes:.0} min of mixed calls"),
+                format!("regions: {regions} host-native, {} of mixed calls", span(load)),
                 probed.summary(),
                 "0 errors, 0 mismatches",
             ),

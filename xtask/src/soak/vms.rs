@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use super::{memory_trend, row, Outcome, RssSampler};
+use super::{memory_trend, row, span, Outcome, RssSampler};
 use crate::bench::report::seconds;
 use crate::bench::stack::{Stack, Storage, BUCKET};
 use crate::bench::stats::percentile;
@@ -31,7 +31,8 @@ pub fn load(tools: &Tools, vms: usize, load: Duration) -> Result<Outcome> {
     );
     let stack = Stack::start(tools, &[Flavour::Nexus], Storage::Local, REGION, "")?;
     let code = workspace_root().join("guest/python/examples/soak");
-    let spec = json!({ "max_vms": vms, "timeout_secs": 60 });
+    let grant = json!({ "bucket": BUCKET, "access": ["read", "write", "list", "delete"] });
+    let spec = json!({ "max_vms": vms, "timeout_secs": 60, "policy": { "grants": [grant] } });
     stack.deploy(FUNCTION, &code, "mixed.py:handler", Flavour::Nexus, spec)?;
     let n = AtomicU64::new(0);
     let invoke = |client: usize| {
@@ -48,7 +49,9 @@ pub fn load(tools: &Tools, vms: usize, load: Duration) -> Result<Outcome> {
         Ok(())
     })?;
     let backend_pid = stack.backend.pid().context("backend pid")?;
-    let vm_pids: Vec<u32> = stack.warm_vms(FUNCTION)?.iter().map(|vm| vm.pid).collect();
+    let warm = stack.warm_vms(FUNCTION)?;
+    let accel = warm.first().map_or_else(String::new, |vm| vm.accel.clone());
+    let vm_pids: Vec<u32> = warm.iter().map(|vm| vm.pid).collect();
     let backend_rss = RssSampler::start(move || vec![backend_pid]);
     let vms_rss = RssSampler::start(move || vm_pids.clone());
     let samples = Mutex::new(Vec::new());
@@ -90,11 +93,10 @@ pub fn load(tools: &Tools, vms: usize, load: Duration) -> Result<Outcome> {
     }
     // p99 where there are enough samples for it to mean something, p95 otherwise.
     let (tail, q) = if samples.len() >= 1000 { ("p99", 0.99) } else { ("p95", 0.95) };
-    let minutes = load.as_secs_f64() / 60.0;
     Ok(Outcome {
         rows: vec![
             row(
-                format!("vms: {vms} Nexus VMs (TCG), {minutes:.0} min back to back"),
+                format!("vms: {vms} Nexus VMs ({accel}), {} back to back", span(load)),
                 format!("{} invocations, {} errors", samples.len(), errors.len()),
                 "0 errors",
             ),
