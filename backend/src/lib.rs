@@ -9,6 +9,7 @@
 //!                        │                       └─ spool (write-back) ── uploaders
 //!                      served (host end of a region: rings, doorbell, streams)
 //!  observe (eBPF probes, /proc: per-VM CPU and memory on /metrics)
+//!  hook (libvirt's hook script: operators' domains ask the API for their regions)
 //! ```
 
 pub mod api;
@@ -19,6 +20,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod functions;
+pub mod hook;
 pub mod invoke;
 pub mod metrics;
 pub mod observe;
