@@ -413,7 +413,8 @@ fn an_operators_domain_serves_its_function_and_wrong_domains_are_refused_with_th
     let deployed = backend.api("POST", "/v1/functions", Some(&spec)).unwrap();
     let code_disk = deployed["code_disk"].as_str().unwrap().to_owned();
     let state = backend.dir.join("vms");
-    let size = 128 << 20;
+    // The harness's region.size.
+    let size = 32 << 20;
     let xml = |name: &str, function: &str, shmem: &str, size: u64| {
         operator_xml(
             name,
@@ -430,7 +431,7 @@ fn an_operators_domain_serves_its_function_and_wrong_domains_are_refused_with_th
     for (name, function, shmem, size, reason) in [
         ("lvop-nofn", "nosuch", "nexus-lvop-nofn.region", size, "names function nosuch, which is not deployed"),
         ("lvop-thief", "lvop", "nexus-lvop-web.region", size, "<shmem name='nexus-lvop-web.region'> is not its region: a domain is given only its own, named nexus-lvop-thief.region"),
-        ("lvop-small", "lvop", "nexus-lvop-small.region", 16 << 20, "its <shmem> is 16777216 bytes; this backend's regions are 134217728 bytes"),
+        ("lvop-small", "lvop", "nexus-lvop-small.region", 16 << 20, "its <shmem> is 16777216 bytes; this backend's regions are 33554432 bytes"),
     ] {
         let error = define_and_start(dir.path(), name, &xml(name, function, shmem, size)).unwrap_err();
         assert!(error.contains("Hook script execution failed") && error.contains(reason), "{name}: {error}");
