@@ -469,6 +469,22 @@ fn an_operators_domain_serves_its_function_and_wrong_domains_are_refused_with_th
     assert_eq!(result["echo"]["n"], 7, "{result}");
     assert_eq!(domains("lvop-").unwrap().len(), 4, "no function VM of Nexus's was defined");
 
+    // A save stops the domain: the hook's release takes its region away, and the hook refuses
+    // the restore (a region does not survive the save); started afresh, it serves again.
+    let image = dir.path().join("lvop-web.save");
+    virsh(&["save", "lvop-web", image.to_str().unwrap()]).unwrap();
+    assert!(operators().is_empty(), "released by the time virsh returns");
+    assert!(epochs(&backend).is_empty() && shm_names("nexus-lvop-").is_empty());
+    let error = virsh(&["restore", image.to_str().unwrap()]).unwrap_err().to_string();
+    assert!(error.contains("whose region does not survive a save: start it afresh"), "{error}");
+    virsh(&["start", "lvop-web"]).unwrap();
+    wait_until("the restarted operator's VM joins the pool", BOOT_TIMEOUT, || {
+        let vms = operators();
+        (vms == ["lvop-web \"running\""], vms)
+    });
+    let (result, cold) = invoke(&backend, "lvop", &json!({ "n": 8 }));
+    assert!(!cold && result["echo"]["n"] == 8, "{result}");
+
     // The domain stops: the hook's release takes its region away.
     virsh(&["destroy", "lvop-web"]).unwrap();
     assert!(operators().is_empty(), "released by the time virsh returns");
