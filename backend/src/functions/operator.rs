@@ -90,6 +90,9 @@ impl Functions {
                 let started = Instant::now();
                 match warm::wait_ready(&backend, &warm, &backend.config().vm) {
                     Ok(()) => {
+                        if let Some(pid) = warm.vm().info().pid {
+                            backend.vm_started(&warm.region, pid);
+                        }
                         let ms = started.elapsed().as_millis() as u64;
                         tracing::info!(region = %warm.region, ms, "An operator's VM joins its function's pool");
                         if let Err(closed) = deployed.vms.adopt(warm) {
