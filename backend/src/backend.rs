@@ -25,6 +25,7 @@ use crate::observe::{Observer, ProbeStatus};
 use crate::ops;
 use crate::ops::Context;
 use crate::policy::{Access, Policy};
+use crate::region_dir::{RegionDir, RegionDirError};
 use crate::serve::{serve, Shared};
 use crate::served::{Placed, Prefetched, ServedRegion};
 use crate::spool::{Spool, SpoolError};
@@ -39,6 +40,9 @@ pub enum BackendError {
     /// The write-back spool cannot be used.
     #[error("Cannot open the write-back spool")]
     Spool(#[from] SpoolError),
+    /// The region directory cannot be used safely.
+    #[error(transparent)]
+    RegionDir(#[from] RegionDirError),
     /// A function name that cannot name a region.
     #[error("Invalid function name {0:?}: use lowercase letters, digits, '-' and '_'")]
     FunctionName(String),
@@ -51,6 +55,13 @@ pub enum BackendError {
         id: String,
         #[source]
         source: RegionError,
+    },
+    /// The region file could not be created.
+    #[error("Cannot create region {id}")]
+    RegionFile {
+        id: String,
+        #[source]
+        source: RegionDirError,
     },
     /// An invocation failed.
     #[error("Invocation on region {id} failed")]
@@ -137,6 +148,8 @@ impl Attached {
 pub struct Backend {
     config: Config,
     shared: Arc<Shared>,
+    /// Where region files are created, held (and locked) while the backend runs.
+    region_dir: RegionDir,
     regions: Mutex<BTreeMap<String, Attached>>,
     observer: Arc<Observer>,
     next_id: AtomicU64,
@@ -148,6 +161,13 @@ pub struct Backend {
 impl Backend {
     /// A backend for `config` whose I/O runs on `runtime`.
     pub fn new(config: Config, runtime: Handle) -> Result<Self, BackendError> {
+        let region_dir = RegionDir::open(&config.region.dir, config.region.group.as_deref())?;
+        let stale = region_dir.remove_stale()?;
+        if !stale.is_empty() {
+            let (count, dir) = (stale.len(), region_dir.path().display());
+            let message = format!("Removed {count} region files an earlier backend left in {dir}");
+            tracing::info!(files = ?stale, "{message}");
+        }
         let storage = Arc::new(Storage::new(&config.storage)?);
         let cache = Arc::new(ObjectCache::new(&config.cache));
         let metrics = Metrics::new();
@@ -173,6 +193,7 @@ impl Backend {
         Ok(Self {
             config,
             shared,
+            region_dir,
             regions: Mutex::default(),
             observer,
             next_id: AtomicU64::new(1),
@@ -224,10 +245,21 @@ impl Backend {
             return Err(BackendError::FunctionName(function.chars().take(64).collect()));
         }
         let id = format!("{function}-{}", self.next_id.fetch_add(1, Ordering::Relaxed));
-        let path = self.config.region.dir.join(format!("{id}.region"));
+        let (file, path) = self
+            .region_dir
+            .create(&format!("{id}.region"))
+            .map_err(|source| BackendError::RegionFile { id: id.clone(), source })?;
         let region_err = |source| BackendError::Region { id: id.clone(), source };
         let geometry = self.config.region.geometry();
-        let region = Arc::new(Region::create(&path, &geometry).map_err(region_err)?);
+        let created = Region::create_in_file(&file, &path, &geometry);
+        drop(file);
+        let region = match created {
+            Ok(region) => Arc::new(region),
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(region_err(e));
+            }
+        };
         let kick = match attach(&region) {
             Ok(kick) => kick,
             Err(e) => {

@@ -59,6 +59,11 @@ pub struct ApiConfig {
     pub socket: PathBuf,
     /// Optional TCP address serving the API and `/metrics`.
     pub listen: Option<SocketAddr>,
+    /// File holding the bearer token every TCP request but `GET /metrics` must carry; required
+    /// with `listen`.
+    pub token_file: Option<PathBuf>,
+    /// Directory every deploy's `code` must lie in; required with `listen`. `None`: any.
+    pub code_root: Option<PathBuf>,
 }
 
 /// The object store behind every bucket.
@@ -69,6 +74,9 @@ pub struct StorageConfig {
     pub url: String,
     /// Passed to `object_store` as is (endpoint, credentials, region...).
     pub options: BTreeMap<String, String>,
+    /// Seconds within which a guest's call to a remote store ends, answered or failed: a slow
+    /// or unreachable store becomes an error the handler sees, never a hang.
+    pub call_timeout_secs: u64,
 }
 
 /// Shape of each VM's region.
@@ -89,6 +97,9 @@ pub struct RegionConfig {
     pub staging_size: Option<u64>,
     /// How long the host polls a ring before sleeping on its futex, in microseconds.
     pub spin_us: u64,
+    /// Group of a VMM that runs as another user than the backend: it gets read access to
+    /// `dir` and read-write access to the region files. `None`: the backend's user alone.
+    pub group: Option<String>,
 }
 
 /// Concurrency bounds.
@@ -233,13 +244,22 @@ impl Default for WritebackConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { socket: "/run/nexus/nexus.sock".into(), listen: None }
+        Self {
+            socket: "/run/nexus/nexus.sock".into(),
+            listen: None,
+            token_file: None,
+            code_root: None,
+        }
     }
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { url: "file:///var/lib/nexus/objects".into(), options: BTreeMap::new() }
+        Self {
+            url: "file:///var/lib/nexus/objects".into(),
+            options: BTreeMap::new(),
+            call_timeout_secs: 60,
+        }
     }
 }
 
@@ -253,6 +273,7 @@ impl Default for RegionConfig {
             host_buffers: 4,
             staging_size: None,
             spin_us: 50,
+            group: None,
         }
     }
 }
@@ -298,6 +319,7 @@ impl Config {
     /// Checks what the types cannot; the error is `field: reason`.
     fn validate(&self) -> Result<(), String> {
         self.region.checked_geometry().map_err(|e| self.region.explain(e))?;
+        self.api.check()?;
         if self.limits.max_inflight == 0 {
             return Err("limits.max_inflight: must be at least 1".into());
         }
@@ -334,6 +356,9 @@ impl Config {
         if !["auto", "kvm", "tcg"].contains(&self.vm.accel.as_str()) {
             return Err(format!("vm.accel: {:?} is not auto, kvm or tcg", self.vm.accel));
         }
+        if self.storage.call_timeout_secs < 2 {
+            return Err("storage.call_timeout_secs: must be at least 2".into());
+        }
         if self.vm.boot_timeout_secs == 0 {
             return Err("vm.boot_timeout_secs: must be at least 1".into());
         }
@@ -358,6 +383,29 @@ impl Config {
                 ));
             }
             check_policy(&format!("functions.{name}.policy"), &function.policy)?;
+        }
+        Ok(())
+    }
+}
+
+impl ApiConfig {
+    /// A TCP listener reaches more than the socket's owner: it needs a token and a code root.
+    fn check(&self) -> Result<(), String> {
+        if let Some(root) = self.code_root.as_ref().filter(|root| !root.is_absolute()) {
+            return Err(format!("api.code_root: {} is not an absolute path", root.display()));
+        }
+        let Some(listen) = self.listen else { return Ok(()) };
+        if self.token_file.is_none() {
+            return Err(format!(
+                "api.token_file: must be set when api.listen is ({listen}): every request on \
+                 TCP but GET /metrics needs the token it holds"
+            ));
+        }
+        if self.code_root.is_none() {
+            return Err(format!(
+                "api.code_root: must be set when api.listen is ({listen}): a deploy names a \
+                 host directory as its code, which must lie inside it"
+            ));
         }
         Ok(())
     }
@@ -518,7 +566,7 @@ default_policy:
     fn minimal_file_takes_defaults() {
         let config = Config::parse(MINIMAL, "minimal").unwrap();
         let expected = Config {
-            api: ApiConfig { socket: "/tmp/x/nexus.sock".into(), listen: None },
+            api: ApiConfig { socket: "/tmp/x/nexus.sock".into(), ..Default::default() },
             storage: StorageConfig { url: "file:///tmp/x/objects".into(), ..Default::default() },
             region: RegionConfig { dir: "/tmp/x/regions".into(), ..Default::default() },
             default_policy: Policy {
@@ -620,6 +668,7 @@ default_policy:
             ("limits: { max_inflight_per_region: 0 }", "limits.max_inflight_per_region: must be"),
             ("storage: { url: /var/objects }", "storage.url: \"/var/objects\" has no supported"),
             ("storage: { url: \"ftp://x\" }", "storage.url: \"ftp://x\" has no supported"),
+            ("storage: { call_timeout_secs: 1 }", "storage.call_timeout_secs: must be at least 2"),
             (
                 "storage: { url: \"s3://nexus-objects\" }",
                 "storage.url: \"s3://nexus-objects\": \"nexus-objects\" is not used, buckets map",
@@ -645,6 +694,18 @@ default_policy:
             ),
             ("writeback: { max_backlog_bytes: 0 }", "writeback.max_backlog_bytes: must be"),
             ("writeback: { dir: '' }", "writeback.dir: must not be empty"),
+            (
+                "api: { listen: \"127.0.0.1:9464\", code_root: /srv }",
+                "api.token_file: must be set when api.listen is (127.0.0.1:9464)",
+            ),
+            (
+                "api: { listen: \"127.0.0.1:9464\", token_file: /etc/nexus/token }",
+                "api.code_root: must be set when api.listen is (127.0.0.1:9464)",
+            ),
+            (
+                "api: { code_root: srv/functions }",
+                "api.code_root: srv/functions is not an absolute path",
+            ),
         ] {
             let message = error(yaml);
             assert!(message.starts_with(&format!("configs/x.yaml: {expected}")), "{message}");

@@ -1,11 +1,15 @@
 //! Running the backend as a daemon: bind the API, serve until SIGINT/SIGTERM, clean up.
+//!
+//! The API socket is created mode 0600: only the backend's user (and root) can connect, which
+//! is all the authentication it has. The TCP listener (`api.listen`) asks for the token of
+//! `api.token_file` (see `api/auth.rs`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, UnixListener};
 
-use crate::api::{self, Api};
+use crate::api::{self, Api, Token, TokenError};
 use crate::backend::{Backend, BackendError};
 use crate::config::Config;
 use crate::functions::Functions;
@@ -22,6 +26,9 @@ pub enum DaemonError {
     /// The backend could not start.
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// The TCP listener's token cannot be used.
+    #[error(transparent)]
+    Token(#[from] TokenError),
     /// The API server failed.
     #[error("Control API failed")]
     Serve(#[source] std::io::Error),
@@ -45,6 +52,9 @@ async fn follow_vms(functions: Arc<Functions>) {
 /// Runs the backend until a termination signal.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
     let socket = config.api.socket.clone();
+    // Config::parse requires a token file with api.listen.
+    let token =
+        config.api.token_file.as_deref().map(Token::load_or_create).transpose()?.map(Arc::new);
     let unix = bind_unix(&socket)?;
     let backend = Arc::new(Backend::new(config, tokio::runtime::Handle::current())?);
     let functions = Arc::new(Functions::new(backend.clone()));
@@ -52,12 +62,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     backend.set_invoker(Arc::downgrade(&invoker));
     let app = api::router(Api { backend: backend.clone(), functions: functions.clone() });
     tokio::spawn(follow_vms(functions.clone()));
-    if let Some(addr) = backend.config().api.listen {
+    if let (Some(addr), Some(token)) = (backend.config().api.listen, token) {
         let tcp =
             TcpListener::bind(addr).await.map_err(|e| DaemonError::Listen(addr.to_string(), e))?;
-        let app = app.clone();
+        let app =
+            api::tcp_router(Api { backend: backend.clone(), functions: functions.clone() }, token);
         tokio::spawn(async move { axum::serve(tcp, app).await });
-        tracing::info!("Control API and /metrics on http://{addr}");
+        tracing::info!("Control API (with the token) and /metrics on http://{addr}");
     }
     tracing::info!(
         socket = %socket.display(),
@@ -77,7 +88,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     served.map_err(DaemonError::Serve)
 }
 
-/// Binds the API socket, replacing a stale socket file but never a live backend.
+/// Binds the API socket (mode 0600), replacing a stale socket file but never a live backend.
 fn bind_unix(socket: &Path) -> Result<UnixListener, DaemonError> {
     let listen_err = |e| DaemonError::Listen(socket.display().to_string(), e);
     if std::os::unix::net::UnixStream::connect(socket).is_ok() {
@@ -87,7 +98,15 @@ fn bind_unix(socket: &Path) -> Result<UnixListener, DaemonError> {
         std::fs::create_dir_all(dir).map_err(listen_err)?;
     }
     let _ = std::fs::remove_file(socket);
-    UnixListener::bind(socket).map_err(listen_err)
+    // bind creates the socket file with the umask's mode, and a client may connect the moment
+    // it exists: the umask leaves the owner alone, here at start-up before any other thread
+    // creates files.
+    // SAFETY: umask has no preconditions; the old mask is put back right after the bind.
+    let umask = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(socket);
+    // SAFETY: as above.
+    unsafe { libc::umask(umask) };
+    bound.map_err(listen_err)
 }
 
 async fn terminated() {

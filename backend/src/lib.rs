@@ -8,6 +8,7 @@
 //!                        │                       │        policy · metrics
 //!                        │                       └─ spool (write-back) ── uploaders
 //!                      served (host end of a region: rings, doorbell, streams)
+//!                      region_dir (the region files' directory: owned, checked, locked)
 //!  observe (eBPF probes, /proc: per-VM CPU and memory on /metrics)
 //!  hook (libvirt's hook script: operators' domains ask the API for their regions)
 //! ```
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod observe;
 mod ops;
 pub mod policy;
+pub mod region_dir;
 mod serve;
 mod served;
 mod spool;

@@ -1,12 +1,12 @@
 //! `nexus`: the host binary. `nexus backend` runs the daemon; the other subcommands talk to a
-//! running backend over its control socket.
+//! running backend over its control socket, or over TCP with `--tcp` and the API token.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use nexus_backend::api::{COLD_START, COLD_START_FROM, FUNCTION_ERROR, PREFETCH, PREFETCHED};
-use nexus_backend::client::{exchange_with, request};
+use nexus_backend::client::Endpoint;
 use nexus_backend::config::Config;
 use nexus_backend::functions::FunctionSpec;
 use nexus_backend::hook;
@@ -19,6 +19,13 @@ struct Cli {
     /// Control socket of the backend.
     #[arg(long, global = true, env = "NEXUS_SOCKET", default_value = "/run/nexus/nexus.sock")]
     socket: PathBuf,
+    /// Talk to the backend's TCP listener (its api.listen, HOST:PORT) instead of the socket
+    /// (not ch-proxy, which uses the socket).
+    #[arg(long, global = true, env = "NEXUS_TCP", value_name = "ADDR")]
+    tcp: Option<String>,
+    /// File holding the API token (the backend's api.token_file), for --tcp.
+    #[arg(long, global = true, env = "NEXUS_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -130,17 +137,18 @@ enum RegionCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
+    let Cli { socket, tcp, token_file, command } = Cli::parse();
+    let endpoint = || endpoint(&socket, tcp.as_deref(), token_file.as_deref());
+    let result = match command {
         Command::Backend { config } => backend(&config),
-        Command::Region(command) => region(&cli.socket, command),
-        Command::Fn(command) => function(&cli.socket, command),
-        Command::Status => print(&cli.socket, "GET", "/v1/status", None),
+        Command::Region(command) => endpoint().and_then(|e| region(&e, command)),
+        Command::Fn(command) => endpoint().and_then(|e| function(&e, command)),
+        Command::Status => endpoint().and_then(|e| print(&e, "GET", "/v1/status", None)),
         Command::ChProxy { listen, ch_socket, work_dir } => {
             let work_dir = work_dir.unwrap_or_else(|| listen.with_extension("restores"));
-            ch_proxy(&listen, &ch_socket, &cli.socket, &work_dir)
+            ch_proxy(&listen, &ch_socket, &socket, &work_dir)
         }
-        Command::Libvirt(command) => libvirt(&cli.socket, command),
+        Command::Libvirt(command) => libvirt(&socket, command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -149,6 +157,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Where the API is: the socket, or `--tcp` with the token of `--token-file`.
+fn endpoint(
+    socket: &Path,
+    tcp: Option<&str>,
+    token_file: Option<&Path>,
+) -> Result<Endpoint, String> {
+    let Some(addr) = tcp else { return Ok(Endpoint::Unix(socket.to_owned())) };
+    let file = token_file.ok_or("--tcp needs --token-file (or NEXUS_TOKEN_FILE)")?;
+    let token = std::fs::read_to_string(file)
+        .map_err(|e| format!("Cannot read the token file {}: {e}", file.display()))?;
+    Ok(Endpoint::Tcp { addr: addr.to_owned(), token: token.trim().to_owned() })
 }
 
 fn backend(config: &Path) -> Result<(), String> {
@@ -201,28 +222,28 @@ fn libvirt(socket: &Path, command: LibvirtCommand) -> Result<(), String> {
     }
 }
 
-fn region(socket: &Path, command: RegionCommand) -> Result<(), String> {
+fn region(api: &Endpoint, command: RegionCommand) -> Result<(), String> {
     match command {
         RegionCommand::Create { function } => {
-            let body =
-                request(socket, "POST", "/v1/regions", Some(&json!({ "function": function })))
-                    .map_err(|e| error_chain(&e))?;
+            let body = api
+                .request("POST", "/v1/regions", Some(&json!({ "function": function })))
+                .map_err(|e| error_chain(&e))?;
             let info: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
             println!("{}", info["path"].as_str().unwrap_or_default());
             Ok(())
         }
-        RegionCommand::Ls => print(socket, "GET", "/v1/regions", None),
+        RegionCommand::Ls => print(api, "GET", "/v1/regions", None),
         RegionCommand::Rm { id } => {
-            print(socket, "DELETE", &format!("/v1/regions/{}", region_id(&id)), None)
+            print(api, "DELETE", &format!("/v1/regions/{}", region_id(&id)), None)
         }
         RegionCommand::Invoke { id, event, timeout } => {
             let path = format!("/v1/regions/{}/invoke?timeout={timeout}", region_id(&id));
-            invoke(socket, &path, &[], &event)
+            invoke(api, &path, &[], &event)
         }
     }
 }
 
-fn function(socket: &Path, command: FnCommand) -> Result<(), String> {
+fn function(api: &Endpoint, command: FnCommand) -> Result<(), String> {
     match command {
         FnCommand::Deploy { spec } => {
             let text = std::fs::read_to_string(&spec)
@@ -233,7 +254,7 @@ fn function(socket: &Path, command: FnCommand) -> Result<(), String> {
             parsed.code =
                 std::path::absolute(base.join(&parsed.code)).map_err(|e| e.to_string())?;
             let body = serde_json::to_value(&parsed).map_err(|e| e.to_string())?;
-            print(socket, "POST", "/v1/functions", Some(&body))
+            print(api, "POST", "/v1/functions", Some(&body))
         }
         FnCommand::Invoke { name, event, prefetch } => {
             let hints: Result<Vec<_>, String> = prefetch
@@ -246,16 +267,14 @@ fn function(socket: &Path, command: FnCommand) -> Result<(), String> {
             let hints = serde_json::Value::from(hints?).to_string();
             let headers: Vec<(&str, &str)> =
                 if prefetch.is_empty() { Vec::new() } else { vec![(PREFETCH, hints.as_str())] };
-            invoke(socket, &format!("/v1/functions/{name}/invoke"), &headers, &event)
+            invoke(api, &format!("/v1/functions/{name}/invoke"), &headers, &event)
         }
         FnCommand::Snapshot { name } => {
-            print(socket, "POST", &format!("/v1/functions/{name}/snapshot"), None)
+            print(api, "POST", &format!("/v1/functions/{name}/snapshot"), None)
         }
-        FnCommand::Stop { name } => {
-            print(socket, "POST", &format!("/v1/functions/{name}/stop"), None)
-        }
-        FnCommand::Ls => print(socket, "GET", "/v1/functions", None),
-        FnCommand::Rm { name } => print(socket, "DELETE", &format!("/v1/functions/{name}"), None),
+        FnCommand::Stop { name } => print(api, "POST", &format!("/v1/functions/{name}/stop"), None),
+        FnCommand::Ls => print(api, "GET", "/v1/functions", None),
+        FnCommand::Rm { name } => print(api, "DELETE", &format!("/v1/functions/{name}"), None),
     }
 }
 
@@ -267,7 +286,12 @@ fn region_id(given: &str) -> &str {
 }
 
 /// Posts an event read from `event` (`-`: stdin) and prints the result.
-fn invoke(socket: &Path, path: &str, headers: &[(&str, &str)], event: &Path) -> Result<(), String> {
+fn invoke(
+    api: &Endpoint,
+    path: &str,
+    headers: &[(&str, &str)],
+    event: &Path,
+) -> Result<(), String> {
     let text = if event == Path::new("-") {
         std::io::read_to_string(std::io::stdin())
             .map_err(|e| format!("Cannot read the event: {e}"))?
@@ -275,8 +299,8 @@ fn invoke(socket: &Path, path: &str, headers: &[(&str, &str)], event: &Path) -> 
         std::fs::read_to_string(event)
             .map_err(|e| format!("Cannot read {}: {e}", event.display()))?
     };
-    let answer = exchange_with(socket, "POST", path, headers, text.as_bytes())
-        .map_err(|e| error_chain(&e))?;
+    let answer =
+        api.exchange("POST", path, headers, text.as_bytes()).map_err(|e| error_chain(&e))?;
     println!("{}", answer.body);
     if let Some(ms) = answer.header(COLD_START) {
         let from = answer.header(COLD_START_FROM).unwrap_or("boot");
@@ -290,12 +314,12 @@ fn invoke(socket: &Path, path: &str, headers: &[(&str, &str)], event: &Path) -> 
 }
 
 fn print(
-    socket: &Path,
+    api: &Endpoint,
     method: &str,
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> Result<(), String> {
-    let answer = request(socket, method, path, body).map_err(|e| error_chain(&e))?;
+    let answer = api.request(method, path, body).map_err(|e| error_chain(&e))?;
     if !answer.is_empty() {
         println!("{answer}");
     }

@@ -120,6 +120,41 @@ impl Policy {
         }
         Ok(())
     }
+
+    /// What this policy allows beyond `ceiling`, if anything: a grant (an access, on a bucket
+    /// and prefix) no grant of `ceiling` covers, a larger size limit, a higher rate or burst,
+    /// a function to invoke that `ceiling` does not list. `None`: it is at most `ceiling`.
+    pub fn widening_of(&self, ceiling: &Policy) -> Option<String> {
+        for grant in &self.grants {
+            for access in &grant.access {
+                let covered = ceiling.grants.iter().any(|c| {
+                    c.bucket == grant.bucket
+                        && grant.prefix.starts_with(&c.prefix)
+                        && c.access.contains(access)
+                });
+                if !covered {
+                    let (bucket, prefix) = (&grant.bucket, &grant.prefix);
+                    return Some(format!("{access:?} access to {bucket}/{prefix}"));
+                }
+            }
+        }
+        if self.max_object_size > ceiling.max_object_size {
+            return Some(format!("max_object_size {}", self.max_object_size));
+        }
+        if let Some(rate) = ceiling.requests_per_second {
+            let burst = ceiling.burst.unwrap_or(rate);
+            match self.requests_per_second {
+                None => return Some("requests_per_second: unlimited".into()),
+                Some(own) if own > rate => return Some(format!("requests_per_second {own}")),
+                Some(own) if self.burst.unwrap_or(own) > burst => {
+                    return Some(format!("burst {}", self.burst.unwrap_or(own)))
+                }
+                Some(_) => {}
+            }
+        }
+        let callee = self.invoke.iter().find(|f| !ceiling.invoke.contains(f));
+        callee.map(|function| format!("invoke {function}"))
+    }
 }
 
 /// A token bucket of `burst` tokens refilled at `requests_per_second`; each request takes one.
@@ -211,6 +246,57 @@ mod tests {
         assert!(policy.check(Access::Delete, "b", "x").is_err());
         assert!(policy.check(Access::Delete, "b", "tmp/x").is_ok());
         assert!(policy.check(Access::List, "b", "tmp/").is_err());
+    }
+
+    #[test]
+    fn a_policy_within_another_widens_nothing() {
+        let ceiling = Policy {
+            max_object_size: 1000,
+            requests_per_second: Some(100),
+            burst: Some(200),
+            invoke: vec!["resize".into()],
+            ..policy(&[("b", "in/", &[Access::Read, Access::List]), ("b", "", &[Access::Write])])
+        };
+        assert_eq!(ceiling.widening_of(&ceiling), None);
+        let narrower = Policy {
+            max_object_size: 10,
+            requests_per_second: Some(5),
+            burst: None,
+            invoke: Vec::new(),
+            ..policy(&[("b", "in/jpg/", &[Access::Read]), ("b", "out/", &[Access::Write])])
+        };
+        assert_eq!(narrower.widening_of(&ceiling), None);
+        // Access kinds may come from different grants of the ceiling.
+        let both = Policy {
+            grants: policy(&[("b", "in/x", &[Access::Read, Access::Write])]).grants,
+            ..narrower.clone()
+        };
+        assert_eq!(both.widening_of(&ceiling), None);
+
+        let widens = |change: fn(&mut Policy)| {
+            let mut wider = narrower.clone();
+            change(&mut wider);
+            wider.widening_of(&ceiling)
+        };
+        let said = |s: &str| Some(s.to_owned());
+        assert_eq!(widens(|p| p.grants[0].prefix = String::new()), said("Read access to b/"));
+        assert_eq!(widens(|p| p.grants[0].bucket = "c".into()), said("Read access to c/in/jpg/"));
+        assert_eq!(
+            widens(|p| p.grants[1].access.push(Access::Delete)),
+            said("Delete access to b/out/")
+        );
+        assert_eq!(widens(|p| p.max_object_size = 1001), said("max_object_size 1001"));
+        assert_eq!(
+            widens(|p| p.requests_per_second = None),
+            said("requests_per_second: unlimited")
+        );
+        assert_eq!(widens(|p| p.requests_per_second = Some(101)), said("requests_per_second 101"));
+        assert_eq!(widens(|p| p.burst = Some(201)), said("burst 201"));
+        assert_eq!(widens(|p| p.invoke.push("other".into())), said("invoke other"));
+        // An unlimited ceiling takes any rate.
+        let unlimited = Policy { requests_per_second: None, ..ceiling.clone() };
+        let fast = Policy { requests_per_second: None, ..narrower.clone() };
+        assert_eq!(fast.widening_of(&unlimited), None);
     }
 
     #[test]

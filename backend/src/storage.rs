@@ -8,6 +8,11 @@
 //! | `s3://`, `gs://`, `az://` | `s3://b` etc., configured by `storage.options` |
 //! | `memory://`            | an in-memory store (unit tests only)            |
 //!
+//! A remote store answers a guest's call within `storage.call_timeout_secs`, failed or not:
+//! half of it bounds each request (connecting, the answer and its body), the other half the
+//! retries after a failed one (object_store gives up retrying once that much time has passed).
+//! A store that is down or stuck becomes an error the handler sees, not a hang.
+//!
 //! A local store's directory is created when missing (the default, `/var/lib/nexus/objects`,
 //! on a fresh host), so a backend never reports ready on a store that does not exist; if it
 //! cannot be created the backend refuses to start, naming it.
@@ -15,6 +20,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use nexus_channel::wire::Status;
 use object_store::aws::AmazonS3Builder;
@@ -23,7 +29,7 @@ use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{Attribute, Attributes, ObjectStore, RetryConfig};
+use object_store::{Attribute, Attributes, ClientOptions, ObjectStore, RetryConfig};
 
 use crate::config::StorageConfig;
 
@@ -106,7 +112,7 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 enum Kind {
     Local(PathBuf),
     Memory,
-    Remote { scheme: String, options: Vec<(String, String)> },
+    Remote { scheme: String, options: Vec<(String, String)>, call_timeout: Duration },
 }
 
 /// How often a remote store's client tries one request.
@@ -136,6 +142,7 @@ impl Storage {
             scheme @ ("s3" | "gs" | "az") => Kind::Remote {
                 scheme: scheme.into(),
                 options: config.options.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                call_timeout: Duration::from_secs(config.call_timeout_secs),
             },
             _ => return Err(StorageError::Url(config.url.clone())),
         };
@@ -212,19 +219,22 @@ impl Storage {
                 Arc::new(LocalFileSystem::new_with_prefix(dir).map_err(open)?)
             }
             Kind::Memory => Arc::new(InMemory::new()),
-            Kind::Remote { scheme, options } => {
+            Kind::Remote { scheme, options, call_timeout } => {
                 let url = url::Url::parse(&format!("{scheme}://{bucket}"))
                     .map_err(|_| StorageError::NoSuchBucket(bucket.into()))?;
                 let open = |source| StorageError::Open { bucket: bucket.into(), source };
-                match attempts {
+                let (retry, client) = match attempts {
                     Attempts::Retried => {
-                        let (store, _) =
-                            object_store::parse_url_opts(&url, options.iter().cloned())
-                                .map_err(open)?;
-                        Arc::from(store)
+                        let half = *call_timeout / 2;
+                        let retry = RetryConfig { retry_timeout: half, ..RetryConfig::default() };
+                        (retry, ClientOptions::new().with_timeout(half))
                     }
-                    Attempts::Once => remote_tried_once(scheme, &url, options).map_err(open)?,
-                }
+                    Attempts::Once => (
+                        RetryConfig { max_retries: 0, ..RetryConfig::default() },
+                        ClientOptions::new(),
+                    ),
+                };
+                remote_store(scheme, &url, options, retry, client).map_err(open)?
             }
         };
         buckets.insert(id, store.clone());
@@ -233,17 +243,22 @@ impl Storage {
 }
 
 /// A remote store built as `object_store::parse_url_opts` builds it (unknown options are
-/// ignored the same way), with its client's retries turned off.
-fn remote_tried_once(
+/// ignored the same way), with `retry` and `client` under the user's options (which may still
+/// set the client's timeouts).
+fn remote_store(
     scheme: &str,
     url: &url::Url,
     options: &[(String, String)],
+    retry: RetryConfig,
+    client: ClientOptions,
 ) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
-    let once = RetryConfig { max_retries: 0, ..RetryConfig::default() };
     macro_rules! build {
         ($builder:ty) => {{
             let builder = options.iter().fold(
-                <$builder>::new().with_url(url.to_string()).with_retry(once),
+                <$builder>::new()
+                    .with_url(url.to_string())
+                    .with_retry(retry)
+                    .with_client_options(client),
                 |builder, (key, value)| match key.to_ascii_lowercase().parse() {
                     Ok(key) => builder.with_config(key, value),
                     Err(_) => builder,
@@ -279,7 +294,7 @@ mod tests {
     use super::*;
 
     fn config(url: &str) -> StorageConfig {
-        StorageConfig { url: url.into(), options: Default::default() }
+        StorageConfig { url: url.into(), ..Default::default() }
     }
 
     #[test]
@@ -339,6 +354,34 @@ mod tests {
         ));
         assert!(!local.etags_are_md5());
         assert!(local.attributes(Some("text/plain"), &metadata).is_empty());
+    }
+
+    /// A guest's call to a store that never answers, or that refuses connections, fails within
+    /// `call_timeout_secs` (plus one retry's back-off); the default would take a minute.
+    #[tokio::test]
+    async fn calls_to_a_stuck_or_refusing_store_fail_within_the_call_timeout() {
+        let stuck = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let refusing = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        for endpoint in [stuck.local_addr().unwrap(), refusing] {
+            let mut config = config("s3://");
+            config.call_timeout_secs = 2;
+            for (key, value) in [
+                ("aws_endpoint", format!("http://{endpoint}")),
+                ("aws_region", "garage".into()),
+                ("aws_access_key_id", "GK00".into()),
+                ("aws_secret_access_key", "secret".into()),
+                ("aws_allow_http", "true".into()),
+            ] {
+                config.options.insert(key.into(), value);
+            }
+            let store = Storage::new(&config).unwrap().bucket("photos").unwrap();
+            let started = std::time::Instant::now();
+            let failed = object_store::ObjectStoreExt::get(&store, &key_path("k").unwrap()).await;
+            let took = started.elapsed();
+            assert!(failed.is_err(), "{endpoint}: {failed:?}");
+            assert!(took < Duration::from_millis(3500), "{endpoint}: failed after {took:?}");
+        }
+        drop(stuck);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::ptr;
 use std::sync::atomic::{AtomicU32, AtomicU64};
@@ -58,22 +59,32 @@ pub struct Region {
 }
 
 impl Region {
-    /// Creates (or truncates) the region file at `path`, sizes it, maps it and writes a fresh
-    /// header for `geometry` in the `INIT` host state (host side).
+    /// Creates the region file at `path` (mode 0600; it must not exist yet, and a symlink
+    /// there is not followed), sizes it, maps it and writes a fresh header for `geometry` in the
+    /// `INIT` host state (host side). The backend creates its regions with
+    /// [`Region::create_in_file`] in the directory it owns.
     pub fn create(path: &Path, geometry: &Geometry) -> Result<Self, RegionError> {
-        let map_err = |source| RegionError::Map { path: path.to_owned(), source };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(map_err)?;
-        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)
-            .map_err(map_err)?;
+            .map_err(|source| RegionError::Map { path: path.to_owned(), source })?;
+        Self::create_in_file(&file, path, geometry)
+    }
+
+    /// Makes the region in `file`, which the caller has just created empty at `path`: sizes,
+    /// maps and initializes it as [`Region::create`] does.
+    pub fn create_in_file(
+        file: &File,
+        path: &Path,
+        geometry: &Geometry,
+    ) -> Result<Self, RegionError> {
+        let map_err = |source| RegionError::Map { path: path.to_owned(), source };
         file.set_len(geometry.region_size).map_err(map_err)?;
-        let region = Self::map(&file, path, geometry.region_size)?;
+        let region = Self::map(file, path, geometry.region_size)?;
         region.initialize(geometry)?;
         Ok(region)
     }
@@ -316,6 +327,31 @@ mod tests {
         assert!(matches!(region.read::<CallDesc>(4), Err(RegionError::Misaligned(4))));
         assert!(matches!(region.atomic_u32(2), Err(RegionError::Misaligned(2))));
         assert!(region.copy_in(end - 1, &[1, 2]).is_err());
+    }
+
+    #[test]
+    fn create_never_reuses_a_file_or_follows_a_symlink() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.region");
+        let first = Region::create(&path, &geometry()).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "only the owner may map it");
+        first.store_u32(header::GUEST_WAKE, 7).unwrap();
+        let again = Region::create(&path, &geometry()).unwrap_err();
+        assert!(
+            matches!(&again, RegionError::Map { source, .. }
+            if source.kind() == io::ErrorKind::AlreadyExists),
+            "{again:?}"
+        );
+        assert_eq!(first.load_u32(header::GUEST_WAKE).unwrap(), 7, "the region is untouched");
+
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, b"keep").unwrap();
+        let planted = dir.path().join("planted.region");
+        std::os::unix::fs::symlink(&target, &planted).unwrap();
+        assert!(Region::create(&planted, &geometry()).is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep", "the symlink was not followed");
     }
 
     #[test]

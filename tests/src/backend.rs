@@ -1,15 +1,17 @@
 //! A real `nexus backend` process with its own config, socket, regions, write-back spool and
 //! log in a tempdir. It can be killed (SIGKILL, nothing cleaned up) and restarted on the same
-//! tempdir, as after a crash.
+//! tempdir, as after a crash. A random API token is in `{dir}/api.token`, for an `api.listen`.
 
 use std::fs::{self, File};
+use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use nexus_backend::client::request;
+use nexus_backend::client::{request, Endpoint};
 use tempfile::TempDir;
 
 use crate::error::tail;
@@ -26,6 +28,10 @@ pub struct Backend {
     pub socket: PathBuf,
     /// Where it serves the API and `/metrics` over TCP, if asked to ([`Backend::start_on_tcp`]).
     pub listen: Option<SocketAddr>,
+    /// The API token (in `token_file`), for a TCP listener.
+    pub token: String,
+    /// `{dir}/api.token`, mode 0600: what `api.token_file` names.
+    pub token_file: PathBuf,
     /// The tempdir holding config, socket, spool, log (and a local store, if used).
     pub dir: PathBuf,
     binary: PathBuf,
@@ -62,7 +68,8 @@ impl Backend {
     }
 
     /// [`Backend::start`], also serving the API and `/metrics` on a free loopback TCP port
-    /// (`listen`), e.g. for a Prometheus server to scrape.
+    /// (`listen`), e.g. for a Prometheus server to scrape; deploys' code must be in the
+    /// workspace (`api.code_root`).
     pub fn start_on_tcp(binary: &Path, settings: &str) -> Result<Self, HarnessError> {
         let [port] = free_ports()?;
         let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
@@ -83,18 +90,30 @@ impl Backend {
             .prefix("nexus-test-regions-")
             .tempdir_in(if shm.is_dir() { shm } else { &dir })
             .map_err(HarnessError::io("create a regions tempdir"))?;
+        // The backend refuses a region directory others may read.
+        fs::set_permissions(regions.path(), fs::Permissions::from_mode(0o700))
+            .map_err(HarnessError::io("make the regions tempdir private"))?;
         for bucket in local_buckets {
             fs::create_dir_all(dir.join("objects").join(bucket))
                 .map_err(HarnessError::io("create a local bucket"))?;
         }
         let socket = dir.join("nexus.sock");
+        let (token, token_file) = write_token(&dir)?;
         let mut config = format!(
             "region: {{ dir: {regions}, {region} }}\n{settings}",
             regions = regions.path().display(),
             settings = settings.replace("{dir}", &dir.display().to_string()),
         );
         if !settings.contains("api:") {
-            let listen = listen.map(|addr| format!(", listen: \"{addr}\"")).unwrap_or_default();
+            let listen = listen.map(|addr| {
+                let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(&dir);
+                format!(
+                    ", listen: \"{addr}\", token_file: {}, code_root: {}",
+                    token_file.display(),
+                    workspace.display()
+                )
+            });
+            let listen = listen.unwrap_or_default();
             config += &format!("\napi: {{ socket: {}{listen} }}\n", socket.display());
         }
         if !settings.contains("writeback:") {
@@ -106,6 +125,8 @@ impl Backend {
         let mut backend = Self {
             socket,
             listen,
+            token,
+            token_file,
             dir,
             binary: binary.to_owned(),
             config: config_path,
@@ -176,6 +197,12 @@ impl Backend {
             }
             thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The TCP endpoint with the token, if it listens on TCP ([`Backend::start_on_tcp`]).
+    pub fn tcp(&self) -> Option<Endpoint> {
+        let addr = self.listen?.to_string();
+        Some(Endpoint::Tcp { addr, token: self.token.clone() })
     }
 
     /// Creates a region for `function`; returns its file.
@@ -276,6 +303,24 @@ impl Backend {
         let _ = child.wait();
         false
     }
+}
+
+/// Writes a random API token into `{dir}/api.token` (mode 0600); the token and the file.
+fn write_token(dir: &Path) -> Result<(String, PathBuf), HarnessError> {
+    let mut random = [0u8; 16];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut random))
+        .map_err(HarnessError::io("read /dev/urandom"))?;
+    let token: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let path = dir.join("api.token");
+    File::options()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, token.as_bytes()))
+        .map_err(HarnessError::io("write the API token"))?;
+    Ok((token, path))
 }
 
 impl Drop for Backend {

@@ -40,8 +40,10 @@ fn a_chain_of_three_functions_calls_through_the_backend() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let settings = format!(
         "storage: {{ url: \"file://{{dir}}/objects\" }}\n\
-         api: {{ socket: \"{{dir}}/nexus.sock\", listen: \"127.0.0.1:{port}\" }}\n\
+         api: {{ socket: \"{{dir}}/nexus.sock\", listen: \"127.0.0.1:{port}\",\n\
+                 token_file: \"{{dir}}/api.token\", code_root: {} }}\n\
          vm: {{ images: {}, state_dir: \"{{dir}}/vms\", boot_timeout_secs: 240 }}\n",
+        workspace().join("guest/python/examples").display(),
         images.display()
     );
     let mut backend = Backend::start(&nexus_binary(), &settings, &["chain"]).unwrap();
@@ -86,8 +88,9 @@ fn a_chain_of_three_functions_calls_through_the_backend() {
     let invokes = backend.metric("nexus_calls_total", &["function=\"chain-a\"", "op=\"invoke\""]);
     assert_eq!(invokes.unwrap(), 3.0, "a's invokes went through the channel");
 
-    // The same chain through Lambda's Invoke route, with the real boto3.
-    match real_boto3_invoke(port, "chain-a", &chain) {
+    // The same chain through Lambda's Invoke route, with the real boto3 (signing with the API
+    // token as its secret key).
+    match real_boto3_invoke(port, &backend.token, "chain-a", &chain) {
         Some(answer) => assert_eq!(answer, warm, "over HTTP"),
         None => eprintln!("SKIPPED the HTTP part: NEXUS_PYTHON has no real boto3"),
     }
@@ -95,13 +98,13 @@ fn a_chain_of_three_functions_calls_through_the_backend() {
 }
 
 /// Invokes `function` with the real boto3 (the venv's, `NEXUS_PYTHON`) at the backend's
-/// Lambda route; `None` without a real boto3.
-fn real_boto3_invoke(port: u16, function: &str, event: &Value) -> Option<Value> {
+/// Lambda route, with `token` as its secret key; `None` without a real boto3.
+fn real_boto3_invoke(port: u16, token: &str, function: &str, event: &Value) -> Option<Value> {
     let python = std::env::var_os("NEXUS_PYTHON")?;
     let script = format!(
         "import boto3, sys\n\
          c = boto3.client('lambda', endpoint_url='http://127.0.0.1:{port}', region_name='us-east-1',\n\
-             aws_access_key_id='unused', aws_secret_access_key='unused')\n\
+             aws_access_key_id='nexus', aws_secret_access_key='{token}')\n\
          r = c.invoke(FunctionName='{function}', Payload=sys.argv[1])\n\
          assert r['StatusCode'] == 200 and 'FunctionError' not in r, r\n\
          print(r['Payload'].read().decode())\n"

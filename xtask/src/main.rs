@@ -16,6 +16,8 @@ mod python;
 #[cfg(not(feature = "stack"))]
 mod relaunch;
 mod setup;
+#[cfg(feature = "stack")]
+mod soak;
 mod test;
 
 use std::path::Path;
@@ -60,6 +62,19 @@ enum Chore {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Hold load and faults for minutes (regions, VMs, kill -9, slow and down storage) and
+    /// record the table in docs/BENCHMARKS.md.
+    #[cfg(feature = "stack")]
+    Soak(soak::SoakArgs),
+    /// Hold load and faults for minutes (regions, VMs, kill -9, slow and down storage) and
+    /// record the table in docs/BENCHMARKS.md. `cargo xtask soak --help` lists its options.
+    #[cfg(not(feature = "stack"))]
+    #[command(disable_help_flag = true)]
+    Soak {
+        /// What the soak stage is given.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Build the function-VM guest images (kernel, initramfs, rootfs) from Debian packages.
     GuestImage {
         /// Which image to build.
@@ -84,6 +99,10 @@ fn main() -> anyhow::Result<()> {
         Chore::Bench(which) => bench::run(which),
         #[cfg(not(feature = "stack"))]
         Chore::Bench { .. } => relaunch::with_stack(),
+        #[cfg(feature = "stack")]
+        Chore::Soak(args) => soak::run(args),
+        #[cfg(not(feature = "stack"))]
+        Chore::Soak { .. } => relaunch::with_stack(),
         Chore::Fuzz { seconds } => fuzz::run(seconds),
     }
 }

@@ -1,4 +1,4 @@
-//! The first stage of `cargo xtask demo` and `cargo xtask bench`: install the Debian packages
+//! The first stage of `cargo xtask demo`, `bench` and `soak`: install the Debian packages
 //! that building the stack needs (the demo's own, which include the build's), then run the
 //! same command again in an xtask built with the `stack` feature, and exit as it exits.
 //!

@@ -4,7 +4,8 @@
 //!
 //! `X-Amz-Invocation-Type` is `RequestResponse` (the default: 200 and the result, with
 //! `X-Amz-Function-Error: Unhandled` when the handler raised), `Event` (202 at once) or
-//! `DryRun` (204). Requests are not authenticated: `api.listen` is for loopback.
+//! `DryRun` (204). Like the rest of the API on TCP they need the API token (`auth.rs`), which
+//! a real boto3 gives as its secret access key: it signs with SigV4, which the backend checks.
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -18,6 +19,13 @@ const EXECUTED_VERSION: &str = "x-amz-executed-version";
 
 /// The route, for the route table.
 pub const ROUTE: &str = "/2015-03-31/functions/{name}/invocations";
+
+/// Whether `path` is one of this route's.
+pub fn is_route(path: &str) -> bool {
+    let name =
+        path.strip_prefix("/2015-03-31/functions/").and_then(|p| p.strip_suffix("/invocations"));
+    name.is_some_and(|name| !name.is_empty() && !name.contains('/'))
+}
 
 pub async fn invoke(
     State(api): State<Api>,

@@ -1,9 +1,12 @@
-//! The control API: HTTP/1.1 over a unix socket (and optionally loopback TCP).
+//! The control API: HTTP/1.1 over a unix socket (and optionally TCP, behind a token).
 //!
 //! One route table; `openapi.yaml` beside this file describes it and a test keeps the two in
 //! step. `lambda` serves Lambda's own Invoke call for functions that call others over HTTP.
+//! `auth` guards the TCP listener (`sigv4` checks the signatures of Lambda's callers).
 
+mod auth;
 mod lambda;
+mod sigv4;
 
 use std::sync::Arc;
 
@@ -22,6 +25,7 @@ use crate::functions::{ColdStart, FunctionError, FunctionSpec, Functions};
 use crate::invoke::{InvokeError, Outcome};
 use crate::metrics::CONTENT_TYPE;
 use crate::storage::error_chain;
+pub use auth::{Token, TokenError};
 use nexus_channel::wire::ObjectRef;
 
 /// The route table: (method, path) pairs, also checked against `openapi.yaml`.
@@ -84,6 +88,11 @@ pub fn router(api: Api) -> Router {
         .with_state(api)
 }
 
+/// The API's router for TCP: every request but `GET /metrics` needs `token`.
+pub fn tcp_router(api: Api, token: Arc<Token>) -> Router {
+    router(api).layer(axum::middleware::from_fn_with_state(token, auth::require_token))
+}
+
 /// An error answer: `{"error": message}` with a status code.
 #[derive(Debug)]
 struct ApiError(StatusCode, String);
@@ -117,6 +126,7 @@ impl From<FunctionError> for ApiError {
     fn from(e: FunctionError) -> Self {
         let code = match &e {
             FunctionError::Backend(inner) => return ApiError::from_backend(inner, error_chain(&e)),
+            FunctionError::Spec(spec) if spec.is_forbidden() => StatusCode::FORBIDDEN,
             FunctionError::Spec(_) => StatusCode::BAD_REQUEST,
             FunctionError::Disk(disk) if disk.is_the_functions() => StatusCode::BAD_REQUEST,
             FunctionError::NoFunction(_) => StatusCode::NOT_FOUND,

@@ -198,8 +198,10 @@ impl Functions {
         Ok(connected)
     }
 
-    /// Deploys (or replaces) a function; blocking: it builds the code disk.
+    /// Deploys (or replaces) a function within what the config allows; blocking: it builds
+    /// the code disk.
     pub fn deploy(&self, spec: FunctionSpec) -> Result<FunctionInfo, FunctionError> {
+        let spec = spec.confine(self.backend.config())?;
         spec.validate()?;
         let dir = self.backend.config().vm.state_dir.join("functions").join(&spec.name);
         std::fs::create_dir_all(&dir).map_err(|e| FunctionError::Io(dir.clone(), e))?;

@@ -10,8 +10,12 @@
 //!  state_dir/packages/<...>.partial-<n>/                     while pip runs; renamed when done
 //! ```
 //! so an unchanged `requirements.txt` costs nothing on the next deploy, and two functions with
-//! the same file share one install.
+//! the same file share one install. The file must be a regular file that names packages from
+//! the index, nothing else: pip runs on the host, and an option (`-r`, `-e`, `--index-url`), a
+//! path or a URL would let a deploy read host files or reach other servers through it.
 
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +50,17 @@ pub enum RequirementsError {
          manylinux x86_64); Nexus installs wheels only: pick a version that has one"
     )]
     NoWheel { package: String },
+    /// The file is not a plain list of packages: an option line (`-r`, `-c`, `-e`,
+    /// `--index-url`, ...), a path or a URL would make the host's pip read host files or reach
+    /// other servers for a deploy.
+    #[error(
+        "{FILE}: line {line}: {text:?} is refused: name packages (with versions, extras, markers) \
+         from the package index; options, paths and URLs are not allowed"
+    )]
+    Refused { line: usize, text: String },
+    /// The file is a symlink, which could point anywhere on the host.
+    #[error("{FILE} is a symlink: deploy a regular file")]
+    Symlink,
     /// pip failed otherwise.
     #[error("{FILE}: pip failed: {stderr}")]
     Pip { stderr: String },
@@ -66,7 +81,7 @@ pub fn install(
     guest_dir: &str,
 ) -> Result<Option<PathBuf>, RequirementsError> {
     let file = code.join(FILE);
-    let Ok(requirements) = std::fs::read(&file) else { return Ok(None) };
+    let Some(requirements) = read_plain(&file)? else { return Ok(None) };
     let key = cache_key(&requirements, guest_dir);
     let target = cache.join(&key);
     if target.is_dir() {
@@ -83,6 +98,9 @@ pub fn install(
     };
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir_all(&partial).map_err(io(&partial))?;
+    // pip reads the checked copy, never the deployed file (which could change meanwhile).
+    let checked = cache.join(format!("{key}.partial-{n}.txt"));
+    std::fs::write(&checked, &requirements).map_err(io(&checked))?;
     tracing::info!(requirements = %file.display(), into = %target.display(), "Installing packages");
     let output = Command::new(python())
         .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input"])
@@ -90,9 +108,11 @@ pub fn install(
         .arg(&partial)
         .args(pip_target())
         .arg("-r")
-        .arg(&file)
+        .arg(&checked)
         .output()
-        .map_err(RequirementsError::NoPip)?;
+        .map_err(RequirementsError::NoPip);
+    let _ = std::fs::remove_file(&checked);
+    let output = output?;
     if !output.status.success() {
         let _ = std::fs::remove_dir_all(&partial);
         return Err(pip_error(&String::from_utf8_lossy(&output.stderr)));
@@ -106,6 +126,31 @@ pub fn install(
         }
     }
     Ok(Some(target))
+}
+
+/// The requirements file's bytes if there is one, refused if it is a symlink or holds
+/// anything but package requirements.
+fn read_plain(file: &Path) -> Result<Option<Vec<u8>>, RequirementsError> {
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(file);
+    let mut opened = match opened {
+        Ok(opened) => opened,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(RequirementsError::Symlink),
+        Err(e) => return Err(RequirementsError::Io(file.to_owned(), e)),
+    };
+    let mut bytes = Vec::new();
+    opened.read_to_end(&mut bytes).map_err(|e| RequirementsError::Io(file.to_owned(), e))?;
+    for (i, line) in String::from_utf8_lossy(&bytes).lines().enumerate() {
+        let text = line.split('#').next().unwrap_or_default().trim();
+        let refused = text.starts_with(['-', '.', '/', '~']) || text.contains("://");
+        if refused {
+            return Err(RequirementsError::Refused { line: i + 1, text: text.to_owned() });
+        }
+    }
+    Ok(Some(bytes))
 }
 
 /// pip's options naming the guest: its Python and every manylinux tag its glibc runs.
@@ -187,6 +232,41 @@ mod tests {
         assert_ne!(cache_key(b"numpy\n", "/g"), cache_key(b"numpy==2.0\n", "/g"));
         assert_ne!(cache_key(b"six\n", "/g"), cache_key(b"six\n", "/h"));
         assert_eq!(cache_key(b"six\n", "/g"), cache_key(b"six\n", "/g"));
+    }
+
+    #[test]
+    fn only_package_requirements_are_read_never_options_paths_urls_or_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(FILE);
+        std::fs::write(
+            &file,
+            "numpy==1.26.4  # arrays\n\nrequests[socks]>=2; python_version>'3'\n",
+        )
+        .unwrap();
+        assert!(read_plain(&file).unwrap().is_some());
+        for (line, bad) in [
+            (1, "-r /etc/shadow"),
+            (1, "--index-url http://10.0.0.1/simple"),
+            (1, "-e ."),
+            (1, "./local-package"),
+            (1, "/root/secret.whl"),
+            (1, "pkg @ file:///root/pkg"),
+            (1, "pkg @ https://example.com/pkg.whl"),
+        ] {
+            std::fs::write(&file, format!("{bad}\n")).unwrap();
+            let refused = read_plain(&file).unwrap_err();
+            assert!(
+                matches!(&refused, RequirementsError::Refused { line: l, .. } if *l == line),
+                "{bad}: {refused}"
+            );
+            assert!(refused.to_string().contains("options, paths and URLs"), "{refused}");
+        }
+        std::fs::remove_file(&file).unwrap();
+        assert!(read_plain(&file).unwrap().is_none());
+        let elsewhere = dir.path().join("elsewhere.txt");
+        std::fs::write(&elsewhere, "numpy\n").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &file).unwrap();
+        assert!(matches!(read_plain(&file), Err(RequirementsError::Symlink)));
     }
 
     #[test]

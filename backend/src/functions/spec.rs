@@ -13,9 +13,13 @@
 //! environment: {}                  # the runtime's environment (baseline: its S3 settings)
 //! policy: { grants: [...] }        # optional; else the backend config's policy for the name
 //! ```
+//!
+//! What the backend's config sets bounds a deploy ([`FunctionSpec::confine`]): `code` must lie
+//! inside `api.code_root` (when set), and a function listed in `functions:` may bring a policy
+//! only as narrow as the one given there.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -97,12 +101,41 @@ pub enum SpecError {
     /// A size out of range.
     #[error("{0}")]
     Range(&'static str),
+    /// The code directory is not inside `api.code_root` (or does not exist).
+    #[error("code: {code} is not a directory inside api.code_root {root}")]
+    OutsideCodeRoot { code: PathBuf, root: PathBuf },
+    /// The policy allows more than the config's policy for the function.
+    #[error("policy: {widening} is beyond functions.{name}.policy of the backend's config, which a deploy may only narrow")]
+    Widens { name: String, widening: String },
+}
+
+impl SpecError {
+    /// Whether the spec asks for what the backend's config forbids (rather than being wrong).
+    pub fn is_forbidden(&self) -> bool {
+        matches!(self, SpecError::OutsideCodeRoot { .. } | SpecError::Widens { .. })
+    }
 }
 
 impl FunctionSpec {
     /// The function's policy: its own, or the one the backend's config gives it.
     pub fn policy_in(&self, config: &Config) -> Policy {
         self.policy.clone().unwrap_or_else(|| config.policy_for(&self.name).clone())
+    }
+
+    /// Checks the spec against what `config` allows: its code must be inside `api.code_root`
+    /// (the spec then names it by its canonical path, so a symlink changed later cannot move
+    /// it out), and its policy must be at most the config's own for a function listed there.
+    pub fn confine(mut self, config: &Config) -> Result<Self, SpecError> {
+        if let Some(root) = &config.api.code_root {
+            self.code = inside(&self.code, root)?;
+        }
+        let ceiling = config.functions.get(&self.name).map(|f| &f.policy);
+        if let (Some(own), Some(ceiling)) = (&self.policy, ceiling) {
+            if let Some(widening) = own.widening_of(ceiling) {
+                return Err(SpecError::Widens { name: self.name.clone(), widening });
+            }
+        }
+        Ok(self)
     }
 
     /// How many warm VMs it may have: its own limit, or the config's default.
@@ -144,6 +177,18 @@ impl FunctionSpec {
     }
 }
 
+/// The canonical path of directory `code` if it lies inside `root`. A missing directory gets
+/// the same answer as one outside, so a deploy cannot probe the host's files.
+fn inside(code: &Path, root: &Path) -> Result<PathBuf, SpecError> {
+    let outside = || SpecError::OutsideCodeRoot { code: code.to_owned(), root: root.to_owned() };
+    let root = root.canonicalize().map_err(|_| outside())?;
+    let code = code.canonicalize().map_err(|_| outside())?;
+    if !code.starts_with(&root) || !code.is_dir() {
+        return Err(outside());
+    }
+    Ok(code)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +224,68 @@ mod tests {
         assert!(matches!(bad(|s| s.max_vms = Some(0)), SpecError::Range(_)));
         assert!(matches!(bad(|s| s.max_vms = Some(MAX_VMS + 1)), SpecError::Range(_)));
         assert_eq!(spec(code.path()).max_vms_in(&Config::default()), 1);
+    }
+
+    #[test]
+    fn code_must_lie_inside_the_code_root() {
+        let root = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let code = root.path().join("fns/compress");
+        std::fs::create_dir_all(&code).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), root.path().join("escape")).unwrap();
+        let config =
+            Config::parse(&format!("api: {{ code_root: {} }}", root.path().display()), "t")
+                .unwrap();
+        let confined = spec(&root.path().join("fns/./compress")).confine(&config).unwrap();
+        assert_eq!(confined.code, code.canonicalize().unwrap(), "named by its canonical path");
+        for outside in [
+            elsewhere.path().to_owned(),
+            root.path().join("fns/../../"),
+            root.path().join("escape"),
+            root.path().join("missing"),
+        ] {
+            let error = spec(&outside).confine(&config).unwrap_err();
+            assert!(matches!(error, SpecError::OutsideCodeRoot { .. }), "{outside:?}: {error}");
+            assert!(error.is_forbidden());
+        }
+        // Without a code root, any directory.
+        assert!(spec(elsewhere.path()).confine(&Config::default()).is_ok());
+    }
+
+    #[test]
+    fn a_deploy_only_narrows_the_policy_the_config_sets() {
+        let code = tempfile::tempdir().unwrap();
+        let config = Config::parse(
+            "functions:\n  compress:\n    policy: { grants: [{ bucket: b, prefix: in/, access: [read] }] }",
+            "t",
+        )
+        .unwrap();
+        let with_policy = |policy: serde_json::Value| {
+            let mut s = spec(code.path());
+            s.policy = Some(serde_json::from_value(policy).unwrap());
+            s
+        };
+        let narrower = with_policy(serde_json::json!({
+            "grants": [{ "bucket": "b", "prefix": "in/x/", "access": ["read"] }]
+        }));
+        let kept = narrower.clone().confine(&config).unwrap();
+        assert_eq!(kept.policy_in(&config), narrower.policy.unwrap());
+        let wider = with_policy(serde_json::json!({
+            "grants": [{ "bucket": "b", "prefix": "in/", "access": ["read", "write"] }]
+        }));
+        let error = wider.clone().confine(&config).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "policy: Write access to b/in/ is beyond functions.compress.policy of the backend's \
+             config, which a deploy may only narrow"
+        );
+        // No policy of its own: the config's.
+        let plain = spec(code.path()).confine(&config).unwrap();
+        assert_eq!(&plain.policy_in(&config), config.policy_for("compress"));
+        // A function the config does not list brings its own.
+        let mut other = wider;
+        other.name = "other".into();
+        assert!(other.confine(&config).is_ok());
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! The spool against real files and an in-memory store: durability across a restart, replay,
 //! ordering of puts and deletes, strict puts.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -27,7 +26,7 @@ fn open_with(config: &Config, storage: &Arc<Storage>) -> Result<Spool, SpoolErro
 fn config(dir: &Path, url: &str) -> Config {
     let strict = FunctionConfig { write_back: WriteBack::Strict, ..FunctionConfig::default() };
     Config {
-        storage: StorageConfig { url: url.into(), options: BTreeMap::new() },
+        storage: StorageConfig { url: url.into(), ..Default::default() },
         writeback: WritebackConfig { dir: dir.to_owned(), ..WritebackConfig::default() },
         functions: [("careful".to_owned(), strict)].into(),
         ..Config::default()
@@ -35,7 +34,7 @@ fn config(dir: &Path, url: &str) -> Config {
 }
 
 fn memory() -> Arc<Storage> {
-    let config = StorageConfig { url: "memory://".into(), options: BTreeMap::new() };
+    let config = StorageConfig { url: "memory://".into(), ..Default::default() };
     Arc::new(Storage::new(&config).unwrap())
 }
 
@@ -245,9 +244,8 @@ async fn a_strict_put_the_store_refuses_is_dropped_and_answered() {
     let dir = tempfile::tempdir().unwrap();
     let objects = tempfile::tempdir().unwrap();
     let url = format!("file://{}", objects.path().display());
-    let storage = Arc::new(
-        Storage::new(&StorageConfig { url: url.clone(), options: BTreeMap::new() }).unwrap(),
-    );
+    let storage =
+        Arc::new(Storage::new(&StorageConfig { url: url.clone(), ..Default::default() }).unwrap());
     let spool = open_with(&config(dir.path(), &url), &storage).unwrap();
     let mut writer = spool.writer(&object("k"), &PutParams::default(), "careful").unwrap();
     writer.append(b"never stored".to_vec()).await.unwrap();

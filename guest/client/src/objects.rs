@@ -1,5 +1,5 @@
-//! Object calls for Rust guests: whole-object puts and streamed gets over a [`Client`], and
-//! objects the host staged for the running invocation, read without a call.
+//! Object calls for Rust guests over a [`Client`]: whole-object puts, streamed gets, deletes
+//! and listings, and objects the host staged for the running invocation, read without a call.
 
 use nexus_channel::staging;
 use nexus_channel::wire::{flags, Op, Status};
@@ -122,6 +122,51 @@ impl Client {
                 self.read_in_place(buffer, 0, reply.body_len as usize, &mut consume)?;
             }
             Ok(size)
+        })();
+        self.release(buffer)?;
+        result
+    }
+
+    /// Deletes `bucket/key` (S3 succeeds for a key that does not exist).
+    pub fn delete_object(&self, bucket: &str, key: &str) -> Result<(), ClientError> {
+        self.with_args(Op::Delete, &[bucket, key, ""]).map(drop)
+    }
+
+    /// One page of ListObjectsV2 under `prefix`, at most `max_keys` keys: the answer's JSON
+    /// (`Contents`, `KeyCount`, `IsTruncated`, ...).
+    pub fn list_objects(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        max_keys: u32,
+    ) -> Result<serde_json::Value, ClientError> {
+        let params = serde_json::json!({ "Prefix": prefix, "MaxKeys": max_keys }).to_string();
+        self.with_args(Op::List, &[bucket, "", &params])
+    }
+
+    /// A call of `op` whose arguments are bucket, key and params, with no body; returns the
+    /// reply's meta JSON.
+    fn with_args(
+        &self,
+        op: Op,
+        [bucket, key, params]: &[&str; 3],
+    ) -> Result<serde_json::Value, ClientError> {
+        let (buffer, _) = self.lease()?;
+        let result = (|| {
+            self.write(buffer, 0, bucket.as_bytes())?;
+            self.write(buffer, bucket.len(), key.as_bytes())?;
+            self.write(buffer, bucket.len() + key.len(), params.as_bytes())?;
+            let request = Request {
+                op: op as u16,
+                buffer,
+                bucket_len: len16(bucket)?,
+                key_len: len16(key)?,
+                params_len: u32::try_from(params.len())
+                    .map_err(|_| ClientError::Protocol("params too long"))?,
+                ..Request::default()
+            };
+            let reply = self.checked_call(&request)?;
+            self.meta(buffer, &reply)
         })();
         self.release(buffer)?;
         result

@@ -11,13 +11,13 @@ mod fabric;
 mod full;
 mod libvirt;
 mod load;
-mod measure;
+pub(crate) mod measure;
 mod phase;
 mod plot;
 mod probes;
-mod report;
-mod stack;
-mod stats;
+pub(crate) mod report;
+pub(crate) mod stack;
+pub(crate) mod stats;
 mod vm;
 
 use anyhow::Result;

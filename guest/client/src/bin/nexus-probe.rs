@@ -6,8 +6,18 @@
 //! nexus-probe get BUCKET SIZE ROUNDS        puts one object, reads it once (the backend caches
 //!                                           it), then times ROUNDS whole reads, bytes used in place
 //! nexus-probe put BUCKET SIZE ROUNDS        times ROUNDS whole writes
+//! nexus-probe soak BUCKET PREFIX SECONDS [ACKED]
+//!                                           mixed calls for SECONDS, errors counted, never
+//!                                           fatal: put PREFIX/N (¼-16 KiB), get it back and
+//!                                           check it, every 4th N a list of PREFIX, every odd
+//!                                           N a delete; each kept key whose put was
+//!                                           acknowledged is appended to the file ACKED as
+//!                                           "KEY SIZE ETAG"
 //! ```
 
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -39,10 +49,16 @@ fn run(args: &[String]) -> Result<serde_json::Value, String> {
         Some("ping") => ping(&client, number(1)?),
         Some("get") => get(&client, args.get(1).ok_or("missing BUCKET")?, number(2)?, number(3)?),
         Some("put") => put(&client, args.get(1).ok_or("missing BUCKET")?, number(2)?, number(3)?),
-        _ => {
-            Err("usage: nexus-probe ping ROUNDS | get BUCKET SIZE ROUNDS | put BUCKET SIZE ROUNDS"
-                .into())
-        }
+        Some("soak") => soak(
+            &client,
+            args.get(1).ok_or("missing BUCKET")?,
+            args.get(2).ok_or("missing PREFIX")?,
+            Duration::from_secs(number(3)?),
+            args.get(4).map(File::create).transpose().map_err(|e| e.to_string())?,
+        ),
+        _ => Err("usage: nexus-probe ping ROUNDS | get BUCKET SIZE ROUNDS | put BUCKET SIZE \
+                  ROUNDS | soak BUCKET PREFIX SECONDS [ACKED]"
+            .into()),
     }
 }
 
@@ -93,6 +109,87 @@ fn put(client: &Client, bucket: &str, size: u64, rounds: u64) -> Result<serde_js
         samples.push(start.elapsed());
     }
     Ok(throughput(size, samples, 0))
+}
+
+/// Latencies and errors of a soak's calls.
+#[derive(Default)]
+struct Tally {
+    samples: Vec<Duration>,
+    errors: BTreeMap<String, u64>,
+    slowest_error: Duration,
+    mismatches: u64,
+}
+
+impl Tally {
+    /// Times `call`, counting its error (by S3 code) if it fails.
+    fn time<T>(&mut self, call: impl FnOnce() -> Result<T, nexus_guest::ClientError>) -> Option<T> {
+        let start = Instant::now();
+        let result = call();
+        let took = start.elapsed();
+        self.samples.push(took);
+        match result {
+            Ok(value) => Some(value),
+            Err(e) => {
+                let code = match &e {
+                    nexus_guest::ClientError::Status { code, .. } => code.clone(),
+                    other => other.to_string(),
+                };
+                *self.errors.entry(code).or_default() += 1;
+                self.slowest_error = self.slowest_error.max(took);
+                None
+            }
+        }
+    }
+}
+
+fn soak(
+    client: &Client,
+    bucket: &str,
+    prefix: &str,
+    seconds: Duration,
+    mut acked: Option<File>,
+) -> Result<serde_json::Value, String> {
+    let deadline = Instant::now() + seconds;
+    let mut tally = Tally::default();
+    let mut n = 0u64;
+    while Instant::now() < deadline {
+        let key = format!("{prefix}/{n}");
+        let size = 256 + (n.wrapping_mul(2_654_435_761) % (16 * 1024));
+        let body: Vec<u8> = pattern(size).into_iter().map(|b| b ^ n as u8).collect();
+        if let Some(etag) = tally.time(|| client.put_object(bucket, &key, &body)) {
+            let kept = n % 2 == 0;
+            if let (true, Some(file)) = (kept, acked.as_mut()) {
+                // One write per line: a kill between two leaves no half line.
+                let line = format!("{key} {size} {etag}\n");
+                file.write_all(line.as_bytes()).map_err(|e| e.to_string())?;
+            }
+            let mut checksum = 0u64;
+            let read = |chunk: &[u8]| checksum = checksum.wrapping_add(fold(chunk));
+            if let Some(got) = tally.time(|| client.get_object(bucket, &key, read)) {
+                if got != size || checksum != fold(&body) {
+                    tally.mismatches += 1;
+                }
+            }
+            if n % 4 == 0 {
+                tally.time(|| client.list_objects(bucket, prefix, 100));
+            }
+            if !kept {
+                tally.time(|| client.delete_object(bucket, &key));
+            }
+        }
+        n += 1;
+    }
+    let calls = tally.samples.len();
+    tally.samples.sort();
+    Ok(serde_json::json!({
+        "calls": calls,
+        "errors": tally.errors,
+        "mismatches": tally.mismatches,
+        "p50_ns": percentile(&tally.samples, 50).as_nanos() as u64,
+        "p99_ns": percentile(&tally.samples, 99).as_nanos() as u64,
+        "max_ns": tally.samples.last().copied().unwrap_or_default().as_nanos() as u64,
+        "slowest_error_ns": tally.slowest_error.as_nanos() as u64,
+    }))
 }
 
 fn throughput(size: u64, mut samples: Vec<Duration>, checksum: u64) -> serde_json::Value {
