@@ -93,6 +93,8 @@ pub struct RegionInfo {
     pub function: String,
     pub path: PathBuf,
     pub state: &'static str,
+    /// The channel's epoch: a new one each time the region is served afresh.
+    pub epoch: u64,
     pub open_streams: usize,
     /// Invocations sent to the guest and not answered yet.
     pub invocations_in_flight: usize,
@@ -115,12 +117,21 @@ impl Attached {
             function: self.served.function.clone(),
             path: self.path.clone(),
             state: if self.served.is_faulted() { "faulted" } else { "serving" },
+            epoch: self.served.epoch(),
             open_streams: self.served.streams.len(),
             invocations_in_flight: self.served.invocations.in_flight(),
         }
     }
 
-    fn detach(mut self) {
+    /// Stops serving and removes the region file.
+    fn detach(self) {
+        let path = self.path.clone();
+        self.stop_serving();
+        let _ = std::fs::remove_file(path);
+    }
+
+    /// Stops the serving thread; invocations in flight fail and the guest sees `GONE`.
+    fn stop_serving(mut self) -> Arc<ServedRegion> {
         self.stop.store(true, Ordering::Release);
         let _ = self.served.notifier.wake_self();
         if let Some(thread) = self.thread.take() {
@@ -128,7 +139,7 @@ impl Attached {
         }
         self.served.invocations.abandon();
         let _ = self.served.set_state(host_state::GONE);
-        let _ = std::fs::remove_file(&self.path);
+        self.served
     }
 }
 
@@ -256,6 +267,43 @@ impl Backend {
                 return Err(BackendError::Attach { id, source: Box::new(e) });
             }
         };
+        let served = self.serve(id, function.to_owned(), region, path.clone(), policy, kick);
+        if served.is_err() {
+            let _ = std::fs::remove_file(&path);
+        }
+        served
+    }
+
+    /// Serves region `id` afresh over the same file, at a new epoch, waking its guest by
+    /// `kick`: its VM was restored outside Nexus (`virsh restore`), which wrote back what the
+    /// region held when it was saved. The old serving stops first (its invocations fail).
+    pub fn reopen_region(&self, id: &str, kick: Kick) -> Result<RegionInfo, BackendError> {
+        let attached = self.lock().remove(id).ok_or_else(|| BackendError::NoRegion(id.into()))?;
+        let path = attached.path.clone();
+        let old = attached.stop_serving();
+        self.observer.forget(id);
+        let (function, policy) = (old.function.clone(), old.policy.clone());
+        let served =
+            self.serve(id.to_owned(), function, old.region.clone(), path.clone(), policy, kick);
+        if served.is_err() {
+            let _ = std::fs::remove_file(&path);
+            self.metrics().set_regions(self.lock().len() as i64);
+        }
+        served
+    }
+
+    /// Serves `region` (file `path`) as region `id` from a clean header at a new epoch.
+    fn serve(
+        &self,
+        id: String,
+        function: String,
+        region: Arc<Region>,
+        path: PathBuf,
+        policy: Policy,
+        kick: Kick,
+    ) -> Result<RegionInfo, BackendError> {
+        let region_err = |source| BackendError::Region { id: id.clone(), source };
+        let geometry = self.config.region.geometry();
         // Whatever attached may have written the region (a VM restored from a snapshot brings
         // its old contents back, writing every page): free the pages that hold only zeros
         // (a body the guest still holds keeps its bytes), then start from a clean header and
@@ -266,7 +314,7 @@ impl Backend {
         let spin = Duration::from_micros(self.config.region.spin_us);
         let served = Arc::new(ServedRegion::new(
             id.clone(),
-            function.to_owned(),
+            function.clone(),
             region,
             geometry,
             policy,
@@ -293,7 +341,7 @@ impl Backend {
         let mut regions = self.lock();
         regions.insert(id, attached);
         self.metrics().set_regions(regions.len() as i64);
-        tracing::info!(region = %info.id, function, path = %info.path.display(), "Region created");
+        tracing::info!(region = %info.id, function, path = %info.path.display(), epoch = info.epoch, "Region served");
         Ok(info)
     }
 

@@ -34,16 +34,18 @@ pub enum DaemonError {
     Serve(#[source] std::io::Error),
 }
 
-/// How often idle VMs are checked against `vm.keep_alive_secs`.
-const KEEP_ALIVE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often idle VMs are checked against `vm.keep_alive_secs`, and what libvirt's events
+/// said of VMs is acted on.
+const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Stops VMs idle past their keep-alive, for as long as the backend runs.
-async fn stop_idle_vms(functions: Arc<Functions>) {
-    let mut every = tokio::time::interval(KEEP_ALIVE_CHECK);
+/// Stops VMs idle past their keep-alive and follows what operators did to VMs (see
+/// `Functions::follow_vms`), for as long as the backend runs.
+async fn follow_vms(functions: Arc<Functions>) {
+    let mut every = tokio::time::interval(FOLLOW_EVERY);
     loop {
         every.tick().await;
         let functions = functions.clone();
-        let _ = tokio::task::spawn_blocking(move || functions.stop_idle()).await;
+        let _ = tokio::task::spawn_blocking(move || functions.follow_vms()).await;
     }
 }
 
@@ -59,7 +61,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let invoker: Arc<dyn crate::ops::invoke::Invoker> = functions.clone();
     backend.set_invoker(Arc::downgrade(&invoker));
     let app = api::router(Api { backend: backend.clone(), functions: functions.clone() });
-    tokio::spawn(stop_idle_vms(functions.clone()));
+    tokio::spawn(follow_vms(functions.clone()));
     if let (Some(addr), Some(token)) = (backend.config().api.listen, token) {
         let tcp =
             TcpListener::bind(addr).await.map_err(|e| DaemonError::Listen(addr.to_string(), e))?;

@@ -10,6 +10,7 @@
 //!                      served (host end of a region: rings, doorbell, streams)
 //!                      region_dir (the region files' directory: owned, checked, locked)
 //!  observe (eBPF probes, /proc: per-VM CPU and memory on /metrics)
+//!  hook (libvirt's hook script: operators' domains ask the API for their regions)
 //! ```
 
 pub mod api;
@@ -20,6 +21,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod functions;
+pub mod hook;
 pub mod invoke;
 pub mod metrics;
 pub mod observe;

@@ -9,6 +9,7 @@ use nexus_backend::api::{COLD_START, COLD_START_FROM, FUNCTION_ERROR, PREFETCH, 
 use nexus_backend::client::Endpoint;
 use nexus_backend::config::Config;
 use nexus_backend::functions::FunctionSpec;
+use nexus_backend::hook;
 use nexus_backend::storage::error_chain;
 use serde_json::json;
 
@@ -58,6 +59,32 @@ enum Command {
         /// Where restore copies of snapshots are kept. Default: a folder beside --listen.
         #[arg(long)]
         work_dir: Option<PathBuf>,
+    },
+    /// libvirt: the hook script that gives operators' own domains their Nexus regions.
+    #[command(subcommand)]
+    Libvirt(LibvirtCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum LibvirtCommand {
+    /// Install libvirt's QEMU hook script, which runs this binary against --socket; restart
+    /// libvirtd afterwards (it looks for hooks when it starts).
+    InstallHook {
+        #[arg(long, default_value = hook::HOOK)]
+        path: PathBuf,
+    },
+    /// Remove the hook script install-hook installed; restart libvirtd afterwards.
+    RemoveHook {
+        #[arg(long, default_value = hook::HOOK)]
+        path: PathBuf,
+    },
+    /// What the hook script runs: libvirtd's arguments, the domain XML on standard input.
+    #[command(hide = true)]
+    Hook {
+        domain: String,
+        operation: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        rest: Vec<String>,
     },
 }
 
@@ -121,6 +148,7 @@ fn main() -> ExitCode {
             let work_dir = work_dir.unwrap_or_else(|| listen.with_extension("restores"));
             ch_proxy(&listen, &ch_socket, &socket, &work_dir)
         }
+        Command::Libvirt(command) => libvirt(&socket, command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -167,6 +195,31 @@ fn init_logging() {
         )
         .with_writer(std::io::stderr)
         .init();
+}
+
+fn libvirt(socket: &Path, command: LibvirtCommand) -> Result<(), String> {
+    match command {
+        LibvirtCommand::InstallHook { path } => {
+            let nexus = std::env::current_exe().map_err(|e| e.to_string())?;
+            let socket = std::path::absolute(socket).map_err(|e| e.to_string())?;
+            hook::install(&path, &nexus, &socket).map_err(|e| error_chain(&e))?;
+            println!("Installed {}: restart libvirtd for it to take effect", path.display());
+            Ok(())
+        }
+        LibvirtCommand::RemoveHook { path } => {
+            match hook::remove(&path).map_err(|e| error_chain(&e))? {
+                true => println!("Removed {}: restart libvirtd", path.display()),
+                false => println!("No hook script at {}", path.display()),
+            }
+            Ok(())
+        }
+        LibvirtCommand::Hook { operation, .. } => {
+            let xml = std::io::read_to_string(std::io::stdin())
+                .map_err(|e| format!("Cannot read the domain XML: {e}"))?;
+            // libvirt shows the hook's standard error in the error of the refused operation.
+            hook::run(socket, &operation, &xml)
+        }
+    }
 }
 
 fn region(api: &Endpoint, command: RegionCommand) -> Result<(), String> {

@@ -138,6 +138,11 @@ impl ServedRegion {
         self.set_state(host_state::READY)
     }
 
+    /// The epoch the channel was opened at.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
     /// Whether the guest acknowledged the current epoch.
     pub fn guest_ready(&self) -> bool {
         let epoch = self.epoch.load(Ordering::Acquire);

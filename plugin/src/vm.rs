@@ -29,6 +29,7 @@ pub trait Vmm: Send + Sync + fmt::Debug {
 pub trait Vm: Send + fmt::Debug {
     /// Starts the guest code of a created VM.
     fn boot(&mut self) -> Result<(), VmmError>;
+    /// Pauses a running VM, or takes a [`VmState::Restored`] one as this VM, paused.
     fn pause(&mut self) -> Result<(), VmmError>;
     fn resume(&mut self) -> Result<(), VmmError>;
     /// Saves a paused VM's state into `dir` (created); the VM stays paused.
@@ -42,7 +43,8 @@ pub trait Vm: Send + fmt::Debug {
     /// The host end of the doorbell of a VM whose spec asked for one: a connected stream; a
     /// byte written to it wakes the guest agent, and a byte the agent writes arrives on it. How
     /// it reaches the guest is the adapter's business. Called after create or restore, before
-    /// boot or resume.
+    /// boot or resume, and (adapters that report [`VmState::Restored`]) after pausing a
+    /// restored VM: each call hands out a new host end, and the one before stops working.
     fn doorbell(&mut self) -> Result<UnixStream, VmmError>;
 }
 
@@ -82,6 +84,13 @@ pub enum VmState {
     Stopped,
     /// The VMM process exited on its own (a guest reboot or crash, or the VMM failing).
     Exited,
+    /// Saved outside Nexus (`virsh save`): the VMM process ended, the VM's state is in a file
+    /// a restore may bring back; its region stays.
+    Saved,
+    /// Brought back outside Nexus (`virsh restore`) by a VMM process the adapter did not
+    /// start: the region holds what the save held. [`Vm::pause`] takes the process as the
+    /// VM's own (Paused); its owner then serves the region afresh and resumes it.
+    Restored,
 }
 
 impl fmt::Display for VmState {
@@ -92,6 +101,8 @@ impl fmt::Display for VmState {
             VmState::Paused => "paused",
             VmState::Stopped => "stopped",
             VmState::Exited => "exited",
+            VmState::Saved => "saved",
+            VmState::Restored => "restored",
         })
     }
 }

@@ -28,6 +28,33 @@ pub fn ensure_libvirtd() -> Result<(), HarnessError> {
             return Err(HarnessError::Libvirt(format!("`{daemon} -d` failed ({started})")));
         }
     }
+    wait_for_libvirtd()
+}
+
+/// Restarts libvirtd (it looks for hook scripts only when it starts); its running domains
+/// run on. Connections opened before are lost.
+pub fn restart_libvirtd() -> Result<(), HarnessError> {
+    let pids =
+        Command::new("pidof").arg("libvirtd").output().map_err(HarnessError::io("run pidof"))?;
+    for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+        let Ok(pid) = pid.parse::<i32>() else { continue };
+        // SAFETY: kill(2) with a pid pidof named; it only sends a signal.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + START_TIMEOUT;
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let started =
+        Command::new("libvirtd").arg("-d").status().map_err(HarnessError::io("run libvirtd -d"))?;
+    if !started.success() {
+        return Err(HarnessError::Libvirt(format!("`libvirtd -d` failed ({started})")));
+    }
+    wait_for_libvirtd()
+}
+
+/// Waits until libvirtd answers.
+fn wait_for_libvirtd() -> Result<(), HarnessError> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         match virsh(&["version"]) {

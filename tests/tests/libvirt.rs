@@ -3,6 +3,9 @@
 //! `virsh` binary as an operator would and checked from the backend's side (`fn ls`,
 //! /metrics, an invocation).
 //!
+//! Operators' own domains go through libvirt's hook script, installed with `nexus libvirt
+//! install-hook` (libvirtd is restarted to see it, and again once it is removed).
+//!
 //! Needs libvirt-daemon-system and libvirt-clients (`cargo xtask setup`), root, and the nexus
 //! guest image (`$NEXUS_IMAGES` or `~/.cache/nexus/images`). The tests take one libvirtd, so
 //! they run one at a time; every domain they make is removed, also when they fail.
@@ -16,7 +19,7 @@ use nexus_backend::api::COLD_START;
 use nexus_backend::client::exchange;
 use nexus_plugin::libvirt::Libvirt;
 use nexus_plugin::{wait_for_serial, Disk, RegionSpec, Snapshot, Vm, VmSpec, VmState};
-use nexus_tests::libvirtd::{domains, ensure_libvirtd, virsh, Domains};
+use nexus_tests::libvirtd::{domains, ensure_libvirtd, restart_libvirtd, virsh, Domains};
 use nexus_tests::{nexus_binary, Backend};
 use serde_json::{json, Value};
 
@@ -269,4 +272,225 @@ fn no_region_names() -> bool {
         .unwrap()
         .flatten()
         .all(|e| !e.file_name().to_string_lossy().starts_with("nexus-lvfn-"))
+}
+
+/// The epochs of the backend's regions.
+fn epochs(backend: &Backend) -> Vec<u64> {
+    let regions = backend.api("GET", "/v1/regions", None).unwrap();
+    regions.as_array().unwrap().iter().map(|r| r["epoch"].as_u64().unwrap()).collect()
+}
+
+/// The names in /dev/shm that start with `prefix`.
+fn shm_names(prefix: &str) -> Vec<String> {
+    let names = std::fs::read_dir("/dev/shm").unwrap().flatten();
+    let names = names.map(|e| e.file_name().to_string_lossy().into_owned());
+    names.filter(|n| n.starts_with(prefix)).collect()
+}
+
+#[test]
+fn virsh_save_then_restore_serves_the_function_vm_again_at_a_new_epoch() {
+    let _one = serialize();
+    let _cleanup = Domains("lvsave-".into());
+    let saved = tempfile::tempdir().unwrap();
+    let backend = Backend::start(&nexus_binary(), &settings(&images()), &["out"]).unwrap();
+    let code = workspace().join("tests/fixtures");
+    let spec = json!({ "name": "lvsave", "code": code, "handler": "echo.py:handler" });
+    backend.api("POST", "/v1/functions", Some(&spec)).unwrap();
+    let (result, cold) = invoke(&backend, "lvsave", &json!({ "n": 1 }));
+    assert!(cold && result["echo"]["n"] == 1, "{result}");
+    let [epoch] = epochs(&backend)[..] else { panic!("one region") };
+
+    // virsh save ends the QEMU process: the VM leaves the pool, its region stays.
+    let image = saved.path().join("lvsave-1.save");
+    let started = Instant::now();
+    virsh(&["save", "lvsave-1", image.to_str().unwrap()]).unwrap();
+    println!("timing: virsh save {:.2} s", started.elapsed().as_secs_f64());
+    wait_until("fn ls shows the VM saved", FOLLOW_TIMEOUT, || {
+        let states = vm_states(&backend, "lvsave");
+        (states == ["saved"], states)
+    });
+    assert_eq!(epochs(&backend), [epoch], "the saved VM keeps its region");
+
+    // virsh restore brings it back with the region as saved: served afresh, it answers warm.
+    let started = Instant::now();
+    virsh(&["restore", image.to_str().unwrap()]).unwrap();
+    wait_until("fn ls shows the VM running again", FOLLOW_TIMEOUT, || {
+        let states = vm_states(&backend, "lvsave");
+        (states == ["running"], states)
+    });
+    let (result, cold) = invoke(&backend, "lvsave", &json!({ "n": 2 }));
+    println!("timing: virsh restore to the next answer {:.2} s", started.elapsed().as_secs_f64());
+    assert!(!cold, "the restored VM serves, no new one started");
+    assert_eq!(result["echo"]["n"], 2, "{result}");
+    let [new_epoch] = epochs(&backend)[..] else { panic!("one region") };
+    assert!(new_epoch > epoch, "a new epoch: {new_epoch} after {epoch}");
+    assert_eq!(domains("lvsave-").unwrap(), ["lvsave-1"]);
+
+    backend.api("DELETE", "/v1/functions/lvsave", None).unwrap();
+    assert!(domains("lvsave-").unwrap().is_empty(), "fn rm removes the restored domain");
+    assert!(epochs(&backend).is_empty() && shm_names("nexus-lvsave-").is_empty());
+}
+
+/// libvirt's hook script for the backend at `socket`, installed and seen by libvirtd until
+/// dropped.
+struct Hook;
+
+impl Hook {
+    fn install(socket: &Path) -> Hook {
+        let output = std::process::Command::new(nexus_binary())
+            .args(["--socket", socket.to_str().unwrap(), "libvirt", "install-hook"])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        restart_libvirtd().unwrap();
+        Hook
+    }
+}
+
+impl Drop for Hook {
+    fn drop(&mut self) {
+        let _ =
+            std::process::Command::new(nexus_binary()).args(["libvirt", "remove-hook"]).status();
+        let _ = restart_libvirtd();
+    }
+}
+
+/// An operator's domain `name` serving `function` with the nexus image and `code_disk`; its
+/// region `shmem` of `size` bytes. QEMU runs as root (the images are root's); the hook hands
+/// the region to that user.
+fn operator_xml(
+    name: &str,
+    function: &str,
+    shmem: &str,
+    size: u64,
+    code_disk: &str,
+    state: &Path,
+    log: &Path,
+) -> String {
+    let image = images().join("nexus");
+    let image = image.display();
+    let doorbell = state.join("libvirt").join(format!("{name}.sock"));
+    format!(
+        "<domain type='qemu'><name>{name}</name>
+  <metadata><nexus:vm xmlns:nexus='https://nexus.dev/libvirt/1' function='{function}'/></metadata>
+  <memory unit='MiB'>256</memory><vcpu>1</vcpu>
+  <cpu mode='maximum'><feature policy='disable' name='erms'/><feature policy='disable' name='fsrm'/></cpu>
+  <os><type arch='x86_64' machine='q35'>hvm</type><kernel>{image}/vmlinuz</kernel><initrd>{image}/initrd.img</initrd>
+    <cmdline>console=ttyS0 root=/dev/vda ro panic=-1 quiet nexus.function={function} nexus.handler=/var/task/echo.py:handler nexus.timeout=60</cmdline></os>
+  <on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot>
+  <seclabel type='static' model='dac' relabel='no'><label>+0:+0</label></seclabel>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <serial type='file'><source path='{log}'/><target port='0'/></serial>
+    <memballoon model='none'/>
+    <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{image}/rootfs.ext4'/><target dev='vda' bus='virtio'/><readonly/></disk>
+    <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{code_disk}'/><target dev='vdb' bus='virtio'/><readonly/></disk>
+    <shmem name='{shmem}' role='master'><model type='ivshmem-plain'/><size unit='b'>{size}</size></shmem>
+    <channel type='unix'><source mode='connect' path='{doorbell}'><reconnect enabled='yes' timeout='1'/></source><target type='virtio' name='org.nexus.doorbell'/></channel>
+  </devices></domain>",
+        log = log.display(),
+        doorbell = doorbell.display(),
+    )
+}
+
+/// Defines the domain of `xml` and starts it with virsh; virsh's error if it fails.
+fn define_and_start(dir: &Path, name: &str, xml: &str) -> Result<(), String> {
+    let file = dir.join(format!("{name}.xml"));
+    std::fs::write(&file, xml).unwrap();
+    virsh(&["define", file.to_str().unwrap()]).unwrap();
+    virsh(&["start", name]).map(|_| ()).map_err(|e| e.to_string())
+}
+
+#[test]
+fn an_operators_domain_serves_its_function_and_wrong_domains_are_refused_with_the_reason() {
+    let _one = serialize();
+    let _cleanup = Domains("lvop-".into());
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start(&nexus_binary(), &settings(&images()), &["out"]).unwrap();
+    let _hook = Hook::install(&backend.socket);
+    let code = workspace().join("tests/fixtures");
+    let spec = json!({ "name": "lvop", "code": code, "handler": "echo.py:handler" });
+    let deployed = backend.api("POST", "/v1/functions", Some(&spec)).unwrap();
+    let code_disk = deployed["code_disk"].as_str().unwrap().to_owned();
+    let state = backend.dir.join("vms");
+    // The harness's region.size.
+    let size = 32 << 20;
+    let xml = |name: &str, function: &str, shmem: &str, size: u64| {
+        operator_xml(
+            name,
+            function,
+            shmem,
+            size,
+            &code_disk,
+            &state,
+            &dir.path().join(format!("{name}.log")),
+        )
+    };
+
+    // A wrong domain fails virsh start with the reason, in libvirt's error.
+    for (name, function, shmem, size, reason) in [
+        ("lvop-nofn", "nosuch", "nexus-lvop-nofn.region", size, "names function nosuch, which is not deployed"),
+        ("lvop-thief", "lvop", "nexus-lvop-web.region", size, "<shmem name='nexus-lvop-web.region'> is not its region: a domain is given only its own, named nexus-lvop-thief.region"),
+        ("lvop-small", "lvop", "nexus-lvop-small.region", 16 << 20, "its <shmem> is 16777216 bytes; this backend's regions are 33554432 bytes"),
+    ] {
+        let error = define_and_start(dir.path(), name, &xml(name, function, shmem, size)).unwrap_err();
+        assert!(error.contains("Hook script execution failed") && error.contains(reason), "{name}: {error}");
+        assert_eq!(virsh(&["domstate", name]).unwrap().trim(), "shut off", "{name} did not start");
+    }
+    assert!(
+        epochs(&backend).is_empty() && shm_names("nexus-lvop-").is_empty(),
+        "refused: no region"
+    );
+
+    // The operator's domain: its region is served under the function's policy, and once its
+    // runtime is ready the function's invocations reach it.
+    let started = Instant::now();
+    define_and_start(
+        dir.path(),
+        "lvop-web",
+        &xml("lvop-web", "lvop", "nexus-lvop-web.region", size),
+    )
+    .unwrap();
+    assert_eq!(shm_names("nexus-lvop-"), ["nexus-lvop-web.region"]);
+    let operators = || -> Vec<String> {
+        let functions = backend.api("GET", "/v1/functions", None).unwrap();
+        let vms = functions[0]["vms"].as_array().unwrap().clone();
+        vms.iter()
+            .filter_map(|vm| Some(format!("{} {}", vm["operator"].as_str()?, vm["state"])))
+            .collect()
+    };
+    wait_until("the operator's VM joins the pool", BOOT_TIMEOUT, || {
+        let vms = operators();
+        (vms == ["lvop-web \"running\""], vms)
+    });
+    println!("timing: operator's domain start to served {:.2} s", started.elapsed().as_secs_f64());
+    let (result, cold) = invoke(&backend, "lvop", &json!({ "n": 7 }));
+    assert!(!cold, "the operator's VM served it, none was started");
+    assert_eq!(result["echo"]["n"], 7, "{result}");
+    assert_eq!(domains("lvop-").unwrap().len(), 4, "no function VM of Nexus's was defined");
+
+    // A save stops the domain: the hook's release takes its region away, and the hook refuses
+    // the restore (a region does not survive the save); started afresh, it serves again.
+    let image = dir.path().join("lvop-web.save");
+    virsh(&["save", "lvop-web", image.to_str().unwrap()]).unwrap();
+    assert!(operators().is_empty(), "released by the time virsh returns");
+    assert!(epochs(&backend).is_empty() && shm_names("nexus-lvop-").is_empty());
+    let error = virsh(&["restore", image.to_str().unwrap()]).unwrap_err().to_string();
+    assert!(error.contains("whose region does not survive a save: start it afresh"), "{error}");
+    virsh(&["start", "lvop-web"]).unwrap();
+    wait_until("the restarted operator's VM joins the pool", BOOT_TIMEOUT, || {
+        let vms = operators();
+        (vms == ["lvop-web \"running\""], vms)
+    });
+    let (result, cold) = invoke(&backend, "lvop", &json!({ "n": 8 }));
+    assert!(!cold && result["echo"]["n"] == 8, "{result}");
+
+    // The domain stops: the hook's release takes its region away.
+    virsh(&["destroy", "lvop-web"]).unwrap();
+    assert!(operators().is_empty(), "released by the time virsh returns");
+    assert!(epochs(&backend).is_empty() && shm_names("nexus-lvop-").is_empty());
+    backend.api("DELETE", "/v1/functions/lvop", None).unwrap();
+    assert!(epochs(&backend).is_empty() && shm_names("nexus-lvop").is_empty(), "nothing left");
+    let running = virsh(&["list", "--name"]).unwrap();
+    assert!(!running.contains("lvop-"), "no domain runs: {running}");
 }

@@ -29,7 +29,7 @@ pub use auth::{Token, TokenError};
 use nexus_channel::wire::ObjectRef;
 
 /// The route table: (method, path) pairs, also checked against `openapi.yaml`.
-pub const ROUTES: [(&str, &str); 13] = [
+pub const ROUTES: [(&str, &str); 15] = [
     ("get", "/v1/status"),
     ("get", "/v1/regions"),
     ("post", "/v1/regions"),
@@ -41,6 +41,8 @@ pub const ROUTES: [(&str, &str); 13] = [
     ("post", "/v1/functions/{name}/invoke"),
     ("post", "/v1/functions/{name}/snapshot"),
     ("post", "/v1/functions/{name}/stop"),
+    ("post", "/v1/libvirt/domains"),
+    ("delete", "/v1/libvirt/domains/{name}"),
     ("post", lambda::ROUTE),
     ("get", "/metrics"),
 ];
@@ -77,6 +79,8 @@ pub fn router(api: Api) -> Router {
         .route("/v1/functions/{name}/invoke", post(invoke_function))
         .route("/v1/functions/{name}/snapshot", post(snapshot_function))
         .route("/v1/functions/{name}/stop", post(stop_function))
+        .route("/v1/libvirt/domains", post(attach_domain))
+        .route("/v1/libvirt/domains/{name}", delete(release_domain))
         .route(lambda::ROUTE, post(lambda::invoke))
         .route("/metrics", get(metrics))
         .fallback(no_route)
@@ -128,6 +132,7 @@ impl From<FunctionError> for ApiError {
             FunctionError::NoFunction(_) => StatusCode::NOT_FOUND,
             FunctionError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             FunctionError::Boot { .. } => StatusCode::BAD_GATEWAY,
+            FunctionError::Domain(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self(code, error_chain(&e))
@@ -319,6 +324,27 @@ async fn stop_function(
 ) -> Result<StatusCode, ApiError> {
     blocking(move || api.functions.stop_vms(&name)).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The body is the XML of an operator's libvirt domain, as libvirt's hook script gets it.
+async fn attach_domain(State(api): State<Api>, xml: String) -> Result<Response, ApiError> {
+    // Creating the region and its doorbell blocks briefly.
+    let attached = blocking(move || api.functions.attach_domain(&xml)).await?;
+    Ok((StatusCode::CREATED, Json(attached)).into_response())
+}
+
+async fn release_domain(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let domain = name.clone();
+    match blocking(move || Ok(api.functions.release_domain(&name))).await? {
+        true => Ok(StatusCode::NO_CONTENT),
+        false => {
+            let message = format!("No operator's domain {domain} has a Nexus region");
+            Err(ApiError(StatusCode::NOT_FOUND, message))
+        }
+    }
 }
 
 async fn metrics(State(api): State<Api>) -> Response {

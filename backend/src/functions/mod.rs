@@ -11,10 +11,17 @@
 //! that is recycled: stopped, its region released, so that nothing it holds (host buffers,
 //! permits) can wedge later invocations, which start a new VM. Stopping or removing a function
 //! never waits for its invocations: their VMs are stopped under them and they fail.
+//!
+//! **VMs virsh saved.** A VM an operator saves (`virsh save`) leaves the pool but keeps its
+//! region, domain and doorbell; once `virsh restore` brings it back, the backend serves its
+//! region afresh at a new epoch and it rejoins the pool (`follow_vms`, each second, from what
+//! libvirt's events said). `fn stop`, `fn rm` and a backend that stops release it too.
+//! **Operators' VMs** join a function's pool through libvirt's hook (`operator.rs`).
 
 mod callee;
 mod code_disk;
 mod metrics;
+mod operator;
 mod pool;
 mod requirements;
 pub mod spec;
@@ -31,13 +38,14 @@ use nexus_channel::wire::ObjectRef;
 use nexus_plugin::cloud_hypervisor::{ChOptions, CloudHypervisor, MemoryRestoreMode};
 use nexus_plugin::libvirt::Libvirt;
 use nexus_plugin::qemu::Qemu;
-use nexus_plugin::{Snapshot, Vmm, VmmError};
+use nexus_plugin::{Snapshot, VmState, Vmm, VmmError};
 use serde::Serialize;
 
 use crate::backend::{Backend, BackendError};
 use crate::config::VmmKind;
 use crate::invoke::{InvokeError, Outcome};
 use metrics::FunctionMetrics;
+pub use operator::DomainAttached;
 use pool::{Acquired, Lease, Pool, Refused, Vital};
 pub use spec::{Flavour, FunctionSpec, SpecError};
 pub use warm::WarmInfo;
@@ -76,6 +84,9 @@ pub enum FunctionError {
     /// A region operation failed.
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// An operator's libvirt domain cannot have a region; the message says why.
+    #[error("{0}")]
+    Domain(String),
 }
 
 #[derive(Debug)]
@@ -83,6 +94,8 @@ struct Deployed {
     spec: FunctionSpec,
     code_disk: PathBuf,
     vms: Pool<Warm>,
+    /// Its VMs that virsh saved, until virsh restores them.
+    saved: Mutex<Vec<Arc<Warm>>>,
     /// A snapshot of a warm VM of this function: cold starts restore it instead of booting.
     snapshot: Mutex<Option<Snapshot>>,
 }
@@ -100,7 +113,9 @@ pub enum ColdStart {
 #[derive(Debug, Clone, Serialize)]
 pub struct FunctionInfo {
     pub spec: FunctionSpec,
-    /// Its warm VMs, idle ones first.
+    /// The disk image of its code (a VM of an operator's mounts it as its second disk).
+    pub code_disk: PathBuf,
+    /// Its warm VMs, idle ones first, then those virsh saved.
     pub vms: Vec<WarmInfo>,
 }
 
@@ -119,6 +134,10 @@ pub struct Functions {
     backend: Arc<Backend>,
     /// One adapter per VMM kind, started when a function first needs it.
     vmms: Mutex<BTreeMap<VmmKind, Arc<dyn Vmm>>>,
+    /// The libvirt adapter, connected when a function or an operator's domain first needs it.
+    libvirt: Mutex<Option<Arc<Libvirt>>>,
+    /// Operators' VMs by domain name: (function, VM).
+    domains: Mutex<BTreeMap<String, (String, Arc<Warm>)>>,
     deployed: Mutex<BTreeMap<String, Arc<Deployed>>>,
     instances: AtomicU64,
     metrics: FunctionMetrics,
@@ -131,6 +150,8 @@ impl Functions {
             metrics: FunctionMetrics::register(backend.metrics()),
             backend,
             vmms: Mutex::default(),
+            libvirt: Mutex::default(),
+            domains: Mutex::default(),
             deployed: Mutex::default(),
             instances: AtomicU64::new(1),
         }
@@ -156,14 +177,25 @@ impl Functions {
                 Arc::new(CloudHypervisor::new(options).map_err(no_vmm)?)
             }
             VmmKind::Libvirt => {
-                let libvirt = Libvirt::new().map_err(no_vmm)?;
+                let libvirt = self.libvirt()?;
                 // Domains of this state dir are a dead backend's: its VMs never outlive it.
                 libvirt.remove_left_behind(&self.backend.config().vm.state_dir)?;
-                Arc::new(libvirt)
+                libvirt
             }
         };
         vmms.insert(kind, vmm.clone());
         Ok(vmm)
+    }
+
+    /// The libvirt adapter, connected on first use.
+    fn libvirt(&self) -> Result<Arc<Libvirt>, FunctionError> {
+        let mut libvirt = lock(&self.libvirt);
+        if let Some(connected) = libvirt.as_ref() {
+            return Ok(connected.clone());
+        }
+        let connected = Arc::new(Libvirt::new().map_err(|e| FunctionError::NoVmm(e.to_string()))?);
+        *libvirt = Some(connected.clone());
+        Ok(connected)
     }
 
     /// Deploys (or replaces) a function within what the config allows; blocking: it builds
@@ -180,20 +212,21 @@ impl Functions {
             self.get(&spec.name).ok().filter(|d| d.spec == spec && d.code_disk == code_disk)
         {
             tracing::info!(function = %spec.name, "Function unchanged; its VMs keep running");
-            let vms = same.vms.vms().iter().map(|(warm, busy)| warm.info(*busy)).collect();
-            return Ok(FunctionInfo { spec, vms });
+            return Ok(same.info());
         }
         let deployed = Arc::new(Deployed {
             spec: spec.clone(),
             code_disk,
             vms: Pool::default(),
+            saved: Mutex::default(),
             snapshot: Mutex::default(),
         });
+        let info = deployed.info();
         if let Some(old) = self.lock().insert(spec.name.clone(), deployed) {
             self.stop_all(&old, true);
         }
         tracing::info!(function = %spec.name, flavour = spec.flavour.name(), "Function deployed");
-        Ok(FunctionInfo { spec, vms: Vec::new() })
+        Ok(info)
     }
 
     /// Runs one invocation in an idle VM of the function, or in one it starts (restoring its
@@ -252,7 +285,9 @@ impl Functions {
         let mut dead = Vec::new();
         let acquired = deployed.vms.acquire(max_vms, wait, &mut dead).await;
         if !dead.is_empty() {
-            tokio::task::block_in_place(|| dead.iter().for_each(|w| w.stop(&self.backend)));
+            tokio::task::block_in_place(|| {
+                dead.into_iter().for_each(|w| self.set_aside(deployed, w))
+            });
         }
         acquired.map_err(|refused| match refused {
             Refused::Busy { max_vms, waited } => {
@@ -318,7 +353,7 @@ impl Functions {
     /// Takes a leased VM out of its function's pool and stops it.
     fn retire(&self, deployed: &Deployed, lease: Lease<Warm>) {
         if let Some(warm) = deployed.vms.retire(lease) {
-            tokio::task::block_in_place(|| warm.stop(&self.backend));
+            tokio::task::block_in_place(|| self.stop_vm(&warm));
         }
     }
 
@@ -328,6 +363,15 @@ impl Functions {
     pub async fn snapshot(&self, name: &str) -> Result<Snapshot, FunctionError> {
         let deployed = self.get(name)?;
         let lease = match self.acquire(&deployed).await? {
+            Acquired::Warm(lease) if lease.vm.operator.is_some() => {
+                let domain = lease.vm.operator.clone().unwrap_or_default();
+                deployed.vms.release(lease);
+                let reason = format!(
+                    "Function {name}'s idle VM is the operator's domain {domain}, which Nexus \
+                     does not snapshot: snapshot the function while that domain is busy or gone"
+                );
+                return Err(FunctionError::Domain(reason));
+            }
             Acquired::Warm(lease) => lease,
             Acquired::Start => self.start_leased(&deployed, None).await?.0,
         };
@@ -354,8 +398,8 @@ impl Functions {
         }
     }
 
-    /// Stops the function's VMs, busy ones included (their invocations fail); the next
-    /// invocation is a cold start.
+    /// Stops the function's VMs, busy ones included (their invocations fail), and those virsh
+    /// saved; the next invocation is a cold start. Operators' VMs stay.
     pub fn stop_vms(&self, name: &str) -> Result<(), FunctionError> {
         self.stop_all(&*self.get(name)?, false);
         Ok(())
@@ -364,16 +408,11 @@ impl Functions {
     /// Every function.
     pub fn list(&self) -> Vec<FunctionInfo> {
         let deployed: Vec<Arc<Deployed>> = self.lock().values().cloned().collect();
-        deployed
-            .iter()
-            .map(|d| FunctionInfo {
-                spec: d.spec.clone(),
-                vms: d.vms.vms().iter().map(|(warm, busy)| warm.info(*busy)).collect(),
-            })
-            .collect()
+        deployed.iter().map(|d| d.info()).collect()
     }
 
-    /// Removes a function and stops its VMs (their invocations fail).
+    /// Removes a function and stops its VMs (their invocations fail); operators' VMs lose
+    /// their regions (their domains are the operators' to stop).
     pub fn remove(&self, name: &str) -> Result<(), FunctionError> {
         let deployed =
             self.lock().remove(name).ok_or_else(|| FunctionError::NoFunction(name.into()))?;
@@ -387,26 +426,65 @@ impl Functions {
         self.metrics.set(deployed.iter().map(|(name, d)| (name.as_str(), d.vms.counts())));
     }
 
-    /// Stops the VMs idle for longer than `vm.keep_alive_secs`, and removes the idle VMs that
-    /// died (their regions with them); returns how many.
-    pub fn stop_idle(&self) -> usize {
+    /// Stops the VMs idle for longer than `vm.keep_alive_secs` and removes the idle VMs that
+    /// died (their regions with them); sets aside those virsh saved, and serves again those
+    /// virsh restored. Returns how many VMs left the pool.
+    pub fn follow_vms(&self) -> usize {
         let keep_alive = Duration::from_secs(self.backend.config().vm.keep_alive_secs);
-        let Some(cut) = Instant::now().checked_sub(keep_alive) else { return 0 };
+        let cut = Instant::now().checked_sub(keep_alive);
         let deployed: Vec<Arc<Deployed>> = self.lock().values().cloned().collect();
-        let idle: Vec<Arc<Warm>> =
-            deployed.iter().flat_map(|d| d.vms.take_idle_since(cut)).collect();
-        for warm in &idle {
-            match warm.alive() {
-                true => {
-                    tracing::info!(region = %warm.region, "Stopping a VM idle for {keep_alive:?}")
-                }
-                false => {
-                    tracing::info!(region = %warm.region, "A VM ended outside Nexus: releasing its region")
+        let mut left = 0;
+        for function in &deployed {
+            let idle = cut.map(|cut| function.vms.take_idle_since(cut)).unwrap_or_default();
+            left += idle.len();
+            for warm in idle {
+                if warm.alive() {
+                    tracing::info!(region = %warm.region, "Stopping a VM idle for {keep_alive:?}");
+                    self.stop_vm(&warm);
+                } else {
+                    self.set_aside(function, warm);
                 }
             }
-            warm.stop(&self.backend);
+            self.follow_saved(function);
         }
-        idle.len()
+        left
+    }
+
+    /// Keeps a VM that left the pool because virsh saved it, else stops it.
+    fn set_aside(&self, deployed: &Deployed, warm: Arc<Warm>) {
+        match warm.state() {
+            VmState::Saved | VmState::Restored => {
+                tracing::info!(region = %warm.region, "virsh saved a VM: its region waits for its restore");
+                lock(&deployed.saved).push(warm);
+            }
+            state => {
+                tracing::info!(region = %warm.region, %state, "A VM ended outside Nexus: releasing its region");
+                self.stop_vm(&warm);
+            }
+        }
+    }
+
+    /// Serves again the saved VMs of `deployed` that virsh restored (they rejoin the pool), and
+    /// stops those that ended otherwise.
+    fn follow_saved(&self, deployed: &Deployed) {
+        let saved = std::mem::take(&mut *lock(&deployed.saved));
+        for warm in saved {
+            match warm.state() {
+                VmState::Saved => lock(&deployed.saved).push(warm),
+                VmState::Restored => match warm::reserve(&self.backend, &warm) {
+                    Ok(()) => {
+                        if let Err(closed) = deployed.vms.adopt(warm) {
+                            self.stop_vm(&closed);
+                        }
+                    }
+                    Err(reason) => {
+                        tracing::warn!(region = %warm.region, "Cannot serve a restored VM again: {reason}");
+                        self.stop_vm(&warm);
+                    }
+                },
+                _ => self.stop_vm(&warm),
+            }
+        }
     }
 
     /// Stops every function's VMs (the backend is stopping).
@@ -417,10 +495,33 @@ impl Functions {
         }
     }
 
-    /// Stops every VM of `deployed`; with `close`, for good.
+    /// Stops every VM of `deployed` but operators'; with `close`, for good, operators' VMs
+    /// included.
     fn stop_all(&self, deployed: &Deployed, close: bool) {
-        for warm in deployed.vms.take_all(close) {
-            warm.stop(&self.backend);
+        let saved = std::mem::take(&mut *lock(&deployed.saved));
+        for warm in deployed.vms.take_all(close).into_iter().chain(saved) {
+            self.stop_vm(&warm);
+        }
+        if close {
+            // Operators' VMs whose guests are not ready yet are in no pool.
+            let name = &deployed.spec.name;
+            let waiting: Vec<Arc<Warm>> = lock(&self.domains)
+                .values()
+                .filter(|(f, _)| f == name)
+                .map(|(_, w)| w.clone())
+                .collect();
+            waiting.iter().for_each(|warm| self.stop_vm(warm));
+        }
+    }
+
+    /// Stops a VM and releases its region; an operator's VM is forgotten too.
+    fn stop_vm(&self, warm: &Arc<Warm>) {
+        warm.stop(&self.backend);
+        if let Some(domain) = &warm.operator {
+            let mut domains = lock(&self.domains);
+            if domains.get(domain).is_some_and(|(_, held)| Arc::ptr_eq(held, warm)) {
+                domains.remove(domain);
+            }
         }
     }
 
@@ -430,6 +531,18 @@ impl Functions {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<Deployed>>> {
         lock(&self.deployed)
+    }
+}
+
+impl Deployed {
+    fn info(&self) -> FunctionInfo {
+        let pooled = self.vms.vms().into_iter().map(|(warm, busy)| warm.info(busy));
+        let saved = lock(&self.saved).iter().map(|warm| warm.info(false)).collect::<Vec<_>>();
+        FunctionInfo {
+            spec: self.spec.clone(),
+            code_disk: self.code_disk.clone(),
+            vms: pooled.chain(saved).collect(),
+        }
     }
 }
 

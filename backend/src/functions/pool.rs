@@ -11,9 +11,13 @@
 //!
 //!  release(lease) ──► idle again (a waiter wakes)      retire(lease) ──► gone (a waiter wakes)
 //!  take_all() (fn stop / rm / shutdown): every VM, idle or busy, out of the pool at once;
-//!            a busy VM's invocation then fails, and its release finds it gone.
-//!  take_idle_since(t): the idle VMs unused since t (keep-alive), and those that died (an
-//!            operator's `virsh destroy`, a crashed VMM), so that their regions go at once.
+//!            a busy VM's invocation then fails, and its release finds it gone. (fn stop
+//!            leaves the VMs that are not the pool's to dispose of: an operator's.)
+//!  take_idle_since(t): the idle VMs unused since t (keep-alive; not an operator's), and those
+//!            that died or left (an operator's `virsh destroy` or `virsh save`, a crashed
+//!            VMM), so that their regions go at once.
+//!  adopt(vm): a VM started elsewhere joins as idle (an operator's, or one restored by virsh);
+//!  remove(vm): it leaves again (its domain stopped).
 //! ```
 //!
 //! The pool only counts and hands out; starting and stopping VMs (seconds of blocking work)
@@ -28,6 +32,11 @@ use tokio::sync::Notify;
 /// What a pool holds: a VM that may die on its own.
 pub trait Vital {
     fn alive(&self) -> bool;
+    /// Whether keep-alive and `fn stop` may stop it; an operator's VM stays until its domain
+    /// stops.
+    fn disposable(&self) -> bool {
+        true
+    }
 }
 
 /// What [`Pool::acquire`] hands out.
@@ -186,23 +195,57 @@ impl<V: Vital> Pool<V> {
     }
 
     /// Every VM, idle and busy, for stopping; with `close`, the pool refuses every later
-    /// acquire (the function is gone).
+    /// acquire (the function is gone), else the VMs that are not disposable stay.
     pub fn take_all(&self, close: bool) -> Vec<Arc<V>> {
         let mut state = self.lock();
         state.closed |= close;
-        let mut all: Vec<Arc<V>> = state.idle.drain(..).map(|(vm, _)| vm).collect();
-        all.extend(std::mem::take(&mut state.busy).into_values());
+        let taken = |vm: &Arc<V>| close || vm.disposable();
+        let (mut all, idle): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut state.idle).into_iter().partition(|(vm, _)| taken(vm));
+        state.idle = idle;
+        let (busy, kept) =
+            std::mem::take(&mut state.busy).into_iter().partition(|(_, vm)| taken(vm));
+        state.busy = kept;
+        let mut all: Vec<Arc<V>> = all.drain(..).map(|(vm, _)| vm).collect();
+        all.extend(busy.into_values());
         drop(state);
         self.changed.notify_waiters();
         all
     }
 
-    /// The idle VMs last released before `since`, and the idle VMs that died, for stopping.
+    /// A VM started outside [`Pool::acquire`], idle from now on; handed back if the pool was
+    /// closed.
+    pub fn adopt(&self, vm: Arc<V>) -> Result<(), Arc<V>> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(vm);
+        }
+        state.idle.push((vm, Instant::now()));
+        drop(state);
+        self.changed.notify_one();
+        Ok(())
+    }
+
+    /// Takes `vm` out of the pool, idle or busy (a busy VM's release then finds it gone);
+    /// whether it was there.
+    pub fn remove(&self, vm: &Arc<V>) -> bool {
+        let mut state = self.lock();
+        let before = state.idle.len() + state.busy.len();
+        state.idle.retain(|(held, _)| !Arc::ptr_eq(held, vm));
+        state.busy.retain(|_, held| !Arc::ptr_eq(held, vm));
+        let removed = state.idle.len() + state.busy.len() < before;
+        drop(state);
+        self.changed.notify_one();
+        removed
+    }
+
+    /// The idle VMs last released before `since` (disposable ones), and the idle VMs that
+    /// are not alive, for stopping.
     pub fn take_idle_since(&self, since: Instant) -> Vec<Arc<V>> {
         let mut state = self.lock();
         let (old, fresh) = std::mem::take(&mut state.idle)
             .into_iter()
-            .partition(|(vm, at)| *at < since || !vm.alive());
+            .partition(|(vm, at)| (*at < since && vm.disposable()) || !vm.alive());
         state.idle = fresh;
         drop(state);
         self.changed.notify_one();
@@ -239,11 +282,17 @@ mod tests {
     #[derive(Debug, Default)]
     struct FakeVm {
         dead: AtomicBool,
+        /// An operator's.
+        kept: bool,
     }
 
     impl Vital for FakeVm {
         fn alive(&self) -> bool {
             !self.dead.load(Ordering::Relaxed)
+        }
+
+        fn disposable(&self) -> bool {
+            !self.kept
         }
     }
 
@@ -356,5 +405,22 @@ mod tests {
         pool.release(lease);
         assert_eq!(pool.take_idle_since(cut).len(), 1, "dead, though released after the cut");
         assert_eq!(pool.counts(), Counts::default());
+    }
+
+    #[tokio::test]
+    async fn adopted_operator_vms_outlive_keep_alive_and_fn_stop_but_not_removal() {
+        let pool = Pool::default();
+        let operator = Arc::new(FakeVm { kept: true, ..FakeVm::default() });
+        pool.adopt(operator.clone()).unwrap();
+        let leased = leased(acquire(&pool, 1, NO_WAIT).await);
+        assert!(Arc::ptr_eq(&leased.vm, &operator), "an adopted VM serves invocations");
+        pool.release(leased);
+        assert!(pool.take_idle_since(Instant::now()).is_empty(), "no keep-alive for it");
+        assert!(pool.take_all(false).is_empty(), "fn stop leaves it");
+        assert!(pool.remove(&operator), "its domain stopped");
+        assert!(!pool.remove(&operator));
+        pool.adopt(operator.clone()).unwrap();
+        assert_eq!(pool.take_all(true).len(), 1, "fn rm takes it");
+        assert!(pool.adopt(operator).is_err(), "a closed pool adopts nothing");
     }
 }

@@ -7,6 +7,10 @@
 //! ```
 //! A VM that exits or is not ready in time is stopped, its region removed, and the error
 //! carries the tail of its console.
+//!
+//! A VM an operator saved and restored with virsh comes back with the region as it was saved:
+//! [`reserve`] pauses it, serves the region afresh (a new epoch, a new doorbell), then resumes
+//! and kicks it, as after a restore of the function's own snapshot.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -38,6 +42,9 @@ pub struct Warm {
     /// Locked only for a lifecycle call (pause, snapshot, stop), never across an invocation.
     pub vm: Mutex<Box<dyn Vm>>,
     pub booted_in: Duration,
+    /// The libvirt domain of an operator's VM (which the backend never stops: see
+    /// `operator.rs`); `None` for the function's own.
+    pub operator: Option<String>,
 }
 
 /// What `nexus fn ls` shows of a warm VM.
@@ -52,11 +59,20 @@ pub struct WarmInfo {
     pub serial_log: PathBuf,
     /// Serving an invocation (or being snapshotted) now.
     pub busy: bool,
+    /// The libvirt domain, for an operator's VM.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
 }
 
 impl Vital for Warm {
+    /// Whether it can serve: not ended, and not saved or restored behind the backend's back
+    /// (those wait outside the pool: see `Functions::follow_vms`).
     fn alive(&self) -> bool {
-        !matches!(self.vm().info().state, VmState::Exited | VmState::Stopped)
+        matches!(self.vm().info().state, VmState::Created | VmState::Running | VmState::Paused)
+    }
+
+    fn disposable(&self) -> bool {
+        self.operator.is_none()
     }
 }
 
@@ -77,7 +93,13 @@ impl Warm {
             pid: info.pid,
             boot_ms: self.booted_in.as_millis() as u64,
             serial_log: info.serial_log,
+            operator: self.operator.clone(),
         }
+    }
+
+    /// The VM's state now.
+    pub fn state(&self) -> VmState {
+        self.vm().info().state
     }
 
     /// Stops the VM and removes its region (an invocation still running in it fails).
@@ -188,7 +210,8 @@ pub fn start(
     if let Some(pid) = vm.info().pid {
         backend.vm_started(&region.id, pid);
     }
-    let mut warm = Warm { region: region.id, vm: Mutex::new(vm), booted_in: Duration::ZERO };
+    let mut warm =
+        Warm { region: region.id, vm: Mutex::new(vm), booted_in: Duration::ZERO, operator: None };
     match run(backend, &warm, config, from) {
         Ok(()) => {
             warm.booted_in = started.elapsed();
@@ -209,12 +232,38 @@ pub fn start(
 fn run(backend: &Backend, warm: &Warm, config: &VmConfig, from: Start<'_>) -> Result<(), String> {
     match from {
         Start::Boot => warm.vm().boot().map_err(|e| e.to_string())?,
-        Start::Restore(_) => {
-            warm.vm().resume().map_err(|e| e.to_string())?;
-            // The restored runtime sleeps on its doorbell with no flag left to say so.
-            backend.kick_guest(&warm.region).map_err(|e| e.to_string())?;
-        }
+        Start::Restore(_) => resume_restored(backend, warm)?,
     }
+    wait_ready(backend, warm, config)
+}
+
+/// Resumes a restored VM whose region was served afresh, and wakes its runtime.
+fn resume_restored(backend: &Backend, warm: &Warm) -> Result<(), String> {
+    warm.vm().resume().map_err(|e| e.to_string())?;
+    // The restored runtime sleeps on its doorbell with no flag left to say so.
+    backend.kick_guest(&warm.region).map_err(|e| e.to_string())
+}
+
+/// Serves the region of a VM that virsh restored ([`VmState::Restored`]) afresh and resumes
+/// it; returns once its runtime is ready at the new epoch.
+pub fn reserve(backend: &Backend, warm: &Warm) -> Result<(), String> {
+    let kick = {
+        let mut vm = warm.vm();
+        vm.pause().map_err(|e| e.to_string())?;
+        Kick::Stream(vm.doorbell().map_err(|e| e.to_string())?.into())
+    };
+    let info = backend.reopen_region(&warm.region, kick).map_err(|e| error_chain(&e))?;
+    if let Some(pid) = warm.vm().info().pid {
+        backend.vm_started(&warm.region, pid);
+    }
+    resume_restored(backend, warm)?;
+    wait_ready(backend, warm, &backend.config().vm)?;
+    tracing::info!(region = %warm.region, epoch = info.epoch, "A VM restored by virsh serves again");
+    Ok(())
+}
+
+/// Waits until the runtime of `warm` acknowledges its region's epoch.
+pub fn wait_ready(backend: &Backend, warm: &Warm, config: &VmConfig) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(config.boot_timeout_secs);
     loop {
         if backend.region_ready(&warm.region).map_err(|e| e.to_string())? {

@@ -11,8 +11,17 @@
 //!  restore(…)     the saved work dir, doorbell and region name made again for this VM's
 //!                 region; virDomainRestoreFlags(DIR/domain.save, PAUSED)             Paused
 //!  stop()         virDomainDestroy + virDomainUndefine, unlink the region's name     Stopped
-//!  virsh suspend/resume/destroy/save   seen through lifecycle events (events.rs): info()
+//!  virsh suspend/resume/destroy        seen through lifecycle events (events.rs): info()
+//!  virsh save     the QEMU process ends; region, name and doorbell stay               Saved
+//!  virsh restore  a QEMU process the adapter did not start, region rewritten       Restored
+//!  pause() of a Restored VM takes that process as the VM's own                       Paused
 //! ```
+//!
+//! **Operators' domains** (operator.rs): [`Libvirt::attach_operator`] gives a domain an
+//! operator wrote its region (linked under its own name, owned by its QEMU user) and a
+//! doorbell relay, while libvirt's hook script holds its start, so without a call to
+//! libvirtd (which waits for the hook). Such a VM never defines, destroys or snapshots its
+//! domain: the operator does; [`Vm::stop`] only takes the region and doorbell away.
 //!
 //! **The region.** libvirt backs `<shmem name='N'>` by `/dev/shm/N` and refuses a `/` in N, so
 //! the adapter hard-links the backend's region file (normally `/dev/shm/nexus/<id>.region`) as
@@ -33,6 +42,7 @@
 mod domain;
 mod doorbell;
 mod events;
+mod operator;
 mod snapshot;
 
 use std::io;
@@ -40,6 +50,7 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use virt::connect::Connect;
 use virt::domain::Domain;
@@ -52,6 +63,7 @@ use crate::accel::Accel;
 use crate::error::VmmError;
 use crate::spec::VmSpec;
 use crate::vm::{RegionOnRestore, Snapshot, Vm, VmInfo, VmState, Vmm};
+pub use operator::{DomainError, DomainXml, Expected, Kind, OperatorDomain};
 
 /// The adapter's name, also in the snapshots it writes.
 const NAME: &str = "libvirt";
@@ -61,6 +73,8 @@ pub const DEFAULT_URI: &str = "qemu:///system";
 const SHM_DIR: &str = "/dev/shm";
 /// Where libvirt's QEMU driver writes each running domain's pid.
 const PID_DIR: &str = "/run/libvirt/qemu";
+/// How long the adapter waits for the `started` event of a QEMU process it started.
+const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a libvirt call failed.
 #[derive(Debug, thiserror::Error)]
@@ -110,15 +124,17 @@ impl Libvirt {
     }
 
     /// Destroys and undefines the domains a backend that died left behind: those the adapter
-    /// defined (Nexus metadata) whose work dirs lie under `state_dir`, with their region names
-    /// in `/dev/shm`. Returns their names.
+    /// defined (Nexus metadata, `managed='backend'`) whose work dirs lie under `state_dir`,
+    /// with their region names in `/dev/shm`. Operators' domains are left alone. Returns their
+    /// names.
     pub fn remove_left_behind(&self, state_dir: &Path) -> Result<Vec<String>, VmmError> {
         let all = self.conn.list_all_domains(0).map_err(api("-", "list the domains"))?;
         let under = state_dir.to_string_lossy();
         let mut removed = Vec::new();
         for domain in all {
             let Ok(xml) = domain.get_xml_desc(0) else { continue };
-            let ours = xml.contains(domain::METADATA_NS)
+            let managed = DomainXml::parse(&xml).is_ok_and(|d| d.kind() == Kind::Managed);
+            let ours = managed
                 && [format!("'{under}/"), format!("\"{under}/")].iter().any(|p| xml.contains(p));
             if !ours {
                 continue;
@@ -150,6 +166,7 @@ impl Libvirt {
         if let Err(error) = started {
             return Err(vm.start_failed("start the domain", error));
         }
+        vm.process = vm.domain.as_ref().and_then(Domain::get_id);
         self.lifecycle.set(&vm.name, Seen::Paused);
         tracing::debug!(vm = vm.name, accel = %vm.accel, "libvirt domain started");
         Ok(vm)
@@ -166,10 +183,51 @@ impl Libvirt {
         }
         let domain = Domain::lookup_by_name(&self.conn, &vm.name)
             .map_err(api(&vm.name, "find the restored domain"))?;
+        vm.process = domain.get_id();
         vm.domain = Some(domain);
         vm.state = VmState::Paused;
         self.lifecycle.set(&vm.name, Seen::Paused);
         Ok(vm)
+    }
+
+    /// Gives the operator's `domain` (checked) the region file at `region` and a doorbell
+    /// relay, before libvirt starts its QEMU process. Calls no libvirt API: the hook script
+    /// that asks for this holds up the domain's start, and libvirtd would wait for it.
+    pub fn attach_operator(
+        &self,
+        domain: &OperatorDomain,
+        region: &Path,
+    ) -> Result<LibvirtVm, VmmError> {
+        let name = &domain.name;
+        let io = |what: String| VmmError::io(what);
+        let owned_by_qemu = |path: &Path| {
+            std::os::unix::fs::chown(path, Some(domain.owner.0), Some(domain.owner.1))
+                .map_err(io(format!("give {} to QEMU's user", path.display())))
+        };
+        owned_by_qemu(region)?;
+        let shmem = link_region(name, region, Some(&domain.shmem))?;
+        let dir = domain.doorbell.parent().unwrap_or(Path::new("/"));
+        std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
+        let relay = Relay::start(&domain.doorbell, name)
+            .map_err(io(format!("listen on {}", domain.doorbell.display())))?;
+        owned_by_qemu(&domain.doorbell)?;
+        self.lifecycle.forget(name);
+        Ok(LibvirtVm {
+            name: name.clone(),
+            accel: crate::accel::detect_accel(),
+            state: VmState::Created,
+            conn: self.conn.clone(),
+            lifecycle: self.lifecycle.clone(),
+            domain: None,
+            owned: false,
+            process: None,
+            shmem: Some(shmem),
+            relay: Some(relay),
+            work_dir: dir.to_owned(),
+            serial_log: domain.serial_log.clone(),
+            doorbell_path: domain.doorbell.clone(),
+            owner: domain.owner,
+        })
     }
 
     /// The host side of a VM named `name`: work dir, region name (`shmem`, else one made up
@@ -207,8 +265,11 @@ impl Libvirt {
             conn: self.conn.clone(),
             lifecycle: self.lifecycle.clone(),
             domain: None,
+            owned: true,
+            process: None,
             shmem,
             relay,
+            serial_log: spec.work_dir.join("serial.log"),
             work_dir: spec.work_dir.clone(),
             doorbell_path,
             owner,
@@ -278,11 +339,18 @@ pub struct LibvirtVm {
     state: VmState,
     conn: Connect,
     lifecycle: Arc<Lifecycle>,
-    /// `None` before the domain is defined and after [`Vm::stop`].
+    /// `None` before the domain is defined (or, for an operator's, looked up) and after
+    /// [`Vm::stop`].
     domain: Option<Domain>,
+    /// Whether the adapter defined the domain (else an operator did, and keeps it).
+    owned: bool,
+    /// The domain id of the QEMU process this VM runs in, as the adapter last started or
+    /// adopted it.
+    process: Option<u32>,
     shmem: Option<Shmem>,
     relay: Option<Relay>,
     work_dir: PathBuf,
+    serial_log: PathBuf,
     doorbell_path: PathBuf,
     owner: (u32, u32),
 }
@@ -313,21 +381,54 @@ impl LibvirtVm {
     }
 
     fn serial_log(&self) -> PathBuf {
-        self.work_dir.join("serial.log")
+        self.serial_log.clone()
     }
 
-    /// The state, with what libvirt reported since: a domain suspended, resumed or ended
-    /// behind the adapter's back (virsh) shows as such.
+    /// The state, with what libvirt reported since: a domain suspended, resumed, ended, saved
+    /// or restored behind the adapter's back (virsh) shows as such.
     fn state(&self) -> VmState {
+        if matches!(self.state, VmState::Stopped | VmState::Exited) {
+            return self.state;
+        }
         let seen = self.lifecycle.get(&self.name);
+        // An operator's domain starts its own processes; the adapter's start only its own.
+        let started = self.lifecycle.started(&self.name);
+        let foreign = self.owned && started.is_some() && started != self.process;
         match (self.state, seen) {
-            (VmState::Created | VmState::Running | VmState::Paused, Some(Seen::Gone(_))) => {
-                VmState::Exited
+            (_, Some(Seen::Gone(_))) => VmState::Exited,
+            (_, Some(Seen::Saved)) => VmState::Saved,
+            (_, Some(Seen::Running | Seen::Paused)) if foreign => VmState::Restored,
+            (VmState::Running | VmState::Created, Some(Seen::Paused)) if !self.owned => {
+                VmState::Paused
             }
+            (VmState::Created, Some(Seen::Running)) if !self.owned => VmState::Running,
             (VmState::Running, Some(Seen::Paused)) => VmState::Paused,
             (VmState::Paused, Some(Seen::Running)) => VmState::Running,
             (state, _) => state,
         }
+    }
+
+    /// The domain, looked up by name the first time for an operator's.
+    fn domain(&mut self, op: &'static str) -> Result<&Domain, VmmError> {
+        if self.domain.is_none() && !self.owned && self.state != VmState::Stopped {
+            let found = Domain::lookup_by_name(&self.conn, &self.name)
+                .map_err(api(&self.name, "find the domain"))?;
+            self.domain = Some(found);
+        }
+        let wrong = self.wrong_state(op);
+        self.domain.as_ref().ok_or(wrong)
+    }
+
+    /// Takes the QEMU process a `virsh restore` started as this VM's own, paused: the
+    /// region holds what the save image held, for the owner to serve afresh.
+    fn adopt_restored(&mut self) -> Result<(), VmmError> {
+        let started = self.lifecycle.started(&self.name);
+        self.domain("pause")?.suspend().map_err(api(&self.name, "pause the restored domain"))?;
+        self.process = started;
+        self.state = VmState::Paused;
+        self.lifecycle.set(&self.name, Seen::Paused);
+        tracing::info!(vm = self.name, "Adopted the domain's restored QEMU process");
+        Ok(())
     }
 
     /// Undoes a half-made VM and turns libvirt's error into a start-up error.
@@ -355,7 +456,7 @@ impl LibvirtVm {
             state if from.contains(&state) => {}
             _ => return Err(self.wrong_state(op)),
         }
-        let domain = self.domain.as_ref().ok_or_else(|| self.wrong_state(op))?;
+        let domain = self.domain(op)?;
         let done = match to {
             VmState::Paused => domain.suspend(),
             _ => domain.resume(),
@@ -378,6 +479,9 @@ impl Vm for LibvirtVm {
     }
 
     fn pause(&mut self) -> Result<(), VmmError> {
+        if self.state() == VmState::Restored {
+            return self.adopt_restored();
+        }
         self.transition("pause", &[VmState::Running], VmState::Paused)
     }
 
@@ -386,12 +490,23 @@ impl Vm for LibvirtVm {
     }
 
     fn snapshot(&mut self, dir: &Path) -> Result<Snapshot, VmmError> {
-        if self.state() != VmState::Paused {
+        if self.state() != VmState::Paused || !self.owned {
+            // An operator's domain is theirs to save.
             return Err(self.wrong_state("snapshot"));
         }
         let domain = self.domain.as_ref().ok_or_else(|| self.wrong_state("snapshot"))?;
         let manifest = snapshot::Manifest::new(&self.name, self.accel, self.paths());
         let taken = snapshot::take(&self.conn, domain, dir, manifest)?;
+        // The save ended the QEMU process and the restore started another.
+        let restored = Domain::lookup_by_name(&self.conn, &self.name)
+            .map_err(api(&self.name, "find the restored domain"))?;
+        self.process = restored.get_id();
+        if let Some(id) = self.process {
+            if !self.lifecycle.wait_started(&self.name, id, EVENT_TIMEOUT) {
+                tracing::warn!(vm = self.name, "libvirt sent no event for the restored domain");
+            }
+        }
+        self.domain = Some(restored);
         self.lifecycle.set(&self.name, Seen::Paused);
         Ok(taken)
     }
@@ -400,7 +515,7 @@ impl Vm for LibvirtVm {
         if let Some(relay) = self.relay.take() {
             relay.stop();
         }
-        if let Some(domain) = self.domain.take() {
+        if let Some(domain) = self.domain.take().filter(|_| self.owned) {
             // Not running (destroyed with virsh, or never started) is fine.
             if domain.is_active().unwrap_or(false) {
                 domain.destroy().map_err(api(&self.name, "destroy the domain"))?;
@@ -410,8 +525,8 @@ impl Vm for LibvirtVm {
                     return Err(api(&self.name, "undefine the domain")(error));
                 }
             }
-            self.state = VmState::Stopped;
         }
+        self.state = VmState::Stopped;
         if let Some(link) = self.shmem.as_ref().and_then(|s| s.link.as_ref()) {
             let _ = std::fs::remove_file(link);
         }
@@ -422,7 +537,7 @@ impl Vm for LibvirtVm {
     fn info(&self) -> VmInfo {
         let state = self.state();
         let pid = match state {
-            VmState::Created | VmState::Running | VmState::Paused => {
+            VmState::Created | VmState::Running | VmState::Paused | VmState::Restored => {
                 std::fs::read_to_string(Path::new(PID_DIR).join(format!("{}.pid", self.name)))
                     .ok()
                     .and_then(|text| text.trim().parse().ok())
@@ -444,11 +559,11 @@ impl Vm for LibvirtVm {
     }
 
     fn doorbell(&mut self) -> Result<UnixStream, VmmError> {
-        let taken = self.relay.as_mut().and_then(Relay::take_host_end);
-        taken.ok_or_else(|| VmmError::InvalidSpec {
-            vm: self.name.clone(),
-            reason: "its spec asked for no doorbell, or its host end was taken".into(),
-        })
+        let Some(relay) = &self.relay else {
+            let reason = "its spec asked for no doorbell".into();
+            return Err(VmmError::InvalidSpec { vm: self.name.clone(), reason });
+        };
+        relay.host_end().map_err(VmmError::io(format!("connect the doorbell of {}", self.name)))
     }
 }
 

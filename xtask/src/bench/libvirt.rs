@@ -1,6 +1,8 @@
 //! `cargo xtask bench libvirt`: the same Nexus function through the direct QEMU adapter and
 //! through the libvirt adapter, one run: cold start (boot), snapshot then cold start from it
-//! (restore), warm latency p50, and the memory libvirt's daemons add for one VM.
+//! (restore), warm latency p50, and the memory libvirt's daemons add for one VM; and for the
+//! libvirt adapter alone, an operator's `virsh save` of the warm VM and `virsh restore` to its
+//! next answer (served again at a new epoch).
 //!
 //! Needs libvirtd (`virtlogd -d; libvirtd -d` as root, started here if absent). The "baseline"
 //! column is the QEMU adapter, the "nexus" column the libvirt adapter.
@@ -50,7 +52,8 @@ pub fn run() -> Result<()> {
     let libvirt = measure(&stack, "bench-libvirt", "libvirt")?;
     // bench-libvirt still has its warm VM; the daemons' growth over the idle run is its cost.
     let added = daemons_rss_kib()? - idle_daemons;
-    let table = libvirt_table(&qemu, &libvirt, added);
+    let virsh = virsh_save_restore(&stack, "bench-libvirt")?;
+    let table = libvirt_table(&qemu, &libvirt, added, virsh);
     print!("\n{}", table.text());
     let file = workspace_root().join("docs/BENCHMARKS.md");
     table.write_section(&file)?;
@@ -99,6 +102,36 @@ fn measure(stack: &Stack, name: &str, vmm: &str) -> Result<Measured> {
     })
 }
 
+/// Seconds of `virsh save` of `name`'s warm VM, and of `virsh restore` to its next answer.
+fn virsh_save_restore(stack: &Stack, name: &str) -> Result<(f64, f64)> {
+    let domains = nexus_tests::libvirtd::domains(&format!("{name}-"))?;
+    let domain = domains.first().context(format!("{name} has no domain"))?;
+    let image = std::env::temp_dir().join(format!("{domain}.save"));
+    let path = image.to_string_lossy().into_owned();
+    println!("bench: {name}: virsh save, virsh restore");
+    let started = std::time::Instant::now();
+    nexus_tests::libvirtd::virsh(&["save", domain, &path])?;
+    let saved = started.elapsed().as_secs_f64();
+    let started = std::time::Instant::now();
+    nexus_tests::libvirtd::virsh(&["restore", &path])?;
+    let _ = std::fs::remove_file(&image);
+    // The backend serves it again within its next follow-up (each second).
+    let event = event(&format!("out/{name}"));
+    let deadline = started + std::time::Duration::from_secs(120);
+    loop {
+        let listed = stack.backend.api("GET", "/v1/functions", None)?;
+        let function = listed.as_array().into_iter().flatten().find(|f| f["spec"]["name"] == name);
+        let vms = function.and_then(|f| f["vms"].as_array()).cloned().unwrap_or_default();
+        if vms.iter().any(|vm| vm["state"] == "running") {
+            let invoked = stack.invoke(name, &event, &[])?;
+            anyhow::ensure!(invoked.start_seconds.is_none(), "the restored VM did not serve");
+            return Ok((saved, started.elapsed().as_secs_f64()));
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the restored VM was not served");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// The summed RSS of the libvirt daemons, in KiB.
 fn daemons_rss_kib() -> Result<f64> {
     let mut total = 0.0;
@@ -112,7 +145,12 @@ fn daemons_rss_kib() -> Result<f64> {
     Ok(total)
 }
 
-fn libvirt_table(qemu: &Measured, libvirt: &Measured, daemons_added_kib: f64) -> Table {
+fn libvirt_table(
+    qemu: &Measured,
+    libvirt: &Measured,
+    daemons_added_kib: f64,
+    (virsh_save, virsh_restore): (f64, f64),
+) -> Table {
     let accel = &libvirt.accel;
     let time_row = |metric: &str, of: fn(&Measured) -> f64| Row {
         metric: format!("{metric} [{accel}]"),
@@ -128,7 +166,9 @@ fn libvirt_table(qemu: &Measured, libvirt: &Measured, daemons_added_kib: f64) ->
          cold figures are medians of {COLD_ROUNDS} invocations after `fn stop`, end to end at \
          the API; the snapshot is `POST /v1/functions/NAME/snapshot` (libvirt: virDomainSave \
          then virDomainRestore of the same domain, which a save ends). \"libvirt daemons\" is \
-         the growth of libvirtd + virtlogd RSS with one libvirt VM warm over none.",
+         the growth of libvirtd + virtlogd RSS with one libvirt VM warm over none. The virsh \
+         rows are an operator's `virsh save` of the warm VM and `virsh restore` of its image, up \
+         to the function's next (warm) answer: the backend serves the restored VM's region afresh.",
         machine()
     )];
     notes.extend(accel_note(accel));
@@ -146,6 +186,18 @@ fn libvirt_table(qemu: &Measured, libvirt: &Measured, daemons_added_kib: f64) ->
                 baseline: mib(qemu.vmm_rss_kib * 1024.0),
                 nexus: mib(libvirt.vmm_rss_kib * 1024.0),
                 ratio: ratio(libvirt.vmm_rss_kib, qemu.vmm_rss_kib),
+                ..Row::default()
+            },
+            Row {
+                metric: format!("virsh save of a warm VM [{accel}]"),
+                baseline: "—".into(),
+                nexus: seconds(virsh_save),
+                ..Row::default()
+            },
+            Row {
+                metric: format!("virsh restore to the next answer [{accel}]"),
+                baseline: "—".into(),
+                nexus: seconds(virsh_restore),
                 ..Row::default()
             },
             Row {
