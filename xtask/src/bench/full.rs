@@ -54,7 +54,8 @@ pub struct Options {
     /// Seed of the arrival times (the same plan for both flavours).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Seconds of the node's idle floor, measured before each flavour's VMs start.
+    /// Seconds of the node's idle floor, measured before each flavour's VMs start and again
+    /// once they are gone.
     #[arg(long, default_value_t = 20)]
     pub idle_floor: u64,
     /// `remote`: storage behind a link with cloud object storage's latency and bandwidth;

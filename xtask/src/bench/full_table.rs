@@ -168,11 +168,10 @@ pub fn table(run: &Run) -> Table {
 type MakeRow<'a> = dyn Fn(String, f64, f64, Show, Option<Claim>) -> Row + 'a;
 
 /// Node CPU per invocation: the whole machine, per process, and the probes'. The claim is
-/// judged on the whole machine where both flavours' windows left it room, else per process.
+/// judged on the whole machine where both flavours' figures are usable, else per process.
 fn cpu_rows(b: &Phase, n: &Phase, row: &MakeRow) -> Vec<Row> {
     let f = b.function.name();
-    let usable = |p: &Phase| !p.node.saturated() && p.node_cpu_per_invocation() > 0.0;
-    let on_node = usable(b) && usable(n);
+    let on_node = b.node.usable() && n.node.usable();
     let mut node = row(
         format!("node CPU per invocation, {f}: the whole machine beyond its idle floor"),
         b.node_cpu_per_invocation(),
@@ -180,19 +179,21 @@ fn cpu_rows(b: &Phase, n: &Phase, row: &MakeRow) -> Vec<Row> {
         &seconds,
         on_node.then_some(CPU),
     );
+    for (cell, p) in [(&mut node.baseline, b), (&mut node.nexus, n)] {
+        *cell = if p.node.saturated() {
+            format!("saturated ({:.0} % busy)", p.node.window.busy_share() * 100.0)
+        } else if p.node.beyond_floor() <= 0.0 {
+            "not above the floor".into()
+        } else {
+            let drift = seconds(p.per_invocation(p.node.drift()));
+            let unsteady = if p.node.usable() { "" } else { ", unsteady" };
+            format!("{cell} (floor drift ± {drift}{unsteady})")
+        };
+    }
     if !on_node {
-        for (cell, p) in [(&mut node.baseline, b), (&mut node.nexus, n)] {
-            *cell = if p.node.saturated() {
-                format!("saturated ({:.0} % busy)", p.node.window.busy_share() * 100.0)
-            } else if usable(p) {
-                seconds(p.node_cpu_per_invocation())
-            } else {
-                "not above the floor".into()
-            };
-        }
         node.ratio = "—".into();
         node.extra = CPU.cells(f64::NAN);
-        node.extra[2] = "— (no room on the machine: judged on the next row)".into();
+        node.extra[2] = "— (no room or no steady floor: judged on the next row)".into();
     }
     let mut process = row(
         format!("node CPU per invocation, {f}, per process: QEMU (+ backend for Nexus)"),
@@ -382,7 +383,13 @@ fn notes(run: &Run) -> Vec<String> {
         })
         .collect();
     let percent = |share: f64| format!("{:.0} %", share * 100.0);
-    let floors = each(pairs, &|p| percent(p.node.floor.busy_share()));
+    let floors = each(pairs, &|p| {
+        format!(
+            "{} then {}",
+            percent(p.node.before.busy_share()),
+            percent(p.node.after.busy_share())
+        )
+    });
     let busy = each(pairs, &|p| percent(p.node.window.busy_share()));
     let left_out = each(pairs, &|p| {
         let w = &p.node.window;
@@ -431,14 +438,15 @@ fn notes(run: &Run) -> Vec<String> {
              packet work, kworkers) counts; less Garage's CPU, counted in {accounting}, and this \
              process's (the load generator and the link to storage), per invocation \
              (baseline / Nexus) {left_out}; less the idle floor: the same figure over {floor} s \
-             measured just before the flavour's VMs were deployed, scaled to the window's \
-             length. The VMs' idle time in the window is theirs. The floor kept {floors} of the \
-             machine busy, the windows {busy}: the floor carries the other work on the machine, \
-             which the bench's work partly displaces rather than adds to, so the figure is only \
-             as good as that work was steady; a window at ≥ 95 % is marked saturated (its \
-             figure means nothing), and then the claim is judged on the per-process row. The \
-             window ends once Nexus's write-back spool has uploaded \
-             everything.",
+             just before the flavour's VMs were deployed and again once they were removed, its \
+             mean rate times the window's length. The VMs' idle time in the window is theirs. \
+             The floors kept {floors} of the machine busy, the windows {busy}: the floors carry \
+             the other work on the machine, so the figure is only as good as that work was \
+             steady (the drift, half the difference of the two floors over the window, says how \
+             steady), and the bench's work displaces that work rather than adds to it once the \
+             machine is full. A window ≥ 95 % busy is marked saturated; a figure whose drift \
+             exceeds a quarter of it, unsteady; then the claim is judged on the per-process \
+             row. The window ends once Nexus's write-back spool has uploaded everything.",
             accounting = run.storage_accounting,
             floor = options.idle_floor,
         ),
@@ -458,7 +466,9 @@ fn notes(run: &Run) -> Vec<String> {
          divided by the Nexus VMs running, for Nexus): the memory a KVM host would spend on the \
          VM, since the translation cache exists only under TCG; the guest's RAM and the VMM's \
          own memory are otherwise what they are under KVM. The guest's own view is what the \
-         handler reports."
+         handler reports; guest RAM on the host exceeds it by the guest's page cache and the \
+         memory the guest touched and freed, which stays resident without a balloon or free \
+         page reporting, under KVM too."
             .to_owned(),
         format!(
             "Computed, not measured: the density row divides the {} GiB budget by the memory per \
@@ -579,8 +589,12 @@ mod tests {
             warm: (0..100).map(|i| (warm_ms + f64::from(i) / 10.0) / 1e3).collect(),
             max_lag: 0.0,
             window: 60.0,
-            // The floor's 12 s over 20 s is 36 s over the 60 s window.
-            node: NodeCpu { window: span(cpu + 38.0, 60.0), floor: span(14.0, 20.0) },
+            // The floors' 12 s over 20 s are 36 s over the 60 s window.
+            node: NodeCpu {
+                window: span(cpu + 38.0, 60.0),
+                before: span(14.0, 20.0),
+                after: span(14.0, 20.0),
+            },
             qemu_cpu: cpu,
             backend_cpu: 2.0,
             qemu_memory: vec![memory; 2],
@@ -676,7 +690,8 @@ mod tests {
         ));
         assert!(markdown.contains(
             "| node CPU per invocation, thumbnail: the whole machine beyond its idle floor [TCG] \
-             | 300.00 ms | 200.00 ms | 0.67× (−33 %) | −44 % | −50 % | better, short of the paper |"
+             | 300.00 ms (floor drift ± 0 ns) | 200.00 ms (floor drift ± 0 ns) | 0.67× (−33 %) | \
+             −44 % | −50 % | better, short of the paper |"
         ), "{markdown}");
         assert!(markdown.contains(
             "| node CPU per invocation, thumbnail, per process: QEMU (+ backend for Nexus) [TCG] \
@@ -699,7 +714,9 @@ mod tests {
         ), "{markdown}");
         assert!(markdown.contains("in thumbnail 0/3 (baseline) and 1/3 (Nexus) cold starts"));
         assert!(markdown.contains("| host-native fabric: empty call round trip p50 (no VM) |  | 500 ns |  | — | p50 < 2 µs | goal met |"));
-        assert!(markdown.contains("The floor kept thumbnail 35 % / 35 % of the machine busy"));
+        assert!(markdown.contains(
+            "The floors kept thumbnail 35 % then 35 % / 35 % then 35 % of the machine busy"
+        ));
         assert!(markdown.contains("load average 3.5 at the start and 4.0 at the end"));
         assert!(markdown.contains("![plots/x.svg](plots/x.svg)"));
         assert!(!markdown.contains("probe"), "no probe rows without the probes");
@@ -711,6 +728,9 @@ mod tests {
         let (mut b, mut n) =
             (phase(Flavour::Baseline, 30.0, 300.0, 80.0), phase(Flavour::Nexus, 20.0, 200.0, 50.0));
         b.node.window.busy = b.node.window.capacity * 0.97;
+        // Nexus's floor rose from 12 s to 18 s per 20 s: 45 s over the window at the mean rate,
+        // 11 s beyond it, 9 s of drift.
+        n.node.after.busy = 20.0;
         let cpu = |vmm_s: f64, backend_s: f64| CpuUse {
             vmm_s,
             backend_s,
@@ -732,8 +752,8 @@ mod tests {
         // The baseline's window kept the machine 97 % busy: the claim moves to the next row.
         assert!(markdown.contains(
             "| node CPU per invocation, thumbnail: the whole machine beyond its idle floor [TCG] \
-             | saturated (97 % busy) | 200.00 ms | — | −44 % | −50 % | — (no room on the machine: \
-             judged on the next row) |"
+             | saturated (97 % busy) | 110.00 ms (floor drift ± 90.00 ms, unsteady) | — | −44 % | \
+             −50 % | — (no room or no steady floor: judged on the next row) |"
         ), "{markdown}");
         assert!(markdown.contains(
             "| node CPU per invocation, thumbnail, per process: QEMU (+ backend for Nexus) [TCG] \

@@ -3,20 +3,23 @@
 //! kworkers writing pages back) counts for whichever side caused it, less the harness's own
 //! parts — the storage server (Garage, moved into a cgroup of its own) and this process (the
 //! load generator and the link to storage) — and less the idle floor: the same figure measured
-//! just before, scaled to the window's length.
+//! just before the VMs start and again once they are gone, scaled to the window's length.
 //!
 //! ```text
 //!  /proc/stat  cpu  user nice system idle iowait irq softirq steal guest guest_nice  (ticks)
 //!  busy     = user + nice + system + irq + softirq    (guest time is inside user and nice;
 //!  capacity = busy + idle + iowait + steal              idle, iowait and steal are not busy)
 //!  node(span)       = busy − storage cgroup − this process
-//!  node CPU(window) = node(window) − node(floor) × wall(window) / wall(floor)
+//!  rate(floor)      = node(floor) / wall(floor)
+//!  node CPU(window) = node(window) − mean rate of the floors before and after × wall(window)
+//!  drift            = |rate(before) − rate(after)| / 2 × wall(window)
 //! ```
 //! The storage cgroup is cgroup v1's `cpuacct` (`cpuacct.usage`, ns) where that controller is
 //! mounted, else cgroup v2 (`cpu.stat` `usage_usec`); without either (not root), the server's
-//! process alone (`/proc/PID/stat`). On a machine that other work keeps busy, the floor
-//! carries that work; once the window's busy time nears the capacity, the bench's work only
-//! displaces it and the figure means little: [`NodeCpu::saturated`] says so.
+//! process alone (`/proc/PID/stat`). On a machine that other work keeps busy, the floors carry
+//! that work: the figure is only as good as that work was steady (the drift says how steady),
+//! and once the window's busy time nears the capacity the bench's work only displaces it
+//! ([`NodeCpu::saturated`]). [`NodeCpu::usable`] says whether the figure means something.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -31,6 +34,8 @@ const CPUACCT_V1: &str = "/sys/fs/cgroup/cpuacct";
 const UNIFIED_V2: [&str; 2] = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"];
 /// A window whose busy time is at least this share of the capacity is saturated.
 const SATURATED: f64 = 0.95;
+/// The largest drift of the floor, as a share of the figure, that leaves the figure usable.
+const USABLE_DRIFT: f64 = 0.25;
 
 /// The whole machine's CPU time since boot, in clock ticks, from `/proc/stat`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -107,23 +112,39 @@ impl Span {
     }
 }
 
-/// A measured window and the idle floor measured before it.
+/// A measured window and the idle floors measured before and after it.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct NodeCpu {
     pub window: Span,
-    pub floor: Span,
+    pub before: Span,
+    pub after: Span,
 }
 
 impl NodeCpu {
-    /// CPU seconds the node spent over the window beyond the floor's rate.
+    /// CPU seconds the node spent over the window beyond the floors' mean rate.
     pub fn beyond_floor(&self) -> f64 {
-        self.window.node() - self.floor.node() * self.window.wall / self.floor.wall
+        let rate = (self.before.node() + self.after.node()) / (self.before.wall + self.after.wall);
+        self.window.node() - rate * self.window.wall
+    }
+
+    /// How far the floor moved, as CPU seconds over the window: half the difference of the two
+    /// floors' rates. Other work that changed between them blurs the figure by about this much.
+    pub fn drift(&self) -> f64 {
+        let rate = |floor: &Span| floor.node() / floor.wall;
+        (rate(&self.before) - rate(&self.after)).abs() / 2.0 * self.window.wall
     }
 
     /// Whether the window kept the machine so busy that the bench's work displaced other
     /// work instead of adding to it.
     pub fn saturated(&self) -> bool {
         self.window.busy_share() >= SATURATED
+    }
+
+    /// Whether the figure means something: the machine had room, the window rose above the
+    /// floor, and the floor's drift is small beside it.
+    pub fn usable(&self) -> bool {
+        let beyond = self.beyond_floor();
+        !self.saturated() && beyond > 0.0 && self.drift() <= beyond * USABLE_DRIFT
     }
 }
 
@@ -344,12 +365,23 @@ mod tests {
         );
         assert_eq!((window.wall, window.busy, window.capacity), (90.0, 70.0, 180.0));
         assert!((window.node() - 67.0).abs() < 1e-9);
-        let node = NodeCpu { window, floor };
+        let node = NodeCpu { window, before: floor, after: floor };
         // The floor's 4.7 s over 20 s is 21.15 s over 90 s.
         assert!((node.beyond_floor() - (67.0 - 21.15)).abs() < 1e-9, "{}", node.beyond_floor());
-        assert!(!node.saturated());
+        assert_eq!(node.drift(), 0.0);
+        assert!(!node.saturated() && node.usable());
+        // A floor after of 6.7 s over 10 s: the mean rate is 11.4 s / 30 s, 34.2 s over 90 s;
+        // the rates 0.235 and 0.67 s/s are 39.15 s apart over 90 s, half of it the drift.
+        let after = Span { wall: 10.0, busy: 8.0, capacity: 20.0, storage: 1.0, harness: 0.3 };
+        let drifting = NodeCpu { window, before: floor, after };
+        assert!((drifting.beyond_floor() - (67.0 - 34.2)).abs() < 1e-9);
+        assert!((drifting.drift() - 19.575).abs() < 1e-9, "{}", drifting.drift());
+        assert!(!drifting.usable(), "a drift of 60 % of the figure");
         let full = Span { busy: 176.0, ..window };
-        assert!(NodeCpu { window: full, floor }.saturated());
+        let saturated = NodeCpu { window: full, ..node };
+        assert!(saturated.saturated() && !saturated.usable());
+        let below = NodeCpu { window: Span { busy: 20.0, ..window }, ..node };
+        assert!(below.beyond_floor() < 0.0 && !below.usable());
         // Counters never run backwards; a bogus reading gives zero, not a wrap.
         let back = Span::between(&reading(10, 10, 5, 5, at(0)), &reading(5, 5, 1, 1, at(1)), 100.0);
         assert_eq!((back.busy, back.capacity, back.storage, back.harness), (0.0, 0.0, 0.0, 0.0));

@@ -3,7 +3,8 @@
 //! them up, load the function at a fixed rate for a fixed time with up to N invocations in
 //! flight (so the backend spreads them over its VMs) while the node's CPU, every host process
 //! serving them and (as root) the probes are counted, read their memory (and, with the probes,
-//! what KSM finds duplicated), time cold starts from a snapshot, and remove it.
+//! what KSM finds duplicated), time cold starts from a snapshot, remove it, and measure the
+//! idle floor again.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -121,7 +122,8 @@ pub struct Load {
     pub duration: Duration,
     pub cold_rounds: usize,
     pub seed: u64,
-    /// How long the node's idle floor is measured before the VMs start.
+    /// How long the node's idle floor is measured, before the VMs start and once they are
+    /// gone.
     pub floor: Duration,
 }
 
@@ -138,7 +140,7 @@ pub struct Phase {
     /// The measured window: from the first measured arrival's start until the last answer
     /// (and, for Nexus, until its writes were uploaded), seconds.
     pub window: f64,
-    /// The whole machine's CPU over the window and over the idle floor before the VMs.
+    /// The whole machine's CPU over the window and over the idle floors without the VMs.
     pub node: NodeCpu,
     /// CPU seconds of the VMs' QEMU processes over the window.
     pub qemu_cpu: f64,
@@ -284,7 +286,7 @@ pub fn run(meters: Meters, function: Function, flavour: Flavour, load: &Load) ->
         warm: done.iter().map(|d| d.latency.as_secs_f64()).collect(),
         max_lag: done.iter().map(|d| d.lag.as_secs_f64()).fold(0.0, f64::max),
         window,
-        node: NodeCpu { window: after.2, floor },
+        node: NodeCpu { window: after.2, before: floor, ..NodeCpu::default() },
         qemu_cpu: after.0 - before.0,
         backend_cpu: after.1 - before.1,
         qemu_memory,
@@ -312,5 +314,7 @@ pub fn run(meters: Meters, function: Function, flavour: Flavour, load: &Load) ->
         phase.cold_runtime_restarts += usize::from(console.contains(RUNTIME_RESTARTED));
     }
     stack.backend.api("DELETE", &format!("/v1/functions/{name}"), None)?;
+    say(&format!("the node's idle floor again for {} s", load.floor.as_secs()));
+    phase.node.after = meters.node.floor(load.floor)?;
     Ok(phase)
 }
