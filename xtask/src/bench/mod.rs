@@ -9,6 +9,7 @@ mod chain;
 mod cold;
 mod fabric;
 mod full;
+mod full_notes;
 mod full_table;
 mod libvirt;
 mod load;
