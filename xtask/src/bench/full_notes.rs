@@ -154,7 +154,7 @@ fn probe_note(pairs: &[(Phase, Phase)]) -> Option<String> {
     let node = each(pairs, &|p| p.seen.as_ref().map_or(String::new(), |s| mib(s.merged.node)));
     let ksm = each(pairs, &|p| {
         p.seen.as_ref().map_or(String::new(), |s| {
-            let cpu = s.merged.ksmd_cpu.map_or("?".into(), |c| seconds(c.as_secs_f64()));
+            let cpu = s.merged.ksmd_cpu_shown();
             format!(
                 "{} passes in {:.0} s, ksmd {cpu}",
                 s.merged.passes,

@@ -10,6 +10,7 @@ use anyhow::Result;
 use nexus_ebpf::{ksmd_cpu_time, loaded_sched_cost, procfs, KsmScanning, ProgramCost};
 use nexus_tests::Backend;
 
+use super::report::seconds;
 use super::stack::WarmVm;
 
 /// The backend settings that turn the probes on.
@@ -152,6 +153,13 @@ pub struct Merged {
     pub passes: u64,
     pub ksmd_cpu: Option<Duration>,
     pub took: Duration,
+}
+
+impl Merged {
+    /// ksmd's CPU time for the passes, as the notes show it.
+    pub fn ksmd_cpu_shown(&self) -> String {
+        self.ksmd_cpu.map_or("?".into(), |cpu| seconds(cpu.as_secs_f64()))
+    }
 }
 
 /// Lets KSM scan (it runs while this waits, then goes back to its previous settings) until

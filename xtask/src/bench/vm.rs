@@ -203,12 +203,12 @@ fn vm_table(
              utime + stime over the same span. Memory KSM merged: each VM's \
              `nexus_vm_memory_merged_bytes` (its `ksm_merging_pages`) once KSM's merging \
              settled ({} passes) with both VMs up (node duplicated memory then: {}; ksmd used \
-             {:?} of CPU over {:.1} s). The probe cost is the kernel's run-time statistics of \
+             {} of CPU over {:.1} s). The probe cost is the kernel's run-time statistics of \
              the sched_switch program, node-wide.",
             WARM_UP + ROUNDS,
             seen.merged.passes,
             mib(seen.merged.node),
-            seen.merged.ksmd_cpu,
+            seen.merged.ksmd_cpu_shown(),
             seen.merged.took.as_secs_f64()
         ));
     }
