@@ -25,7 +25,7 @@ use nexus_plugin::{
 use nexus_tests::{nexus_binary, test_guest, Backend};
 use serde_json::json;
 
-use super::measure::machine;
+use super::measure::{load_average, machine};
 use super::report::{ratio, seconds, Row, Table};
 use super::stats::median;
 use crate::workspace_root;
@@ -54,8 +54,7 @@ pub fn run() -> Result<()> {
         anyhow!("no cloud-hypervisor: set NEXUS_CLOUD_HYPERVISOR or put it on PATH")
     })?;
     check_kvm().map_err(|e| anyhow!("KVM cannot run guests here: {e}"))?;
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load = load.split_whitespace().next().unwrap_or("?").to_owned();
+    let load = load_average();
     let guest = test_guest()?;
     let backend = Backend::start_with(&nexus_binary(), REGION, "", &[])?;
     let ch = CloudHypervisor::new(ChOptions { binary: Some(binary), ..ChOptions::default() })?;

@@ -1,6 +1,7 @@
 //! Measuring processes from the kernel's own accounting: CPU time from `/proc/<pid>/stat` and
-//! `wait4`'s rusage, peak RSS from rusage, resident (RSS) and proportional (PSS) memory of a
-//! live process from `/proc/<pid>/status` and `/proc/<pid>/smaps_rollup`.
+//! `wait4`'s rusage, peak RSS from rusage, resident memory (RSS) of a live process from
+//! `/proc/<pid>/status`, and a VMM's resident and proportional (PSS) memory split by what it
+//! holds from `/proc/<pid>/smaps`.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -28,10 +29,80 @@ pub fn rss_kib(pid: u32) -> Result<f64> {
     proc_kib(&format!("/proc/{pid}/status"), "VmRSS")
 }
 
-/// Proportional memory of a live process (`Pss`: each shared page divided among the processes
-/// that map it), in KiB.
-pub fn pss_kib(pid: u32) -> Result<f64> {
-    proc_kib(&format!("/proc/{pid}/smaps_rollup"), "Pss")
+/// Resident and proportional memory, KiB.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Held {
+    pub rss_kib: f64,
+    pub pss_kib: f64,
+}
+
+/// A VMM process's memory by what it holds:
+/// - `guest`: the guest's RAM, the mappings QEMU marks mergeable for KSM (`mg` in `VmFlags`;
+///   QEMU marks every guest RAM block so, and nothing else);
+/// - `translation_cache`: TCG's generated code, anonymous mappings both writable and
+///   executable (none under KVM);
+/// - `rest`: everything else the VMM holds (its heap, libraries, device state, the Nexus region
+///   it shares with the backend).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct VmmMemory {
+    pub guest: Held,
+    pub translation_cache: Held,
+    pub rest: Held,
+}
+
+impl VmmMemory {
+    /// Reads `/proc/<pid>/smaps`.
+    pub fn of(pid: u32) -> Result<Self> {
+        let file = format!("/proc/{pid}/smaps");
+        let text = std::fs::read_to_string(&file).with_context(|| format!("read {file}"))?;
+        let memory = Self::parse(&text);
+        if memory.guest.rss_kib == 0.0 {
+            bail!("no mapping of process {pid} is marked mergeable: is it a QEMU whose guest ran?");
+        }
+        Ok(memory)
+    }
+
+    /// Sums the mappings of `smaps` text by what they hold. A mapping is a header line
+    /// (`start-end perms offset dev inode [path]`), `Name: N kB` lines, and `VmFlags:` last.
+    fn parse(smaps: &str) -> Self {
+        let mut memory = Self::default();
+        let (mut code, mut held) = (false, Held::default());
+        for line in smaps.lines() {
+            let mut words = line.split_whitespace();
+            let Some(first) = words.next() else { continue };
+            match first {
+                "Rss:" => held.rss_kib = kib_field(line, "Rss").unwrap_or(0.0),
+                "Pss:" => held.pss_kib = kib_field(line, "Pss").unwrap_or(0.0),
+                "VmFlags:" => {
+                    let kind = if words.any(|flag| flag == "mg") {
+                        &mut memory.guest
+                    } else if code {
+                        &mut memory.translation_cache
+                    } else {
+                        &mut memory.rest
+                    };
+                    kind.rss_kib += held.rss_kib;
+                    kind.pss_kib += held.pss_kib;
+                    held = Held::default();
+                }
+                range if !range.ends_with(':') && range.contains('-') => {
+                    let perms = words.next().unwrap_or_default();
+                    let anonymous = words.nth(3).is_none();
+                    code = anonymous && perms.contains('w') && perms.contains('x');
+                }
+                _ => {}
+            }
+        }
+        memory
+    }
+
+    /// What the VMM holds but TCG's cache: the memory a KVM host spends on the VM.
+    pub fn without_translation_cache(&self) -> Held {
+        Held {
+            rss_kib: self.guest.rss_kib + self.rest.rss_kib,
+            pss_kib: self.guest.pss_kib + self.rest.pss_kib,
+        }
+    }
 }
 
 /// The value of the `field:  N kB` line of a `/proc` file.
@@ -113,6 +184,12 @@ pub fn machine() -> String {
     format!("{model}, {cores} cores, {mem_gib} GiB, Linux {}", kernel.trim())
 }
 
+/// The machine's load average over the last minute (`/proc/loadavg`), as written there.
+pub fn load_average() -> String {
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    loadavg.split_whitespace().next().unwrap_or("?").to_owned()
+}
+
 /// Today's date (UTC) from the system clock, without a date crate.
 pub fn today() -> String {
     let output = Command::new("date").args(["-u", "+%Y-%m-%d"]).output();
@@ -132,6 +209,40 @@ mod tests {
     }
 
     #[test]
+    fn splits_a_vmm_by_what_it_holds() {
+        let smaps = "\
+7f00-7f10 rw-p 00000000 00:00 0 
+Size:             262144 kB
+Rss:               40000 kB
+Pss:               39000 kB
+VmFlags: rd wr mr mw me ac hg mg 
+7f20-7f30 rwxp 00000000 00:00 0 
+Rss:                9000 kB
+Pss:                9000 kB
+VmFlags: rd wr ex mr mw me ac hg 
+5600-5700 r-xp 00000000 fe:01 1234                       /usr/bin/qemu-system-x86_64
+Rss:                3000 kB
+Pss:                1000 kB
+VmFlags: rd ex mr mw me 
+7f40-7f50 rw-s 00000000 00:1a 77                         /dev/shm/nexus/r-1.region
+Rss:                 512 kB
+Pss:                 256 kB
+VmFlags: rd wr sh mr mw me ms 
+7f60-7f70 rw-p 00000000 00:00 0                          [heap]
+Rss:                1000 kB
+Pss:                1000 kB
+VmFlags: rd wr mr mw me ac 
+";
+        let memory = VmmMemory::parse(smaps);
+        assert_eq!(memory.guest, Held { rss_kib: 40000.0, pss_kib: 39000.0 });
+        assert_eq!(memory.translation_cache, Held { rss_kib: 9000.0, pss_kib: 9000.0 });
+        // The binary's code is executable but file-backed; the heap and the region are not code.
+        assert_eq!(memory.rest, Held { rss_kib: 4512.0, pss_kib: 2256.0 });
+        assert_eq!(memory.without_translation_cache().pss_kib, 41256.0);
+        assert!(VmmMemory::of(std::process::id()).is_err(), "this process has no guest RAM");
+    }
+
+    #[test]
     fn measures_a_child_and_this_process() {
         let usage = run_measured(
             Command::new("sh")
@@ -144,8 +255,12 @@ mod tests {
         assert!(usage.peak_rss_bytes > 100 * 1024);
         assert!(cpu_time(std::process::id()).is_ok());
         let me = std::process::id();
-        let (rss, pss) = (rss_kib(me).unwrap(), pss_kib(me).unwrap());
-        assert!(rss > 100.0 && pss > 10.0 && pss <= rss, "rss {rss} pss {pss}");
+        let rss = rss_kib(me).unwrap();
+        // Its mappings, summed, are its RSS (up to what changed between the two reads).
+        let own = VmmMemory::parse(&std::fs::read_to_string("/proc/self/smaps").unwrap());
+        let (summed, pss) = (own.rest.rss_kib, own.rest.pss_kib);
+        assert!(rss > 100.0 && (summed - rss).abs() < rss * 0.1, "rss {rss} summed {summed}");
+        assert!(pss > 10.0 && pss <= summed, "pss {pss}");
         assert!(run_measured(&mut Command::new("false"), "").is_err());
     }
 }

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use super::measure::{machine, rss_kib};
 use super::probes::{self, CpuReading, CpuUse, Merged};
 use super::report::{mib, ratio, seconds, Row, Table};
-use super::stack::{accel_note, Stack, Storage, BUCKET};
+use super::stack::{accel_note, Stack, Storage, WarmVm, BUCKET};
 use super::stats::percentile;
 use crate::image::Flavour;
 use crate::{setup, workspace_root};
@@ -36,7 +36,7 @@ struct Measured {
     guest_used_kib: f64,
     runtime_rss_kib: f64,
     vmm_rss_kib: f64,
-    pid: u32,
+    vm: WarmVm,
     /// What the probes saw over the warm invocations (as root).
     cpu: Option<CpuUse>,
 }
@@ -56,16 +56,18 @@ pub fn run(storage: Storage) -> Result<()> {
     let stack =
         Stack::start(&tools, &Flavour::ALL, storage, "size: 32MiB, buffer_size: 1MiB", settings)?;
     seed_input(&stack, &tools.python)?;
+    let observe = observe && probes::on(&stack.backend)?;
     let _cost_stats = observe.then(nexus_ebpf::Probes::cost_stats).transpose()?;
-    let baseline = measure(&stack, "bench-baseline", Flavour::Baseline)?;
-    let nexus = measure(&stack, "bench-nexus", Flavour::Nexus)?;
+    let baseline = measure(&stack, "bench-baseline", Flavour::Baseline, observe)?;
+    let nexus = measure(&stack, "bench-nexus", Flavour::Nexus, observe)?;
     let observed = match (baseline.cpu, nexus.cpu) {
         (Some(b), Some(n)) => {
-            let merged = probes::merged_after_ksm(&[baseline.pid, nexus.pid])?;
+            let vms = [baseline.vm.clone(), nexus.vm.clone()];
+            let merged = probes::merged_after_ksm(&stack.backend, &vms)?;
             Some(Observed { baseline: b, nexus: n, merged })
         }
         _ => {
-            println!("bench: not root: no eBPF probe figures");
+            println!("bench: no eBPF probe figures (they need root and the probes on)");
             None
         }
     };
@@ -94,16 +96,15 @@ pub fn event(output_key: &str) -> Value {
 }
 
 /// Deploys the function as `name`, invokes it cold, warms it up, times `ROUNDS` warm
-/// invocations, and reads the memory figures.
-fn measure(stack: &Stack, name: &str, flavour: Flavour) -> Result<Measured> {
+/// invocations (with the probes' view of them if `observe`), and reads the memory figures.
+fn measure(stack: &Stack, name: &str, flavour: Flavour, observe: bool) -> Result<Measured> {
     stack.deploy(name, &workspace_root().join(CODE), HANDLER, flavour, json!({}))?;
     let invoke = |round: usize| stack.invoke(name, &event(&format!("out/{name}-{round}.gz")), &[]);
     println!("bench: {name}: cold invocation (boots the VM)");
     let cold = invoke(0)?;
     let vm = stack.warm_vm(name)?;
-    let before = probes::available()
-        .then(|| CpuReading::take(&stack.backend, &vm.region, vm.pid))
-        .transpose()?;
+    let vms = [vm.clone()];
+    let before = observe.then(|| CpuReading::take(&stack.backend, &vms)).transpose()?;
     println!("bench: {name}: {ROUNDS} warm invocations");
     let mut warm = Vec::new();
     let mut last = Value::Null;
@@ -115,18 +116,18 @@ fn measure(stack: &Stack, name: &str, flavour: Flavour) -> Result<Measured> {
         last = invocation.result;
     }
     let cpu = match before {
-        Some(before) => Some(before.until(&CpuReading::take(&stack.backend, &vm.region, vm.pid)?)),
+        Some(before) => Some(before.until(&CpuReading::take(&stack.backend, &vms)?)),
         None => None,
     };
     Ok(Measured {
-        accel: vm.accel,
+        accel: vm.accel.clone(),
         cold_s: cold.seconds,
         boot_s: cold.start_seconds.unwrap_or(0.0),
         warm,
         guest_used_kib: last["guest_used_kib"].as_f64().unwrap_or(f64::NAN),
         runtime_rss_kib: last["runtime_rss_kib"].as_f64().unwrap_or(f64::NAN),
         vmm_rss_kib: rss_kib(vm.pid)?,
-        pid: vm.pid,
+        vm,
         cpu,
     })
 }
@@ -199,14 +200,15 @@ fn vm_table(
         notes.push(format!(
             "Probe rows (`probe:`): the backend's eBPF probes (`probes.enabled`, as root), read from \
              its /metrics before and after the {} warm invocations; `/proc` is the VMM's \
-             utime + stime over the same span. Memory KSM merged: each VM's `ksm_merging_pages` \
-             once KSM's merging settled ({} passes) with both VMs up (node duplicated memory then: \
-             {}; ksmd used {:?} of CPU over {:.1} s). The probe cost is the kernel's run-time \
-             statistics of the sched_switch program, node-wide.",
+             utime + stime over the same span. Memory KSM merged: each VM's \
+             `nexus_vm_memory_merged_bytes` (its `ksm_merging_pages`) once KSM's merging \
+             settled ({} passes) with both VMs up (node duplicated memory then: {}; ksmd used \
+             {} of CPU over {:.1} s). The probe cost is the kernel's run-time statistics of \
+             the sched_switch program, node-wide.",
             WARM_UP + ROUNDS,
             seen.merged.passes,
-            mib(seen.merged.node as f64),
-            seen.merged.ksmd_cpu,
+            mib(seen.merged.node),
+            seen.merged.ksmd_cpu_shown(),
             seen.merged.took.as_secs_f64()
         ));
     }
@@ -247,11 +249,16 @@ fn probe_rows(seen: &Observed, mark: &str) -> Vec<Row> {
         ),
         row(
             "probe: memory KSM merged (duplicated with other memory)",
-            seen.merged.per_vm[0] as f64,
-            seen.merged.per_vm[1] as f64,
+            seen.merged.per_vm[0],
+            seen.merged.per_vm[1],
             &bytes,
         ),
-        row("probe cost: ns per sched_switch event", b.ns_per_event, n.ns_per_event, &nanos),
-        row("probe cost: share of all CPUs during the rounds", b.cpu_share, n.cpu_share, &percent),
+        row("probe cost: ns per sched_switch event", b.ns_per_event(), n.ns_per_event(), &nanos),
+        row(
+            "probe cost: share of all CPUs during the rounds",
+            b.cpu_share(),
+            n.cpu_share(),
+            &percent,
+        ),
     ]
 }
