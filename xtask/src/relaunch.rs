@@ -18,7 +18,9 @@ use crate::{cmd, setup, workspace_root};
 /// Prepares the machine, then hands this command to the `stack` build of xtask.
 pub fn with_stack() -> Result<()> {
     setup::demo()?;
-    println!("xtask: building the backend, the VMM adapters and the probes (first time: ≈ 3-5 min)");
+    println!(
+        "xtask: building the backend, the VMM adapters and the probes (first time: ≈ 3-5 min)"
+    );
     let status = cmd::status(
         cmd::cargo()
             .current_dir(workspace_root())
