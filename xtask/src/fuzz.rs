@@ -54,7 +54,7 @@ pub fn run(seconds: u64) -> Result<()> {
     let figures = campaign(seconds)?;
     let path = workspace_root().join(RECORD);
     let doc = fs::read_to_string(&path).with_context(|| format!("Cannot read {RECORD}"))?;
-    fs::write(&path, with_figures(&doc, &table(&figures))?)
+    fs::write(&path, with_figures(&doc, seconds, &table(&figures))?)
         .with_context(|| format!("Cannot write {RECORD}"))?;
     println!("fuzz: figures recorded in {RECORD}");
     verdict(&figures)
@@ -209,14 +209,17 @@ fn table(figures: &[Figures]) -> String {
     out
 }
 
-/// `doc` with the text between the record markers replaced by `table`.
-fn with_figures(doc: &str, table: &str) -> Result<String> {
+/// `doc` with the text between the record markers replaced by `table`, the figures of a run of
+/// `seconds` a target.
+fn with_figures(doc: &str, seconds: u64, table: &str) -> Result<String> {
     let (Some(start), Some(end)) = (doc.find(RECORD_START), doc.find(RECORD_END)) else {
         bail!("{RECORD} lacks the lines {RECORD_START} and {RECORD_END}");
     };
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let head = &doc[..start + RECORD_START.len()];
-    let note = format!("Last run: `cargo xtask fuzz`, one target at a time on {cores} cores.");
+    let note = format!(
+        "Last run: `cargo xtask fuzz --time {seconds}`, one target at a time on {cores} cores."
+    );
     Ok(format!("{head}\n{note}\n\n{table}{}", &doc[end..]))
 }
 
@@ -249,10 +252,11 @@ mod tests {
     #[test]
     fn the_record_replaces_only_the_figures() {
         let doc = format!("# Fuzzing\n\n{RECORD_START}\nold\n{RECORD_END}\n\nafter\n");
-        let new = with_figures(&doc, "| new |\n").unwrap();
-        assert!(new.starts_with(&format!("# Fuzzing\n\n{RECORD_START}\nLast run")));
+        let new = with_figures(&doc, 60, "| new |\n").unwrap();
+        let head = format!("# Fuzzing\n\n{RECORD_START}\nLast run: `cargo xtask fuzz --time 60`");
+        assert!(new.starts_with(&head), "{new}");
         assert!(new.ends_with(&format!("| new |\n{RECORD_END}\n\nafter\n")));
         assert!(!new.contains("old"));
-        assert!(with_figures("# no markers", "").is_err());
+        assert!(with_figures("# no markers", 60, "").is_err());
     }
 }
