@@ -8,7 +8,8 @@
 //!  fuzz/target/…/release/seeds          rewrites fuzz/seeds/<target>/ (committed)
 //!  cargo +nightly fuzz run <target> fuzz/corpus/<target> fuzz/seeds/<target> -- -max_total_time=N
 //!                                       [-dict=fuzz/dicts/<target>.dict]
-//!                                       new inputs go to fuzz/corpus (kept, not committed);
+//!                                       new inputs go to fuzz/corpus (kept, not committed),
+//!                                       libFuzzer's output to fuzz/logs/<target>.log;
 //!                                       a crash stops the target and leaves fuzz/artifacts/<target>/
 //! ```
 
@@ -27,6 +28,8 @@ const SEEDS: &str = "seeds";
 const BINARIES: &str = "fuzz/target/x86_64-unknown-linux-gnu/release";
 /// Longest input libFuzzer makes (the targets' layouts fit calls, rings and windows in it).
 const MAX_LEN: &str = "-max_len=16384";
+/// Where each target's libFuzzer output is kept (not committed).
+const LOGS: &str = "fuzz/logs";
 /// Seconds one input may take before libFuzzer reports a hang.
 const INPUT_TIMEOUT: &str = "-timeout=30";
 /// The file the figures are recorded in, and the lines that enclose them there.
@@ -36,16 +39,16 @@ const RECORD_END: &str = "<!-- end of fuzz figures -->";
 
 /// What one target's run gave.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Figures {
-    pub target: String,
-    pub seconds: u64,
+struct Figures {
+    target: String,
+    seconds: u64,
     /// Inputs executed.
-    pub runs: u64,
+    runs: u64,
     /// Coverage counters hit (libFuzzer's `cov`), and features (`ft`: edges, counts, compares).
-    pub coverage: u64,
-    pub features: u64,
+    coverage: u64,
+    features: u64,
     /// The input that crashed it, if one did (libFuzzer stops at the first).
-    pub crash: Option<String>,
+    crash: Option<String>,
 }
 
 /// Fuzzes every target for `seconds`, records the figures in docs/fuzzing.md, and fails if a
@@ -101,6 +104,10 @@ fn campaign(seconds: u64) -> Result<Vec<Figures>> {
             run.arg(format!("-dict={}", dictionary.display()));
         }
         let output = run.output().with_context(|| format!("Cannot run fuzz target {target}"))?;
+        let log = root.join(LOGS).join(format!("{target}.log"));
+        fs::create_dir_all(root.join(LOGS)).context("Cannot create the fuzz logs' folder")?;
+        fs::write(&log, &output.stderr)
+            .with_context(|| format!("Cannot write {}", log.display()))?;
         let found = parse(&target, seconds, &output)?;
         println!("fuzz: {}", line(&found));
         figures.push(found);
