@@ -291,10 +291,11 @@ impl Geometry {
         }
         let buffers_end = region_size - staging_size;
         let fits = buffers_end.saturating_sub(data_offset) / buffer_size;
-        if fits < u64::from(host_buffers) + 1 {
+        // Buffers are counted in a u32: those past u32::MAX stay unused.
+        let buffer_count = u32::try_from(fits).unwrap_or(u32::MAX);
+        if buffer_count <= host_buffers {
             return Err(GeometryError::TooFewBuffers { fits, host: host_buffers });
         }
-        let buffer_count = u32::try_from(fits).unwrap_or(u32::MAX);
         Ok(Self {
             region_size,
             ring_capacity,
@@ -456,6 +457,19 @@ mod tests {
                 Err(GeometryError::StagingSize(bad))
             );
         }
+    }
+
+    #[test]
+    fn a_header_leaves_the_guest_a_buffer() {
+        // Found by fuzz/geometry_header: more buffers fit than a u32 counts, and a header that
+        // gave all u32::MAX of them to the host left the guest none.
+        let mut line = Geometry::new(1 << 45, 4096, 2, 1).unwrap().to_line();
+        assert_eq!(line.buffer_count, u32::MAX);
+        line.guest_buffers = 0;
+        assert!(matches!(
+            Geometry::from_header(&line, 1 << 45),
+            Err(GeometryError::TooFewBuffers { host: u32::MAX, .. })
+        ));
     }
 
     #[test]

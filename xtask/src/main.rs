@@ -43,11 +43,12 @@ enum Chore {
     Setup,
     /// Set up, build, then run the Rust and Python test suites.
     Test,
-    /// Fuzz the channel's parsers of guest-written data (needs a nightly toolchain).
+    /// Fuzz every parser of untrusted bytes (nightly toolchain and cargo-fuzz, installed if
+    /// missing); records the figures in docs/fuzzing.md.
     Fuzz {
         /// Seconds per fuzz target.
         #[arg(long, default_value_t = 60)]
-        seconds: u64,
+        time: u64,
     },
     /// Run the benchmarks side by side (or one of them); each prints a table and records it in
     /// docs/BENCHMARKS.md.
@@ -103,7 +104,7 @@ fn main() -> anyhow::Result<()> {
         Chore::Soak(args) => soak::run(args),
         #[cfg(not(feature = "stack"))]
         Chore::Soak { .. } => relaunch::with_stack(),
-        Chore::Fuzz { seconds } => fuzz::run(seconds),
+        Chore::Fuzz { time } => fuzz::run(time),
     }
 }
 

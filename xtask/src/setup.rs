@@ -37,12 +37,13 @@ const DEMO_APT_PACKAGES: &[&str] = &[
 ];
 /// Debian packages the tests and benchmarks need besides: the venv, pip (which the backend
 /// runs to install a function's requirements.txt), gcc for the freestanding test guest
-/// (tests/ch-guest, built by the tests), the Prometheus server the probe tests scrape with, and
-/// libvirtd with virsh for the libvirt tests.
+/// (tests/ch-guest, built by the tests), g++ for libFuzzer (the fuzz targets), the Prometheus
+/// server the probe tests scrape with, and libvirtd with virsh for the libvirt tests.
 const TEST_APT_PACKAGES: &[&str] = &[
     "python3-venv",
     "python3-pip",
     "gcc",
+    "g++",
     "prometheus",
     "libvirt-daemon-system",
     "libvirt-clients",

@@ -1,5 +1,6 @@
 //! `cargo xtask test`: set-up, the guest images (the VM tests boot them), then build the
-//! workspace, run the Rust tests, then the Python tests of the guest shim. Stops at the first
+//! workspace, lint it (clippy with the workspace lints, warnings denied), run the Rust tests,
+//! the Python tests of the guest shim, and every fuzz target briefly. Stops at the first
 //! failing step and names it.
 
 use std::env;
@@ -10,10 +11,12 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 use crate::image::{self, Flavour};
-use crate::{cmd, setup, workspace_root};
+use crate::{cmd, fuzz, setup, workspace_root};
 
 /// pytest's exit code when it collected no tests.
 const PYTEST_NO_TESTS: i32 = 5;
+/// Seconds each fuzz target runs: enough to run the seeds and what they quickly lead to.
+const FUZZ_SECONDS: u64 = 10;
 
 pub fn run() -> Result<()> {
     let tools = setup::run().context("Step `setup` failed")?;
@@ -29,13 +32,21 @@ pub fn run() -> Result<()> {
     // xtask's `stack` half (demo, benchmarks) is built and tested with the rest.
     step("cargo build", cmd::cargo().args(["build", "--workspace", "--features", "xtask/stack"]))?;
     step(
+        "cargo clippy",
+        cmd::cargo()
+            .args(["clippy", "--workspace", "--all-targets", "--features", "xtask/stack"])
+            .args(["--", "-D", "warnings"]),
+    )?;
+    step(
         "cargo test",
         cmd::cargo()
             .args(["test", "--workspace", "--features", "xtask/stack"])
             .env("NEXUS_GARAGE", &tools.garage)
             .env("NEXUS_PYTHON", &tools.python),
     )?;
-    pytest(root, &tools).context("Step `pytest` failed")
+    pytest(root, &tools).context("Step `pytest` failed")?;
+    println!("test: fuzz, {FUZZ_SECONDS} s a target");
+    fuzz::smoke(FUZZ_SECONDS).context("Step `fuzz` failed")
 }
 
 /// Runs pytest on `guest/python/tests` against the debug build, if that folder exists.

@@ -95,7 +95,7 @@ pub fn tcp_router(api: Api, token: Arc<Token>) -> Router {
 
 /// An error answer: `{"error": message}` with a status code.
 #[derive(Debug)]
-struct ApiError(StatusCode, String);
+pub struct ApiError(StatusCode, String);
 
 impl From<BackendError> for ApiError {
     fn from(e: BackendError) -> Self {
@@ -171,10 +171,11 @@ async fn list_regions(State(api): State<Api>) -> Response {
     Json(api.backend.regions()).into_response()
 }
 
+/// The body of `POST /v1/regions`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateRegion {
-    function: String,
+pub struct CreateRegion {
+    pub function: String,
 }
 
 async fn create_region(
@@ -197,11 +198,24 @@ async fn remove_region(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The query of `POST /v1/regions/{id}/invoke`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct InvokeQuery {
+pub struct InvokeQuery {
     /// Seconds to wait for the result.
-    timeout: Option<f64>,
+    pub timeout: Option<f64>,
+}
+
+impl InvokeQuery {
+    /// How long the invocation may take: `timeout`, within 1 ms and an hour.
+    pub fn deadline(&self) -> Result<Duration, ApiError> {
+        let seconds = self.timeout.unwrap_or(DEFAULT_TIMEOUT_S);
+        if seconds.is_nan() {
+            let message = "timeout: NaN is not a number of seconds".to_owned();
+            return Err(ApiError(StatusCode::BAD_REQUEST, message));
+        }
+        Ok(Duration::from_secs_f64(seconds.clamp(0.001, 3600.0)))
+    }
 }
 
 /// The body is the event JSON; the answer is the handler's result JSON.
@@ -215,8 +229,7 @@ async fn invoke_region(
 ) -> Result<Response, ApiError> {
     serde_json::from_slice::<serde_json::Value>(&event)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("The event is not JSON: {e}")))?;
-    let deadline =
-        Duration::from_secs_f64(query.timeout.unwrap_or(DEFAULT_TIMEOUT_S).clamp(0.001, 3600.0));
+    let deadline = query.deadline()?;
     let hints = prefetch_hints(&headers)?;
     let staged = api.backend.prefetch(&api.backend.region_policy(&id)?, &hints).await;
     let prefetched = staged.len();
@@ -296,7 +309,7 @@ async fn invoke_function(
 }
 
 /// The objects named by the prefetch header.
-fn prefetch_hints(headers: &axum::http::HeaderMap) -> Result<Vec<ObjectRef>, ApiError> {
+pub fn prefetch_hints(headers: &axum::http::HeaderMap) -> Result<Vec<ObjectRef>, ApiError> {
     let Some(value) = headers.get(PREFETCH) else { return Ok(Vec::new()) };
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -355,6 +368,21 @@ async fn metrics(State(api): State<Api>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deadline_is_a_number_of_seconds() {
+        let deadline = |query: &str| {
+            let uri: axum::http::Uri = format!("/v1/regions/r/invoke?{query}").parse().unwrap();
+            let Query(query) = Query::<InvokeQuery>::try_from_uri(&uri).unwrap();
+            query.deadline().map_err(|ApiError(code, _)| code)
+        };
+        assert_eq!(deadline(""), Ok(Duration::from_secs(900)));
+        assert_eq!(deadline("timeout=2.5"), Ok(Duration::from_millis(2500)));
+        assert_eq!(deadline("timeout=inf"), Ok(Duration::from_secs(3600)));
+        assert_eq!(deadline("timeout=-1"), Ok(Duration::from_millis(1)));
+        // `timeout=NaN` reached Duration::from_secs_f64, which panicked.
+        assert_eq!(deadline("timeout=NaN"), Err(StatusCode::BAD_REQUEST));
+    }
 
     #[test]
     fn openapi_describes_every_route() {
