@@ -1,6 +1,7 @@
-//! `cargo xtask fuzz [--time N]`: runs every cargo-fuzz target of `fuzz/` (libFuzzer, on a
-//! nightly toolchain; it and cargo-fuzz are installed first if missing) for N seconds each,
-//! prints one line per target and a table, and records the table in `docs/fuzzing.md`.
+//! `cargo xtask fuzz [--time N] [--jobs J]`: runs every cargo-fuzz target of `fuzz/`
+//! (libFuzzer, on a nightly toolchain; it and cargo-fuzz are installed first if missing) for N
+//! seconds each, J targets at a time, prints one line per target and a table, and records the
+//! table in `docs/fuzzing.md`.
 //! `cargo xtask test` runs the same briefly ([`smoke`]), recording nothing.
 //!
 //! ```text
@@ -13,10 +14,13 @@
 //!                                       a crash stops the target and leaves fuzz/artifacts/<target>/
 //! ```
 
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
+use std::sync::Mutex;
+use std::thread;
 
 use anyhow::{bail, Context, Result};
 
@@ -53,11 +57,11 @@ struct Figures {
 
 /// Fuzzes every target for `seconds`, records the figures in docs/fuzzing.md, and fails if a
 /// target crashed.
-pub fn run(seconds: u64) -> Result<()> {
-    let figures = campaign(seconds)?;
+pub fn run(seconds: u64, jobs: usize) -> Result<()> {
+    let figures = campaign(seconds, jobs)?;
     let path = workspace_root().join(RECORD);
     let doc = fs::read_to_string(&path).with_context(|| format!("Cannot read {RECORD}"))?;
-    fs::write(&path, with_figures(&doc, seconds, &table(&figures))?)
+    fs::write(&path, with_figures(&doc, seconds, jobs, &table(&figures))?)
         .with_context(|| format!("Cannot write {RECORD}"))?;
     println!("fuzz: figures recorded in {RECORD}");
     verdict(&figures)
@@ -65,7 +69,7 @@ pub fn run(seconds: u64) -> Result<()> {
 
 /// Fuzzes every target for `seconds` (the test run's check), and fails if a target crashed.
 pub fn smoke(seconds: u64) -> Result<()> {
-    verdict(&campaign(seconds)?)
+    verdict(&campaign(seconds, 1)?)
 }
 
 fn verdict(figures: &[Figures]) -> Result<()> {
@@ -80,40 +84,59 @@ fn verdict(figures: &[Figures]) -> Result<()> {
     Ok(())
 }
 
-/// Builds the targets, writes the seeds, then runs each target for `seconds`; prints a line
-/// per target and the table.
-fn campaign(seconds: u64) -> Result<Vec<Figures>> {
+/// Builds the targets, writes the seeds, then runs each target for `seconds`, `jobs` targets
+/// at a time; prints a line per target and the table.
+fn campaign(seconds: u64, jobs: usize) -> Result<Vec<Figures>> {
     install_tools()?;
     let root = workspace_root();
     cmd::run(nightly().args(["fuzz", "build"]).current_dir(root))?;
     cmd::run(Command::new(root.join(BINARIES).join(SEEDS)).current_dir(root))?;
-    let mut figures = Vec::new();
-    for target in targets(root)? {
-        println!("fuzz: {target} for {seconds} s");
-        let corpus = Path::new("fuzz/corpus").join(&target);
-        fs::create_dir_all(root.join(&corpus)).context("Cannot create the fuzz corpus")?;
-        let mut run = nightly();
-        run.current_dir(root)
-            .args(["fuzz", "run", &target])
-            .arg(corpus)
-            .arg(Path::new("fuzz/seeds").join(&target))
-            .args(["--", &format!("-max_total_time={seconds}"), MAX_LEN, INPUT_TIMEOUT])
-            .arg("-print_final_stats=1");
-        let dictionary = Path::new("fuzz/dicts").join(format!("{target}.dict"));
-        if root.join(&dictionary).exists() {
-            run.arg(format!("-dict={}", dictionary.display()));
+    let queue = Mutex::new(targets(root)?.into_iter().enumerate().collect::<VecDeque<_>>());
+    let found = Mutex::new(Vec::new());
+    thread::scope(|scope| {
+        for _ in 0..jobs.max(1) {
+            scope.spawn(|| -> Result<()> {
+                while let Some((i, target)) = queue.lock().ok().and_then(|mut q| q.pop_front()) {
+                    let figures = fuzz_target(root, &target, seconds);
+                    found
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("a fuzz job panicked"))?
+                        .push((i, figures));
+                }
+                Ok(())
+            });
         }
-        let output = run.output().with_context(|| format!("Cannot run fuzz target {target}"))?;
-        let log = root.join(LOGS).join(format!("{target}.log"));
-        fs::create_dir_all(root.join(LOGS)).context("Cannot create the fuzz logs' folder")?;
-        fs::write(&log, &output.stderr)
-            .with_context(|| format!("Cannot write {}", log.display()))?;
-        let found = parse(&target, seconds, &output)?;
-        println!("fuzz: {}", line(&found));
-        figures.push(found);
-    }
+    });
+    let mut found = found.into_inner().map_err(|_| anyhow::anyhow!("a fuzz job panicked"))?;
+    found.sort_by_key(|(i, _)| *i);
+    let figures = found.into_iter().map(|(_, f)| f).collect::<Result<Vec<_>>>()?;
     println!("{}", table(&figures));
     Ok(figures)
+}
+
+/// Runs one target for `seconds`, keeping libFuzzer's output in its log.
+fn fuzz_target(root: &Path, target: &str, seconds: u64) -> Result<Figures> {
+    println!("fuzz: {target} for {seconds} s");
+    let corpus = Path::new("fuzz/corpus").join(&target);
+    fs::create_dir_all(root.join(&corpus)).context("Cannot create the fuzz corpus")?;
+    let mut run = nightly();
+    run.current_dir(root)
+        .args(["fuzz", "run", target])
+        .arg(corpus)
+        .arg(Path::new("fuzz/seeds").join(target))
+        .args(["--", &format!("-max_total_time={seconds}"), MAX_LEN, INPUT_TIMEOUT])
+        .arg("-print_final_stats=1");
+    let dictionary = Path::new("fuzz/dicts").join(format!("{target}.dict"));
+    if root.join(&dictionary).exists() {
+        run.arg(format!("-dict={}", dictionary.display()));
+    }
+    let output = run.output().with_context(|| format!("Cannot run fuzz target {target}"))?;
+    let log = root.join(LOGS).join(format!("{target}.log"));
+    fs::create_dir_all(root.join(LOGS)).context("Cannot create the fuzz logs' folder")?;
+    fs::write(&log, &output.stderr).with_context(|| format!("Cannot write {}", log.display()))?;
+    let found = parse(target, seconds, &output)?;
+    println!("fuzz: {}", line(&found));
+    Ok(found)
 }
 
 /// The nightly toolchain and cargo-fuzz, installed if missing.
@@ -217,15 +240,16 @@ fn table(figures: &[Figures]) -> String {
 }
 
 /// `doc` with the text between the record markers replaced by `table`, the figures of a run of
-/// `seconds` a target.
-fn with_figures(doc: &str, seconds: u64, table: &str) -> Result<String> {
+/// `seconds` a target, `jobs` targets at a time.
+fn with_figures(doc: &str, seconds: u64, jobs: usize, table: &str) -> Result<String> {
     let (Some(start), Some(end)) = (doc.find(RECORD_START), doc.find(RECORD_END)) else {
         bail!("{RECORD} lacks the lines {RECORD_START} and {RECORD_END}");
     };
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let head = &doc[..start + RECORD_START.len()];
     let note = format!(
-        "Last run: `cargo xtask fuzz --time {seconds}`, one target at a time on {cores} cores."
+        "Last run: `cargo xtask fuzz --time {seconds} --jobs {jobs}`, {jobs} target(s) at a time \
+         on {cores} cores."
     );
     Ok(format!("{head}\n{note}\n\n{table}{}", &doc[end..]))
 }
@@ -259,11 +283,13 @@ mod tests {
     #[test]
     fn the_record_replaces_only_the_figures() {
         let doc = format!("# Fuzzing\n\n{RECORD_START}\nold\n{RECORD_END}\n\nafter\n");
-        let new = with_figures(&doc, 60, "| new |\n").unwrap();
-        let head = format!("# Fuzzing\n\n{RECORD_START}\nLast run: `cargo xtask fuzz --time 60`");
+        let new = with_figures(&doc, 60, 2, "| new |\n").unwrap();
+        let head = format!(
+            "# Fuzzing\n\n{RECORD_START}\nLast run: `cargo xtask fuzz --time 60 --jobs 2`, 2 target"
+        );
         assert!(new.starts_with(&head), "{new}");
         assert!(new.ends_with(&format!("| new |\n{RECORD_END}\n\nafter\n")));
         assert!(!new.contains("old"));
-        assert!(with_figures("# no markers", 60, "").is_err());
+        assert!(with_figures("# no markers", 60, 1, "").is_err());
     }
 }

@@ -49,6 +49,9 @@ enum Chore {
         /// Seconds per fuzz target.
         #[arg(long, default_value_t = 60)]
         time: u64,
+        /// Targets fuzzed at a time (one core each).
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
     },
     /// Run the benchmarks side by side (or one of them); each prints a table and records it in
     /// docs/BENCHMARKS.md.
@@ -104,7 +107,7 @@ fn main() -> anyhow::Result<()> {
         Chore::Soak(args) => soak::run(args),
         #[cfg(not(feature = "stack"))]
         Chore::Soak { .. } => relaunch::with_stack(),
-        Chore::Fuzz { time } => fuzz::run(time),
+        Chore::Fuzz { time, jobs } => fuzz::run(time, jobs),
     }
 }
 
