@@ -117,7 +117,7 @@ fn campaign(seconds: u64, jobs: usize) -> Result<Vec<Figures>> {
 /// Runs one target for `seconds`, keeping libFuzzer's output in its log.
 fn fuzz_target(root: &Path, target: &str, seconds: u64) -> Result<Figures> {
     println!("fuzz: {target} for {seconds} s");
-    let corpus = Path::new("fuzz/corpus").join(&target);
+    let corpus = Path::new("fuzz/corpus").join(target);
     fs::create_dir_all(root.join(&corpus)).context("Cannot create the fuzz corpus")?;
     let mut run = nightly();
     run.current_dir(root)
