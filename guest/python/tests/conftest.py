@@ -59,7 +59,6 @@ class Backend:
         self.log = tmp / "backend.log"
         for bucket in (BUCKET, "other"):
             (tmp / "objects" / bucket).mkdir(parents=True)
-        (tmp / "regions").mkdir()
         config = tmp / "nexus.yaml"
         config.write_text(CONFIG.format(tmp=tmp))
         with open(self.log, "wb") as log:
