@@ -196,7 +196,7 @@ pub fn kill_under_load(garage: &Garage) -> Result<Outcome> {
         KILL_AFTER.as_secs()
     );
     let mut backend = backend(&garage.endpoint, garage, CALL_TIMEOUT, "")?;
-    let scratch = tempfile_dir()?;
+    let scratch = scratch_dir()?;
     let mut probes = Vec::new();
     let mut logs = Vec::new();
     for i in 0..KILL_REGIONS {
@@ -266,7 +266,7 @@ fn check_acknowledged(garage: &Garage, logs: &[PathBuf]) -> Result<(usize, usize
 }
 
 /// A scratch directory under the target dir.
-fn tempfile_dir() -> Result<PathBuf> {
+fn scratch_dir() -> Result<PathBuf> {
     let dir = workspace_root().join("target/soak");
     fs::create_dir_all(&dir)?;
     Ok(dir)

@@ -56,7 +56,8 @@ pub fn load(tools: &Tools, vms: usize, load: Duration) -> Result<Outcome> {
     let vms_rss = RssSampler::start(move || vm_pids.clone());
     let samples = Mutex::new(Vec::new());
     let errors = Mutex::new(Vec::new());
-    let deadline = Instant::now() + load;
+    let started = Instant::now();
+    let deadline = started + load;
     thread::scope(|scope| {
         for client in 0..vms {
             let (samples, errors, invoke) = (&samples, &errors, &invoke);
@@ -77,7 +78,7 @@ pub fn load(tools: &Tools, vms: usize, load: Duration) -> Result<Outcome> {
         let mut next = PROGRESS_EVERY;
         while Instant::now() < deadline {
             thread::sleep(Duration::from_millis(500));
-            if load.saturating_sub(deadline.saturating_duration_since(Instant::now())) >= next {
+            if started.elapsed() >= next {
                 let done = samples.lock().map_or(0, |s| s.len());
                 println!("soak: vms: {} min, {done} invocations", next.as_secs() / 60);
                 next += PROGRESS_EVERY;
