@@ -14,11 +14,12 @@ use super::fabric;
 use super::full_table::{table, Run};
 use super::measure::load_average;
 use super::node_cpu::NodeMeter;
-use super::phase::{self, Function, Load, Meters, Phase};
+use super::phase::{self, Load, Meters, Phase, Rep};
 use super::plot::{self, Series};
 use super::probes;
 use super::stack::{Stack, Storage};
-use super::stats::mean;
+use super::stats::{mean, median};
+use super::workload::Function;
 use crate::image::Flavour;
 use crate::{setup, workspace_root};
 
@@ -27,7 +28,8 @@ const REGION: &str = "size: 32MiB, buffer_size: 1MiB";
 /// Where the plots go, under the workspace.
 const PLOTS: &str = "docs/plots";
 
-/// `cargo xtask bench` options; the defaults fit a 2-core machine in under 15 minutes.
+/// `cargo xtask bench` options; the defaults fit a 2-core machine in under 20 minutes, and
+/// `--full` sets the longer windows that give every latency cell 1 000 invocations or more.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Options {
     /// Function VMs per flavour: each function's max_vms, and invocations in flight.
@@ -36,47 +38,69 @@ pub struct Options {
     /// Invocations per second per flavour and function, over its VMs (Poisson arrivals).
     #[arg(long, default_value_t = 2.0)]
     pub rate: f64,
-    /// Seconds of measured load per flavour and function.
-    #[arg(long, default_value_t = 90)]
+    /// Seconds of each measured window.
+    #[arg(long, default_value_t = 12)]
     pub duration: u64,
-    /// Seconds of load before that, left out of every figure.
-    #[arg(long, default_value_t = 10)]
+    /// Measured windows per flavour and function (the tables show their median and range).
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Seconds of load before the first window, left out of every figure.
+    #[arg(long, default_value_t = 5)]
     pub warm_up: u64,
-    /// The functions, comma-separated.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "compress,thumbnail")]
+    /// The functions, comma-separated, from the most I/O-bound to the most compute-bound.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "copy,compress,transform,thumbnail"
+    )]
     pub functions: Vec<Function>,
-    /// The memory budget of the density row, GiB.
-    #[arg(long, default_value_t = 16.0)]
-    pub budget_gib: f64,
-    /// Cold starts per flavour and function (their median is shown).
+    /// Cold starts per flavour and function.
     #[arg(long, default_value_t = 3)]
     pub cold_rounds: usize,
-    /// Seed of the arrival times (the same plan for both flavours).
+    /// Seed of the arrival times (the same plans for both flavours).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Seconds of the node's idle floor, measured before each flavour's VMs start and again
-    /// once they are gone.
-    #[arg(long, default_value_t = 20)]
+    /// Seconds of the node's idle floor, measured before the first phase and after each.
+    #[arg(long, default_value_t = 10)]
     pub idle_floor: u64,
     /// `remote`: storage behind a link with cloud object storage's latency and bandwidth;
     /// `local`: on loopback.
     #[arg(long, value_enum, default_value = "remote")]
     pub storage: Storage,
+    /// The long run: 180 s windows, so that each cell has ≥ 1 000 invocations and shows p99
+    /// (about 75 minutes here); overrides --duration and --warm-up.
+    #[arg(long)]
+    pub full: bool,
 }
 
+/// `--full`'s window and warm-up, seconds.
+const FULL_WINDOW: u64 = 180;
+const FULL_WARM_UP: u64 = 10;
+
 impl Options {
+    /// The options with `--full` applied.
+    fn resolved(&self) -> Self {
+        let mut options = self.clone();
+        if options.full {
+            options.duration = FULL_WINDOW;
+            options.warm_up = FULL_WARM_UP;
+        }
+        options
+    }
+
     /// The command line that repeats this run.
     pub fn command(&self) -> String {
         let functions: Vec<&str> = self.functions.iter().map(|f| f.name()).collect();
         format!(
-            "cargo xtask bench --vms {} --rate {} --duration {} --warm-up {} --functions {} \
-             --budget-gib {} --cold-rounds {} --seed {} --idle-floor {} --storage {}",
+            "cargo xtask bench --vms {} --rate {} --duration {} --reps {} --warm-up {} \
+             --functions {} --cold-rounds {} --seed {} --idle-floor {} --storage {}",
             self.vms,
             self.rate,
             self.duration,
+            self.reps,
             self.warm_up,
             functions.join(","),
-            self.budget_gib,
             self.cold_rounds,
             self.seed,
             self.idle_floor,
@@ -86,9 +110,10 @@ impl Options {
 }
 
 pub fn run(options: &Options) -> Result<()> {
+    let options = &options.resolved();
     anyhow::ensure!(
-        options.vms > 0 && options.rate > 0.0 && options.idle_floor > 0,
-        "--vms, --rate and --idle-floor must be positive"
+        options.vms > 0 && options.rate > 0.0 && options.idle_floor > 0 && options.reps > 0,
+        "--vms, --rate, --reps and --idle-floor must be positive"
     );
     let started = Instant::now();
     let load_at_start = load_average();
@@ -114,14 +139,26 @@ pub fn run(options: &Options) -> Result<()> {
         rate: options.rate,
         warm_up: Duration::from_secs(options.warm_up),
         duration: Duration::from_secs(options.duration),
+        reps: options.reps,
         cold_rounds: options.cold_rounds.max(1),
         seed: options.seed,
-        floor: Duration::from_secs(options.idle_floor),
     };
+    let floor_length = Duration::from_secs(options.idle_floor);
+    let floor = || {
+        println!("bench: the node's idle floor for {} s", options.idle_floor);
+        node.floor(floor_length)
+    };
+    let mut before = floor()?;
     let mut pairs = Vec::new();
     for (i, &function) in functions.iter().enumerate() {
-        // Alternate which flavour goes first, so a drift of the machine favours neither.
-        let run = |flavour| phase::run(meters, function, flavour, &load);
+        // Alternate which flavour goes first, so a drift of the machine favours neither. Each
+        // floor between two phases is the one after the first and the one before the second.
+        let mut run = |flavour| -> Result<Phase> {
+            let mut phase = phase::run(meters, function, flavour, &load, before)?;
+            before = floor()?;
+            phase.floors.1 = before;
+            Ok(phase)
+        };
         let pair = if i % 2 == 0 {
             let baseline = run(Flavour::Baseline)?;
             (baseline, run(Flavour::Nexus)?)
@@ -154,8 +191,8 @@ pub fn run(options: &Options) -> Result<()> {
     Ok(())
 }
 
-/// One figure of a phase, for a plot.
-type Figure = fn(&Phase) -> f64;
+/// One figure of a phase's window, for a plot.
+type Figure = fn(&Phase, &Rep) -> f64;
 
 /// Writes the plots; returns their paths relative to `docs/`.
 fn write_plots(pairs: &[(Phase, Phase)]) -> Result<Vec<String>> {
@@ -170,7 +207,7 @@ fn write_plots(pairs: &[(Phase, Phase)]) -> Result<Vec<String>> {
     };
     for (b, n) in pairs {
         let f = b.function.name();
-        let ms = |p: &Phase| p.warm.iter().map(|s| s * 1e3).collect::<Vec<_>>();
+        let ms = |p: &Phase| p.warm().iter().map(|s| s * 1e3).collect::<Vec<_>>();
         let (b_ms, n_ms) = (ms(b), ms(n));
         let svg = plot::cdf(
             &format!("Warm latency under load, {f} [{}]", n.accel),
@@ -185,15 +222,17 @@ fn write_plots(pairs: &[(Phase, Phase)]) -> Result<Vec<String>> {
         let f = b.function.name();
         let figures: [(&str, Figure); 5] = [
             ("host memory per VM", Phase::host_memory_per_vm_kib),
-            ("guest RAM on the host", |p| p.vmm_kib(|m| m.guest.pss_kib)),
-            ("QEMU beyond guest RAM", |p| p.vmm_kib(|m| m.rest.pss_kib)),
-            ("TCG's cache (KVM: none)", |p| p.vmm_kib(|m| m.translation_cache.rss_kib)),
-            ("guest's own view", |p| mean(&p.guest_used_kib)),
+            ("guest RAM on the host", |_, r| r.vmm_kib(|m| m.guest.pss_kib)),
+            ("QEMU beyond guest RAM", |_, r| r.vmm_kib(|m| m.rest.pss_kib)),
+            ("TCG's cache (KVM: none)", |_, r| r.vmm_kib(|m| m.translation_cache.rss_kib)),
+            ("guest's own view", |_, r| mean(&r.guest_used_kib)),
         ];
+        // The median over the windows.
+        let mib = |p: &Phase, figure: Figure| median(&p.per_rep(|r| figure(p, r))) / 1024.0;
         for (label, figure) in figures {
             groups.push(format!("{f}: {label}"));
-            b_mib.push(figure(b) / 1024.0);
-            n_mib.push(figure(n) / 1024.0);
+            b_mib.push(mib(b, figure));
+            n_mib.push(mib(n, figure));
         }
     }
     let accel = pairs.first().map_or("?", |(_, n)| n.accel.as_str());

@@ -3,9 +3,10 @@
 
 use super::full_table::Run;
 use super::measure::{machine, today};
-use super::phase::Phase;
+use super::phase::{Phase, Rep};
 use super::report::{mib, seconds};
 use super::stack::accel_note;
+use super::stats::Spread;
 
 /// Per function, `figure` of baseline and Nexus: `compress a / b, thumbnail c / d`.
 fn each(pairs: &[(Phase, Phase)], figure: &dyn Fn(&Phase) -> String) -> String {
@@ -19,35 +20,34 @@ fn each(pairs: &[(Phase, Phase)], figure: &dyn Fn(&Phase) -> String) -> String {
 pub fn notes(run: &Run) -> Vec<String> {
     let (options, pairs) = (run.options, run.pairs);
     let invocations = each(pairs, &|p| p.invocations().to_string());
-    let windows = each(pairs, &|p| format!("{:.0} s", p.window));
-    let lags = each(pairs, &|p| seconds(p.max_lag));
+    let windows =
+        each(pairs, &|p| Spread::of(&p.per_rep(|r| r.node.wall)).show(&|s| format!("{s:.0} s")));
+    let lags = each(pairs, &|p| seconds(p.per_rep(|r| r.max_lag).into_iter().fold(0.0, f64::max)));
     let backend_for_baseline: Vec<String> = pairs
         .iter()
         .map(|(b, _)| {
+            let cpu = Spread::of(&b.per_rep(|r| r.per_invocation(r.backend_cpu))).median;
+            let rss = Spread::of(&b.per_rep(|r| r.backend_rss_kib)).median;
             format!(
                 "{} {} per invocation, RSS {}",
                 b.function.name(),
-                seconds(b.per_invocation(b.backend_cpu)),
-                mib(b.backend_rss_kib * 1024.0)
+                seconds(cpu),
+                mib(rss * 1024.0)
             )
         })
         .collect();
     let percent = |share: f64| format!("{:.0} %", share * 100.0);
     let floors = each(pairs, &|p| {
-        format!(
-            "{} then {}",
-            percent(p.node.before.busy_share()),
-            percent(p.node.after.busy_share())
-        )
+        format!("{} then {}", percent(p.floors.0.busy_share()), percent(p.floors.1.busy_share()))
     });
-    let busy = each(pairs, &|p| percent(p.node.window.busy_share()));
+    let busy = each(pairs, &|p| {
+        percent(p.per_rep(|r| r.node.busy_share()).into_iter().fold(0.0, f64::max))
+    });
     let left_out = each(pairs, &|p| {
-        let w = &p.node.window;
-        format!(
-            "{} + {}",
-            seconds(p.per_invocation(w.storage)),
-            seconds(p.per_invocation(w.harness))
-        )
+        let part = |figure: fn(&Rep) -> f64| {
+            seconds(Spread::of(&p.per_rep(|r| r.per_invocation(figure(r)))).median)
+        };
+        format!("{} + {}", part(|r| r.node.storage), part(|r| r.node.harness))
     });
     let elapsed = run.elapsed.as_secs();
     let (load_start, load_end) = &run.load_averages;
@@ -65,11 +65,15 @@ pub fn notes(run: &Run) -> Vec<String> {
         format!(
             "Load: for each function and flavour in turn, one function (deployed as e.g. \
              `thumbnail-nexus`, `max_vms` {vms}, its {vms} VMs started first) gets {rate} \
-             invocations/s, Poisson arrivals from seed {seed} (the same plan for both flavours), \
-             with up to {vms} in flight: each takes an idle VM of the function; {warm} s of \
-             warm-up load are left out, then {duration} s are measured. Invocations measured \
-             (baseline / Nexus): {invocations}, in windows of {windows} (latest send behind the \
-             plan: {lags}). Latencies are end to end at the backend's API and count from the \
+             invocations/s, Poisson arrivals (the same plans for both flavours), with up to {vms} \
+             in flight: each takes an idle VM of the function; {warm} s of warm-up load are left \
+             out, then {reps} windows of {duration} s are measured, each with its own arrivals \
+             (seeds {seed} + 2, + 3, …). Every cell shows the median of the {reps} windows and, \
+             in brackets, their range (none where they agree as shown); the ratio is of the \
+             medians. The tail is p99 where a \
+             cell has at least 1 000 invocations, p95 otherwise, over all windows together. \
+             Invocations measured (baseline / Nexus): {invocations}, in windows of {windows} \
+             (latest send behind the plan: {lags}). Latencies are end to end at the backend's API and count from the \
              planned arrival, so a VM that falls behind shows in them. Both flavours read and \
              write the same Garage S3 server: the baseline with the real boto3 through its \
              virtio NIC and QEMU user networking, Nexus through the shim, the channel and the \
@@ -77,6 +81,7 @@ pub fn notes(run: &Run) -> Vec<String> {
             vms = options.vms,
             rate = options.rate,
             seed = options.seed,
+            reps = options.reps,
             warm = options.warm_up,
             duration = options.duration,
             storage = options.storage.note(),
@@ -88,8 +93,8 @@ pub fn notes(run: &Run) -> Vec<String> {
              packet work, kworkers) counts; less Garage's CPU, counted in {accounting}, and this \
              process's (the load generator and the link to storage), per invocation \
              (baseline / Nexus) {left_out}; less the idle floor: the same figure over {floor} s \
-             just before the flavour's VMs were deployed and again once they were removed, its \
-             mean rate times the window's length. The VMs' idle time in the window is theirs. \
+             just before the flavour's VMs were deployed and again once they were removed (one \
+             floor between two phases serves both), its mean rate times the window's length. The VMs' idle time in the window is theirs. \
              The floors kept {floors} of the machine busy, the windows {busy}: the floors carry \
              the other work on the machine, so the figure is only as good as that work was \
              steady (the drift, half the difference of the two floors over the window, says how \
@@ -108,7 +113,7 @@ pub fn notes(run: &Run) -> Vec<String> {
              whole-machine one): {}.",
             backend_for_baseline.join("; ")
         ),
-        "Memory after the load, per VM (mean of the VMs), from `/proc/<pid>/smaps`, split by \
+        "Memory after each window, per VM (mean of the VMs), from `/proc/<pid>/smaps`, split by \
          what QEMU holds: guest RAM (the mappings QEMU marks mergeable), TCG's translation cache \
          (its writable and executable anonymous mapping, bounded for both flavours) and the \
          rest of the VMM, each as PSS (shared pages divided among the processes mapping them). \
@@ -121,14 +126,9 @@ pub fn notes(run: &Run) -> Vec<String> {
          page reporting, under KVM too."
             .to_owned(),
         format!(
-            "Computed, not measured: the density row divides the {} GiB budget by the memory per \
-             VM above; no VMs were started until the budget ran out.",
-            options.budget_gib
-        ),
-        format!(
             "Cold: the first VM of each flavour is snapshotted warm (after the load), then {} \
              times stopped and invoked again: a restore into a new VMM and the first invocation \
-             with its input, end to end; the median is shown. Nexus names the input in \
+             with its input, end to end; the median and range are shown. Nexus names the input in \
              `x-nexus-prefetch`, so the backend fetches it while the VM restores; the baseline \
              restores the same way without it and its boto3 fetches the input.",
             options.cold_rounds

@@ -7,10 +7,12 @@ use std::time::Duration;
 use super::fabric::Fabric;
 use super::full::Options;
 use super::full_notes::notes;
+use super::measure::VmmMemory;
 use super::phase::Phase;
+use super::phase::Rep;
 use super::probes::CpuUse;
 use super::report::{change, mib, ratio, seconds, Row, Table};
-use super::stats::{mean, median, percentile};
+use super::stats::{mean, median, percentile, Spread};
 
 /// A claim about a metric: the paper's and our goal's change of Nexus against the baseline
 /// (−0.44 is 44 % less).
@@ -51,15 +53,6 @@ impl Claim {
     }
 }
 
-/// VMs that fit in `budget_kib` at `per_vm_kib` each (0 for an unknown size).
-fn density(budget_kib: f64, per_vm_kib: f64) -> f64 {
-    if per_vm_kib > 0.0 {
-        (budget_kib / per_vm_kib).floor()
-    } else {
-        0.0
-    }
-}
-
 /// Everything one run of `cargo xtask bench` measured.
 #[derive(Debug)]
 pub struct Run<'a> {
@@ -93,18 +86,27 @@ impl Run<'_> {
 /// How a row shows its figures.
 type Show<'a> = &'a dyn Fn(f64) -> String;
 
+/// Builds a row: metric, baseline and Nexus figures (one per repetition: the median is shown
+/// with the range, and the ratio is of the medians), how to show them, the claim if any.
+type MakeRow<'a> = dyn Fn(String, &[f64], &[f64], Show, Option<Claim>) -> Row + 'a;
+
 pub fn table(run: &Run) -> Table {
     let accel = run.accel().to_owned();
-    let row = |metric: String, b: f64, n: f64, show: Show, claim: Option<Claim>| Row {
-        metric: format!("{metric} [{accel}]"),
-        baseline: show(b),
-        nexus: show(n),
-        ratio: match claim {
-            Some(_) => format!("{} ({})", ratio(n, b), change(n, b)),
-            None => ratio(n, b),
-        },
-        extra: claim.map(|c| c.cells(n / b)).unwrap_or_default(),
-        ..Row::default()
+    let row = |metric: String, b: &[f64], n: &[f64], show: Show, claim: Option<Claim>| {
+        let (b, n) = (Spread::of(b), Spread::of(n));
+        Row {
+            metric: format!("{metric} [{accel}]"),
+            baseline: b.show(show),
+            nexus: n.show(show),
+            ratio: match claim {
+                Some(_) => {
+                    format!("{} ({})", ratio(n.median, b.median), change(n.median, b.median))
+                }
+                None => ratio(n.median, b.median),
+            },
+            extra: claim.map(|c| c.cells(n.median / b.median)).unwrap_or_default(),
+            ..Row::default()
+        }
     };
     let mut rows = Vec::new();
     for (b, n) in run.pairs {
@@ -115,36 +117,21 @@ pub fn table(run: &Run) -> Table {
         let percent = |share: f64| format!("{:.3} %", share * 100.0);
         rows.push(row(
             "probe cost: ns per sched_switch event (every switch on the node), all windows".into(),
-            b.ns_per_event(),
-            n.ns_per_event(),
+            &[b.ns_per_event()],
+            &[n.ns_per_event()],
             &nanos,
             None,
         ));
         rows.push(row(
             "probe cost: its share of all CPUs over the measured windows".into(),
-            b.cpu_share(),
-            n.cpu_share(),
+            &[b.cpu_share()],
+            &[n.cpu_share()],
             &percent,
             None,
         ));
     }
     for (b, n) in run.pairs {
         rows.extend(memory_rows(b, n, &row));
-    }
-    let budget_kib = run.options.budget_gib * 1024.0 * 1024.0;
-    let count = |v: f64| format!("{v:.0}");
-    for (b, n) in run.pairs {
-        rows.push(row(
-            format!(
-                "VMs in {} GiB, {}: computed from memory per VM (TCG's cache left out)",
-                run.options.budget_gib,
-                b.function.name()
-            ),
-            density(budget_kib, b.host_memory_per_vm_kib()),
-            density(budget_kib, n.host_memory_per_vm_kib()),
-            &count,
-            Some(DENSITY),
-        ));
     }
     for (b, n) in run.pairs {
         rows.extend(latency_rows(b, n, &row));
@@ -164,30 +151,31 @@ pub fn table(run: &Run) -> Table {
     }
 }
 
-/// Builds a row: metric, baseline and Nexus figures, how to show them, the claim if any.
-type MakeRow<'a> = dyn Fn(String, f64, f64, Show, Option<Claim>) -> Row + 'a;
-
 /// Node CPU per invocation: the whole machine, per process, and the probes'. The claim is
-/// judged on the whole machine where both flavours' figures are usable, else per process.
+/// judged on the whole machine where every window of both flavours is usable, else per
+/// process.
 fn cpu_rows(b: &Phase, n: &Phase, row: &MakeRow) -> Vec<Row> {
     let f = b.function.name();
-    let on_node = b.node.usable() && n.node.usable();
+    let usable = |p: &Phase| p.reps.iter().all(|r| p.node(r).usable());
+    let on_node = usable(b) && usable(n);
+    let node_cpu = |p: &Phase| p.per_rep(|r| p.node_cpu_per_invocation(r));
     let mut node = row(
         format!("node CPU per invocation, {f}: the whole machine beyond its idle floor"),
-        b.node_cpu_per_invocation(),
-        n.node_cpu_per_invocation(),
+        &node_cpu(b),
+        &node_cpu(n),
         &seconds,
         on_node.then_some(CPU),
     );
     for (cell, p) in [(&mut node.baseline, b), (&mut node.nexus, n)] {
-        *cell = if p.node.saturated() {
-            format!("saturated ({:.0} % busy)", p.node.window.busy_share() * 100.0)
-        } else if p.node.beyond_floor() <= 0.0 {
+        let busiest = p.per_rep(|r| r.node.busy_share()).into_iter().fold(0.0, f64::max);
+        *cell = if p.reps.iter().any(|r| p.node(r).saturated()) {
+            format!("saturated ({:.0} % busy)", busiest * 100.0)
+        } else if Spread::of(&node_cpu(p)).median <= 0.0 {
             "not above the floor".into()
         } else {
-            let drift = seconds(p.per_invocation(p.node.drift()));
-            let unsteady = if p.node.usable() { "" } else { ", unsteady" };
-            format!("{cell} (floor drift ± {drift}{unsteady})")
+            let drift = Spread::of(&p.per_rep(|r| r.per_invocation(p.node(r).drift()))).median;
+            let unsteady = if usable(p) { "" } else { ", unsteady" };
+            format!("{cell}, floor drift ± {}{unsteady}", seconds(drift))
         };
     }
     if !on_node {
@@ -195,32 +183,35 @@ fn cpu_rows(b: &Phase, n: &Phase, row: &MakeRow) -> Vec<Row> {
         node.extra = CPU.cells(f64::NAN);
         node.extra[2] = "— (no room or no steady floor: judged on the next row)".into();
     }
+    let process_cpu = |p: &Phase| p.per_rep(|r| r.per_invocation(p.process_cpu(r)));
     let mut process = row(
         format!("node CPU per invocation, {f}, per process: QEMU (+ backend for Nexus)"),
-        b.per_invocation(b.process_cpu()),
-        n.per_invocation(n.process_cpu()),
+        &process_cpu(b),
+        &process_cpu(n),
         &seconds,
         (!on_node).then_some(CPU),
     );
-    let per = |cpu: f64| seconds(n.per_invocation(cpu));
-    process.nexus = format!("{} ({} + {})", process.nexus, per(n.qemu_cpu), per(n.backend_cpu));
+    let part =
+        |cpu: fn(&Rep) -> f64| seconds(Spread::of(&n.per_rep(|r| r.per_invocation(cpu(r)))).median);
+    process.nexus += &format!(", medians {} + {}", part(|r| r.qemu_cpu), part(|r| r.backend_cpu));
     let mut rows = vec![node, process];
     if let (Some(bs), Some(ns)) = (&b.seen, &n.seen) {
+        let all = |p: &Phase, s: f64| [s / p.invocations() as f64];
         let mut vmm = row(
             format!("probe: VMM CPU per invocation, {f}: QEMU's vCPU and other threads"),
-            b.per_invocation(bs.cpu.vmm_s),
-            n.per_invocation(ns.cpu.vmm_s),
+            &all(b, bs.cpu.vmm_s),
+            &all(n, ns.cpu.vmm_s),
             &seconds,
             None,
         );
         for (cell, p, s) in [(&mut vmm.baseline, b, bs), (&mut vmm.nexus, n, ns)] {
-            *cell += &format!(" (/proc {})", seconds(p.per_invocation(s.cpu.proc_s)));
+            *cell += &format!(" (/proc {})", seconds(all(p, s.cpu.proc_s)[0]));
         }
         rows.push(vmm);
         rows.push(row(
             format!("probe: backend CPU per invocation, {f}: the threads serving the VMs' regions"),
-            b.per_invocation(bs.cpu.backend_s),
-            n.per_invocation(ns.cpu.backend_s),
+            &all(b, bs.cpu.backend_s),
+            &all(n, ns.cpu.backend_s),
             &seconds,
             None,
         ));
@@ -228,50 +219,53 @@ fn cpu_rows(b: &Phase, n: &Phase, row: &MakeRow) -> Vec<Row> {
     rows
 }
 
-/// Memory per VM: what the density rests on, then its parts, the guest's own view, and what
-/// KSM found duplicated.
+/// Memory per VM after each window: the claim's figure, then its parts, the guest's own
+/// view, and what KSM found duplicated.
 fn memory_rows(b: &Phase, n: &Phase, row: &MakeRow) -> Vec<Row> {
     let f = b.function.name();
     let kib = |k: f64| mib(k * 1024.0);
-    let mut host = row(
+    let host = |p: &Phase| p.per_rep(|r| p.host_memory_per_vm_kib(r));
+    let mut host_row = row(
         format!(
             "memory per VM on the host, {f}: QEMU PSS without TCG's cache (+ backend RSS / VMs \
              for Nexus)"
         ),
-        b.host_memory_per_vm_kib(),
-        n.host_memory_per_vm_kib(),
+        &host(b),
+        &host(n),
         &kib,
         Some(MEMORY),
     );
-    let qemu = |p: &Phase| p.vmm_kib(|m| m.without_translation_cache().pss_kib);
-    host.nexus = format!("{} ({} + {})", host.nexus, kib(qemu(n)), kib(n.backend_share_kib()));
+    let share = Spread::of(&n.per_rep(|r| n.backend_share_kib(r))).median;
+    host_row.nexus += &format!(", backend's share {}", kib(share));
+    let vmm = |p: &Phase, figure: fn(&VmmMemory) -> f64| p.per_rep(|r| r.vmm_kib(figure));
+    let guest_view = |p: &Phase| p.per_rep(|r| mean(&r.guest_used_kib));
     let mut rows = vec![
-        host,
+        host_row,
         row(
             format!("guest RAM resident on the host, {f}: QEMU's guest-RAM mappings, PSS"),
-            b.vmm_kib(|m| m.guest.pss_kib),
-            n.vmm_kib(|m| m.guest.pss_kib),
+            &vmm(b, |m| m.guest.pss_kib),
+            &vmm(n, |m| m.guest.pss_kib),
             &kib,
             None,
         ),
         row(
             format!("QEMU beyond guest RAM, {f}: the VMM's own memory, PSS, TCG's cache left out"),
-            b.vmm_kib(|m| m.rest.pss_kib),
-            n.vmm_kib(|m| m.rest.pss_kib),
+            &vmm(b, |m| m.rest.pss_kib),
+            &vmm(n, |m| m.rest.pss_kib),
             &kib,
             None,
         ),
         row(
             format!("TCG's translation cache, {f}: RSS (none under KVM; left out above)"),
-            b.vmm_kib(|m| m.translation_cache.rss_kib),
-            n.vmm_kib(|m| m.translation_cache.rss_kib),
+            &vmm(b, |m| m.translation_cache.rss_kib),
+            &vmm(n, |m| m.translation_cache.rss_kib),
             &kib,
             None,
         ),
         row(
             format!("guest memory in use, {f}: the guest's own view (MemTotal − MemAvailable)"),
-            mean(&b.guest_used_kib),
-            mean(&n.guest_used_kib),
+            &guest_view(b),
+            &guest_view(n),
             &kib,
             None,
         ),
@@ -279,8 +273,8 @@ fn memory_rows(b: &Phase, n: &Phase, row: &MakeRow) -> Vec<Row> {
     if let (Some(bs), Some(ns)) = (&b.seen, &n.seen) {
         rows.push(row(
             format!("probe: duplicated memory per VM, {f}: what KSM merged of it"),
-            mean(&bs.merged.per_vm),
-            mean(&ns.merged.per_vm),
+            &[mean(&bs.merged.per_vm)],
+            &[mean(&ns.merged.per_vm)],
             &mib,
             None,
         ));
@@ -288,23 +282,45 @@ fn memory_rows(b: &Phase, n: &Phase, row: &MakeRow) -> Vec<Row> {
     rows
 }
 
-/// Warm latency under load (p50 with the claim, p99) and the cold start.
+/// The tail percentile a cell of `samples` invocations supports: p99 from 1 000, else p95.
+pub fn tail(samples: usize) -> f64 {
+    if samples >= 1000 {
+        99.0
+    } else {
+        95.0
+    }
+}
+
+/// Warm latency under load (p50 with the claim, the tail) and the cold start.
 fn latency_rows(b: &Phase, n: &Phase, row: &MakeRow) -> Vec<Row> {
     let f = b.function.name();
-    let (p50, p99) = (|p: &Phase| percentile(&p.warm, 50.0), |p: &Phase| percentile(&p.warm, 99.0));
+    let p50 = |p: &Phase| p.per_rep(|r| percentile(&r.warm, 50.0));
+    let q = tail(b.invocations().min(n.invocations()));
+    // The tail of all the windows together, beside each window's own.
+    let tail_row = |p: &Phase| percentile(&p.warm(), q);
+    let mut tail = row(
+        format!("warm latency p{q:.0} under load, {f}, all windows together"),
+        &[tail_row(b)],
+        &[tail_row(n)],
+        &seconds,
+        None,
+    );
+    for (cell, p) in [(&mut tail.baseline, b), (&mut tail.nexus, n)] {
+        let each = Spread::of(&p.per_rep(|r| percentile(&r.warm, q)));
+        *cell += &format!(" (windows {}–{})", seconds(each.min), seconds(each.max));
+    }
     let mut cold = row(
-        format!("cold: restore + first invocation with its input, p50, {f}"),
-        median(&b.cold),
-        median(&n.cold),
+        format!("cold: restore + first invocation with its input, {f}"),
+        &b.cold,
+        &n.cold,
         &seconds,
         Some(COLD),
     );
     for (cell, p) in [(&mut cold.baseline, b), (&mut cold.nexus, n)] {
-        *cell += &format!(" (VM ready in {}", seconds(median(&p.cold_start)));
+        *cell += &format!(", VM ready in {}", seconds(median(&p.cold_start)));
         if p.cold_runtime_restarts > 0 {
             *cell += &format!("; runtime restarted {}/{}", p.cold_runtime_restarts, p.cold.len());
         }
-        *cell += ")";
     }
     if b.cold_runtime_restarts + n.cold_runtime_restarts > 0 {
         if let Some(stand) = cold.extra.last_mut() {
@@ -312,8 +328,8 @@ fn latency_rows(b: &Phase, n: &Phase, row: &MakeRow) -> Vec<Row> {
         }
     }
     vec![
-        row(format!("warm latency p50 under load, {f}"), p50(b), p50(n), &seconds, Some(WARM)),
-        row(format!("warm latency p99 under load, {f}"), p99(b), p99(n), &seconds, None),
+        row(format!("warm latency p50 under load, {f}"), &p50(b), &p50(n), &seconds, Some(WARM)),
+        tail,
         cold,
     ]
 }
@@ -361,10 +377,11 @@ fn fabric_rows(fabric: &Fabric) -> Vec<Row> {
 mod tests {
     use super::*;
     use crate::bench::measure::{Held, VmmMemory};
-    use crate::bench::node_cpu::{NodeCpu, Span};
-    use crate::bench::phase::Function;
+    use crate::bench::node_cpu::Span;
+    use crate::bench::phase::Rep;
     use crate::bench::probes::{Merged, Seen};
     use crate::bench::stack::Storage;
+    use crate::bench::workload::Function;
     use crate::image::Flavour;
 
     fn phase(flavour: Flavour, cpu: f64, pss_mib: f64, warm_ms: f64) -> Phase {
@@ -381,24 +398,24 @@ mod tests {
             storage: 1.0,
             harness: 1.0,
         };
+        // Three windows a tenth apart: the middle one is the median.
+        let rep = |scale: f64| Rep {
+            warm: (0..100).map(|i| scale * (warm_ms + f64::from(i) / 10.0) / 1e3).collect(),
+            max_lag: 0.0,
+            // The floors' 12 s over 20 s are 36 s over the 60 s window.
+            node: span(scale * cpu + 38.0, 60.0),
+            qemu_cpu: scale * cpu,
+            backend_cpu: scale * 2.0,
+            qemu_memory: vec![memory; 2],
+            guest_used_kib: vec![50.0 * 1024.0; 2],
+            backend_rss_kib: 40.0 * 1024.0,
+        };
         Phase {
             function: Function::Thumbnail,
             flavour,
             accel: "TCG".into(),
-            warm: (0..100).map(|i| (warm_ms + f64::from(i) / 10.0) / 1e3).collect(),
-            max_lag: 0.0,
-            window: 60.0,
-            // The floors' 12 s over 20 s are 36 s over the 60 s window.
-            node: NodeCpu {
-                window: span(cpu + 38.0, 60.0),
-                before: span(14.0, 20.0),
-                after: span(14.0, 20.0),
-            },
-            qemu_cpu: cpu,
-            backend_cpu: 2.0,
-            qemu_memory: vec![memory; 2],
-            guest_used_kib: vec![50.0 * 1024.0; 2],
-            backend_rss_kib: 40.0 * 1024.0,
+            reps: vec![rep(1.1), rep(1.0), rep(0.9)],
+            floors: (span(14.0, 20.0), span(14.0, 20.0)),
             cold: vec![2.5, 2.0, 3.0],
             cold_start: vec![1.5, 1.5, 1.5],
             cold_runtime_restarts: if flavour == Flavour::Nexus { 1 } else { 0 },
@@ -411,13 +428,14 @@ mod tests {
             vms: 2,
             rate: 2.0,
             duration: 60,
+            reps: 3,
             warm_up: 10,
             functions: vec![Function::Thumbnail],
-            budget_gib: 16.0,
             cold_rounds: 3,
             seed: 1,
             idle_floor: 20,
             storage: Storage::Remote,
+            full: false,
         }
     }
 
@@ -460,20 +478,22 @@ mod tests {
     }
 
     #[test]
-    fn density_and_per_vm_figures() {
-        assert_eq!(density(16.0 * 1024.0 * 1024.0, 300.0 * 1024.0), 54.0);
-        assert_eq!(density(1000.0, 0.0), 0.0);
+    fn per_window_figures() {
         let (b, n) =
             (phase(Flavour::Baseline, 30.0, 300.0, 80.0), phase(Flavour::Nexus, 20.0, 200.0, 50.0));
+        let (rb, rn) = (&b.reps[1], &n.reps[1]);
         // The backend counts for Nexus only: its CPU and its RSS shared by the two VMs.
-        assert_eq!(b.per_invocation(b.process_cpu()), 0.3);
-        assert_eq!(n.per_invocation(n.process_cpu()), 0.22);
+        assert_eq!(rb.per_invocation(b.process_cpu(rb)), 0.3);
+        assert_eq!(rn.per_invocation(n.process_cpu(rn)), 0.22);
         // The machine's 68 s less Garage's and the harness's 2 s, less the floor's 36 s.
-        assert!((b.node_cpu_per_invocation() - 0.30).abs() < 1e-9);
-        assert!((n.node_cpu_per_invocation() - 0.20).abs() < 1e-9);
+        assert!((b.node_cpu_per_invocation(rb) - 0.30).abs() < 1e-9);
+        assert!((n.node_cpu_per_invocation(rn) - 0.20).abs() < 1e-9);
         // TCG's cache is left out; guest RAM and the rest of QEMU count.
-        assert_eq!(b.host_memory_per_vm_kib(), 300.0 * 1024.0);
-        assert_eq!(n.host_memory_per_vm_kib(), 220.0 * 1024.0);
+        assert_eq!(b.host_memory_per_vm_kib(rb), 300.0 * 1024.0);
+        assert_eq!(n.host_memory_per_vm_kib(rn), 220.0 * 1024.0);
+        assert_eq!(b.invocations(), 300);
+        assert_eq!(tail(b.invocations()), 95.0);
+        assert_eq!(tail(1000), 99.0);
     }
 
     #[test]
@@ -489,28 +509,37 @@ mod tests {
         ));
         assert!(markdown.contains(
             "| node CPU per invocation, thumbnail: the whole machine beyond its idle floor [TCG] \
-             | 300.00 ms (floor drift ± 0 ns) | 200.00 ms (floor drift ± 0 ns) | 0.67× (−33 %) | \
-             −44 % | −50 % | better, short of the paper |"
+             | 300.00 ms (270.00 ms–330.00 ms), floor drift ± 0 ns | 200.00 ms (180.00 ms–220.00 \
+             ms), floor drift ± 0 ns | 0.67× (−33 %) | −44 % | −50 % | better, short of the paper |"
         ), "{markdown}");
         assert!(markdown.contains(
             "| node CPU per invocation, thumbnail, per process: QEMU (+ backend for Nexus) [TCG] \
-             | 300.00 ms | 220.00 ms (200.00 ms + 20.00 ms) | 0.73× |"
+             | 300.00 ms (270.00 ms–330.00 ms) | 220.00 ms (198.00 ms–242.00 ms), medians 200.00 ms \
+             + 20.00 ms | 0.73× |"
         ), "{markdown}");
         assert!(markdown.contains(
             "| memory per VM on the host, thumbnail: QEMU PSS without TCG's cache (+ backend RSS \
-             / VMs for Nexus) [TCG] | 300.0 MiB | 220.0 MiB (200.0 MiB + 20.0 MiB) | 0.73× (−27 %) |"
+             / VMs for Nexus) [TCG] | 300.0 MiB | 220.0 MiB, backend's share 20.0 MiB | 0.73× (−27 %) |"
         ), "{markdown}");
         assert!(markdown.contains(
             "| TCG's translation cache, thumbnail: RSS (none under KVM; left out above) [TCG] | \
              64.0 MiB | 64.0 MiB | 1.00× |"
         ), "{markdown}");
-        assert!(markdown.contains("| VMs in 16 GiB, thumbnail: computed from memory per VM (TCG's cache left out) [TCG] | 54 | 74 | 1.37× (+37 %) | +37 % | +60 % | paper's level, short of our goal |"), "{markdown}");
-        assert!(markdown
-            .contains("| warm latency p50 under load, thumbnail [TCG] | 84.90 ms | 54.90 ms |"));
         assert!(markdown.contains(
-            "| 2.50 s (VM ready in 1.50 s) | 2.50 s (VM ready in 1.50 s; runtime restarted 1/3) | \
-             1.00× (+0 %) | −10 % | −30 % | no gain (with runtime restarts, see the notes) |"
+            "| warm latency p50 under load, thumbnail [TCG] | 84.90 ms (76.41 ms–93.39 ms) | \
+             54.90 ms (49.41 ms–60.39 ms) | 0.65× (−35 %) |"
+        ));
+        // 300 invocations per flavour: p95, not p99.
+        assert!(markdown.contains(
+            "| warm latency p95 under load, thumbnail, all windows together [TCG] | 97.24 ms \
+             (windows 80.46 ms–98.34 ms) |"
+        ));
+        assert!(markdown.contains(
+            "| 2.50 s (2.00 s–3.00 s), VM ready in 1.50 s | 2.50 s (2.00 s–3.00 s), VM ready in \
+             1.50 s; runtime restarted 1/3 | 1.00× (+0 %) | −10 % | −30 % | no gain (with runtime \
+             restarts, see the notes) |"
         ), "{markdown}");
+        assert!(markdown.contains("then 3 windows of 60 s are measured"));
         assert!(markdown.contains("in thumbnail 0/3 (baseline) and 1/3 (Nexus) cold starts"));
         assert!(markdown.contains("| host-native fabric: empty call round trip p50 (no VM) |  | 500 ns |  | — | p50 < 2 µs | goal met |"));
         assert!(markdown.contains(
@@ -519,17 +548,19 @@ mod tests {
         assert!(markdown.contains("load average 3.5 at the start and 4.0 at the end"));
         assert!(markdown.contains("![plots/x.svg](plots/x.svg)"));
         assert!(!markdown.contains("probe"), "no probe rows without the probes");
-        assert!(options.command().starts_with("cargo xtask bench --vms 2 --rate 2 --duration 60"));
+        assert!(options
+            .command()
+            .starts_with("cargo xtask bench --vms 2 --rate 2 --duration 60 --reps 3"));
     }
 
     #[test]
     fn saturated_windows_and_probe_rows() {
         let (mut b, mut n) =
             (phase(Flavour::Baseline, 30.0, 300.0, 80.0), phase(Flavour::Nexus, 20.0, 200.0, 50.0));
-        b.node.window.busy = b.node.window.capacity * 0.97;
+        b.reps[0].node.busy = b.reps[0].node.capacity * 0.97;
         // Nexus's floor rose from 12 s to 18 s per 20 s: 45 s over the window at the mean rate,
         // 11 s beyond it, 9 s of drift.
-        n.node.after.busy = 20.0;
+        n.floors.1.busy = 20.0;
         let cpu = |vmm_s: f64, backend_s: f64| CpuUse {
             vmm_s,
             backend_s,
@@ -545,19 +576,21 @@ mod tests {
             ksmd_cpu: Some(Duration::from_millis(1500)),
             took: Duration::from_secs(20),
         };
-        b.seen = Some(Seen { cpu: cpu(29.0, 1.0), merged: merged(60.0) });
-        n.seen = Some(Seen { cpu: cpu(19.0, 1.5), merged: merged(30.0) });
+        // Over the 300 invocations of the three windows.
+        b.seen = Some(Seen { cpu: cpu(87.0, 3.0), merged: merged(60.0) });
+        n.seen = Some(Seen { cpu: cpu(57.0, 4.5), merged: merged(30.0) });
         let markdown = markdown(&options(), &[(b, n)]);
-        // The baseline's window kept the machine 97 % busy: the claim moves to the next row.
+        // One of the baseline's windows kept the machine 97 % busy: the claim moves to the next
+        // row.
         assert!(markdown.contains(
             "| node CPU per invocation, thumbnail: the whole machine beyond its idle floor [TCG] \
-             | saturated (97 % busy) | 110.00 ms (floor drift ± 90.00 ms, unsteady) | — | −44 % | \
-             −50 % | — (no room or no steady floor: judged on the next row) |"
+             | saturated (97 % busy) | 110.00 ms (90.00 ms–130.00 ms), floor drift ± 90.00 ms, \
+             unsteady | — | −44 % | −50 % | — (no room or no steady floor: judged on the next row) |"
         ), "{markdown}");
         assert!(markdown.contains(
             "| node CPU per invocation, thumbnail, per process: QEMU (+ backend for Nexus) [TCG] \
-             | 300.00 ms | 220.00 ms (200.00 ms + 20.00 ms) | 0.73× (−27 %) | −44 % | −50 % | \
-             better, short of the paper |"
+             | 300.00 ms (270.00 ms–330.00 ms) | 220.00 ms (198.00 ms–242.00 ms), medians 200.00 ms \
+             + 20.00 ms | 0.73× (−27 %) | −44 % | −50 % | better, short of the paper |"
         ), "{markdown}");
         assert!(markdown.contains(
             "| probe: VMM CPU per invocation, thumbnail: QEMU's vCPU and other threads [TCG] | \

@@ -22,6 +22,7 @@ pub(crate) mod report;
 pub(crate) mod stack;
 pub(crate) mod stats;
 mod vm;
+mod workload;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};

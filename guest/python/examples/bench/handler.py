@@ -8,32 +8,13 @@ guest's memory in use (MemTotal - MemAvailable) and this runtime process's resid
 import gzip
 
 import boto3
+from guest_memory import report
 
 s3 = boto3.client("s3")
-
-
-def _meminfo_kib(field):
-    with open("/proc/meminfo") as meminfo:
-        for line in meminfo:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def _rss_kib():
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def handler(event, context):
     data = s3.get_object(Bucket=event["bucket"], Key=event["key"])["Body"].read()
     compressed = gzip.compress(data, compresslevel=6, mtime=0)
     s3.put_object(Bucket=event["bucket"], Key=event["output_key"], Body=compressed)
-    return {
-        "output_bytes": len(compressed),
-        "guest_used_kib": _meminfo_kib("MemTotal") - _meminfo_kib("MemAvailable"),
-        "runtime_rss_kib": _rss_kib(),
-    }
+    return {"output_bytes": len(compressed), **report()}
