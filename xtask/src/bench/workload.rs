@@ -4,9 +4,9 @@
 //!
 //! ```text
 //!  function   handler (guest/python/examples/…)   input                   work
-//!  copy       bench/copy_object.py                4 MiB of random bytes   get, put unchanged
+//!  copy       bench/copy_object.py                2 MiB of random bytes   get, put unchanged
 //!  compress   bench/handler.py                    256 KiB of text         get, gzip, put
-//!  transform  bench/transform.py                  4 000 orders, JSON      get, parse, total, put
+//!  transform  bench/transform.py                  1 500 orders, JSON      get, parse, total, put
 //!  thumbnail  thumbnail/handler.py                12-megapixel JPEG       get, decode, shrink, put
 //! ```
 
@@ -21,11 +21,11 @@ use super::vm;
 /// The example functions the benchmark can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Function {
-    /// Only moves data: reads a 4 MiB object and writes it unchanged under another key.
+    /// Only moves data: reads a 2 MiB object and writes it unchanged under another key.
     Copy,
     /// Mostly moves data: reads a 256 KiB text object, gzips it, writes the result.
     Compress,
-    /// Parses and totals 4 000 JSON orders, writes the totals and one line per item.
+    /// Parses and totals 1 500 JSON orders, writes the totals and one line per item.
     Transform,
     /// Computes on its input: reads a 12-megapixel JPEG, makes a 128×128 thumbnail with
     /// Pillow, writes it.
@@ -34,9 +34,9 @@ pub enum Function {
 
 /// The inputs of copy, transform and thumbnail (compress's is `vm::INPUT_KEY`).
 const PARTITION_KEY: &str = "in/partition.bin";
-const PARTITION_BYTES: usize = 4 << 20;
+const PARTITION_BYTES: usize = 2 << 20;
 const ORDERS_KEY: &str = "in/orders.json";
-const ORDERS: usize = 4000;
+const ORDERS: usize = 1500;
 const PHOTO_KEY: &str = "in/photo.jpg";
 /// The photo's size and the seed of what is drawn on it.
 const PHOTO: (u32, u32, u64) = (4032, 3024, 1);
