@@ -120,8 +120,7 @@ impl Link {
                     }
                     let Ok(client) = client else { continue };
                     let seed = seed.wrapping_add(n as u64);
-                    if let Err(e) = Connection::spawn(client, server, profile, seed, n, &registry)
-                    {
+                    if let Err(e) = Connection::spawn(client, server, profile, seed, n, &registry) {
                         eprintln!("link: cannot reach {server}: {e}");
                     }
                 }

@@ -203,10 +203,7 @@ mod tests {
     fn argv(spec: &VmSpec, accel: Accel, start: Start) -> Vec<String> {
         let paths = WorkPaths::new(&spec.work_dir);
         let host = Host { accel, tcg_cache_mib: None, vhost_net: true };
-        qemu_args(spec, host, &paths, start)
-            .into_iter()
-            .map(|a| a.into_string().unwrap())
-            .collect()
+        qemu_args(spec, host, &paths, start).into_iter().map(|a| a.into_string().unwrap()).collect()
     }
 
     /// Whether `words` appear in `args`, in order and next to each other.
