@@ -82,8 +82,8 @@ pub struct Platform {
     pub rootfs: PathBuf,
     /// Holds the code disk, packages and one folder per VM (created).
     pub work_dir: PathBuf,
-    /// Names the network namespace (`nexus-bench-<pid>`, say): unique per run.
-    pub netns: String,
+    /// The prefix of the network namespace's name (`nexus-bench`: `nexus-bench-PID-N`).
+    pub netns_prefix: String,
     pub accel: AccelChoice,
     /// TCG's translation cache per VM, MiB, as the backend's `vm.tcg_cache_mib`.
     pub tcg_cache_mib: Option<u32>,
@@ -142,9 +142,9 @@ impl Conventional {
     pub fn start(mut spec: FunctionSpec, platform: Platform) -> Result<Self, ConventionalError> {
         std::fs::create_dir_all(&platform.work_dir)
             .map_err(HarnessError::io(format!("create {}", platform.work_dir.display())))?;
-        let netns = NetNs::create(&platform.netns)?;
+        let netns = NetNs::for_this_run(&platform.netns_prefix)?;
         let listener = netns.run(|| TcpListener::bind((GATEWAY, 0)))?.map_err(HarnessError::io(
-            format!("bind the storage link in namespace {}", platform.netns),
+            format!("bind the storage link in namespace {}", netns.name()),
         ))?;
         // Made here, in the host namespace: the link's connections to the store start here.
         let link = Link::start_on(listener, platform.storage, platform.link, platform.link_seed)?;
@@ -185,7 +185,10 @@ impl Conventional {
         let slot = self.take_idle()?;
         let addr = SocketAddr::from((self.slots[slot].tap.guest, RUNTIME_PORT));
         let timeout = Duration::from_secs(self.spec.timeout_secs) + ANSWER_GRACE;
-        let answer = self.exchange(addr, "POST", "/invoke", event.to_string().as_bytes(), timeout);
+        // A runtime that timed out restarts: its port refuses connections until it is ready.
+        let patience = self.platform.boot_timeout;
+        let body = event.to_string();
+        let answer = self.exchange(addr, "POST", "/invoke", body.as_bytes(), patience, timeout);
         self.lock_idle().push_back(slot);
         self.released.notify_one();
         let answer = answer?;
@@ -276,7 +279,7 @@ impl Conventional {
         let addr = SocketAddr::from((tap.guest, RUNTIME_PORT));
         let deadline = Instant::now() + self.platform.boot_timeout;
         loop {
-            match self.exchange(addr, "GET", "/ready", b"", CONNECT_TIMEOUT) {
+            match self.exchange(addr, "GET", "/ready", b"", Duration::ZERO, CONNECT_TIMEOUT) {
                 Ok(answer) if answer.status == 200 => break,
                 Ok(_) | Err(_) if Instant::now() < deadline => thread::sleep(READY_POLL),
                 Ok(answer) => {
@@ -291,20 +294,31 @@ impl Conventional {
         info.pid.ok_or_else(|| not_ready("QEMU has no pid".into()))
     }
 
-    /// One HTTP/1.1 request on a connection of its own, opened inside the namespace.
+    /// One HTTP/1.1 request on a connection of its own, opened inside the namespace; a refused
+    /// connection is tried again for up to `patience`; the answer may take `timeout`.
     fn exchange(
         &self,
         addr: SocketAddr,
         method: &str,
         path: &str,
         body: &[u8],
+        patience: Duration,
         timeout: Duration,
     ) -> Result<Answer, ConventionalError> {
         let failed = |e: io::Error| ConventionalError::Exchange { addr, reason: e.to_string() };
-        let mut stream = self
-            .netns
-            .run(|| TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT))?
-            .map_err(failed)?;
+        let deadline = Instant::now() + patience;
+        let connect = || loop {
+            match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+                Err(e)
+                    if e.kind() == io::ErrorKind::ConnectionRefused
+                        && Instant::now() < deadline =>
+                {
+                    thread::sleep(READY_POLL)
+                }
+                done => return done,
+            }
+        };
+        let mut stream = self.netns.run(connect)?.map_err(failed)?;
         stream.set_read_timeout(Some(timeout)).map_err(failed)?;
         stream.set_nodelay(true).map_err(failed)?;
         let head = format!(

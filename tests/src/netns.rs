@@ -13,7 +13,8 @@
 //! Taps are persistent (`ip tuntap add`), attached to the bridge and up; a VMM started from a
 //! thread inside the namespace opens one by name. Dropping the `NetNs` runs `ip netns del`:
 //! the namespace and its devices go once nothing inside holds it any more (the VMMs stopped,
-//! the sockets closed). A namespace of the same name left by a killed run is removed first.
+//! the sockets closed). Namespaces are named `PREFIX-PID-N` ([`NetNs::for_this_run`]): those of
+//! runs whose process is gone (killed before their drop) are removed when the next one starts.
 
 use std::fs::File;
 use std::io;
@@ -21,6 +22,7 @@ use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 
 /// The bridge inside the namespace.
@@ -73,6 +75,15 @@ impl Tap {
 }
 
 impl NetNs {
+    /// Creates a namespace named `prefix-PID-N` for this process (its `N`th), after removing
+    /// the `prefix-…` namespaces of processes that no longer exist.
+    pub fn for_this_run(prefix: &str) -> Result<NetNs, NetnsError> {
+        static CREATED: AtomicUsize = AtomicUsize::new(0);
+        remove_stale(prefix)?;
+        let n = CREATED.fetch_add(1, Ordering::Relaxed);
+        NetNs::create(&format!("{prefix}-{}-{n}", std::process::id()))
+    }
+
     /// Creates namespace `name` (removing a stale one of that name first) with `lo` up and the
     /// bridge at [`GATEWAY`].
     pub fn create(name: &str) -> Result<NetNs, NetnsError> {
@@ -155,6 +166,20 @@ impl Drop for NetNs {
     }
 }
 
+/// Removes the namespaces `prefix-PID-…` whose process PID is gone.
+fn remove_stale(prefix: &str) -> Result<(), NetnsError> {
+    let Ok(entries) = std::fs::read_dir(NETNS_DIR) else { return Ok(()) };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name.strip_prefix(prefix).and_then(|rest| rest.strip_prefix('-'));
+        let pid = pid.and_then(|rest| rest.split('-').next()).and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+            ip(&["netns", "del", &name])?;
+        }
+    }
+    Ok(())
+}
+
 /// Runs `ip ARGS…`.
 fn ip(args: &[&str]) -> Result<(), NetnsError> {
     let failed = |stderr: String| NetnsError::Ip { args: args.join(" "), stderr };
@@ -182,10 +207,23 @@ mod tests {
             eprintln!("skipped: network namespaces need root");
             return;
         }
-        let name = format!("nexus-test-{}", std::process::id());
-        // A namespace left by a killed run of the same name.
+        // A namespace left by a killed run (no process has pid 2^22 + 1, above pid_max's
+        // ceiling), one of the same name, and one of a live process.
+        let prefix = "nexus-test-netns";
+        let (stale, live) = (format!("{prefix}-4194305-0"), format!("{prefix}-1-0"));
+        ip(&["netns", "add", &stale]).unwrap();
+        ip(&["netns", "add", &live]).unwrap();
+        let first = NetNs::for_this_run(prefix).unwrap();
+        assert!(!NetNs::exists(&stale) && NetNs::exists(&live));
+        ip(&["netns", "del", &live]).unwrap();
+        let name = format!("{prefix}-{}-1", std::process::id());
         ip(&["netns", "add", &name]).unwrap();
-        let mut netns = NetNs::create(&name).unwrap();
+        let mut netns = NetNs::for_this_run(prefix).unwrap();
+        assert_eq!(
+            (first.name(), netns.name()),
+            (&*format!("{prefix}-{}-0", std::process::id()), &*name)
+        );
+        drop(first);
         let tap = netns.add_tap().unwrap();
         assert_eq!(tap.kernel_param(), "nexus.ip=10.200.0.2/24,10.200.0.1");
         assert_eq!(netns.add_tap().unwrap().guest, Ipv4Addr::new(10, 200, 0, 3));

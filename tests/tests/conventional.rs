@@ -71,13 +71,12 @@ fn a_baseline_vm_on_a_tap_serves_over_http_and_reads_garage_with_boto3() {
         },
     }))
     .unwrap();
-    let netns = format!("nexus-test-conv-{}", std::process::id());
     let platform = Platform {
         kernel,
         initrd,
         rootfs,
         work_dir: dir.path().join("platform"),
-        netns: netns.clone(),
+        netns_prefix: "nexus-test-conventional".into(),
         accel: AccelChoice::Auto,
         tcg_cache_mib: Some(64),
         storage: garage.endpoint.trim_start_matches("http://").parse().unwrap(),
@@ -86,6 +85,7 @@ fn a_baseline_vm_on_a_tap_serves_over_http_and_reads_garage_with_boto3() {
         boot_timeout: Duration::from_secs(240),
     };
     let mut platform = Conventional::start(spec, platform).unwrap();
+    let netns = platform.netns().to_owned();
     assert!(NetNs::exists(&netns));
 
     let started = Instant::now();
@@ -100,6 +100,15 @@ fn a_baseline_vm_on_a_tap_serves_over_http_and_reads_garage_with_boto3() {
     let real = boto3.contains("/dist-packages/boto3/") && !boto3.starts_with("/opt/nexus");
     assert!(real, "the real boto3, not the Nexus shim: {boto3}");
 
+    // A second VM; invocations from several threads at once share the two.
+    let second = platform.add().unwrap();
+    let results: Vec<_> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..4).map(|_| s.spawn(|| platform.invoke(&event))).collect();
+        calls.into_iter().map(|call| call.join().unwrap().unwrap()).collect()
+    });
+    assert!(results.iter().all(|r| r["bytes"] == input.len()), "{results:?}");
+    assert_eq!(platform.pids(), [pid, second]);
+
     let missing = platform.invoke(&json!({ "bucket": BUCKET, "key": "in/missing" }));
     match missing {
         Err(ConventionalError::Handler(error)) => assert!(error.contains("NoSuchKey"), "{error}"),
@@ -107,7 +116,7 @@ fn a_baseline_vm_on_a_tap_serves_over_http_and_reads_garage_with_boto3() {
     }
 
     let saved = platform.snapshot(&dir.path().join("snapshot")).unwrap();
-    assert!(platform.pids().is_empty(), "the snapshotted VM is stopped");
+    assert_eq!(platform.pids(), [pid], "the snapshotted VM (the last added) is stopped");
     let restored = platform.restore(&saved).unwrap();
     let started = Instant::now();
     let result = platform.invoke(&event).unwrap();
@@ -117,7 +126,7 @@ fn a_baseline_vm_on_a_tap_serves_over_http_and_reads_garage_with_boto3() {
         started.elapsed().as_secs_f64()
     );
     assert_eq!(result["bytes"], input.len(), "{result}");
-    assert_eq!(platform.pids(), [restored.pid]);
+    assert_eq!(platform.pids(), [pid, restored.pid]);
 
     drop(platform);
     assert!(!NetNs::exists(&netns), "the namespace is removed");
