@@ -229,14 +229,15 @@ impl Conventional {
     }
 
     /// Restores `saved` into a new QEMU on its tap (stopping a VM restored there before),
-    /// resumes it and waits until its runtime answers.
+    /// resumes it and waits until its runtime answers; `ready_in` times that from the new
+    /// QEMU's start.
     pub fn restore(&mut self, saved: &Saved) -> Result<Restored, ConventionalError> {
-        let started = Instant::now();
         let slot = saved.slot;
         self.lock_idle().retain(|&s| s != slot);
         if let Some(mut earlier) = self.slots[slot].vm.take() {
             earlier.stop()?;
         }
+        let started = Instant::now();
         let tap = self.slots[slot].tap.clone();
         let mut vm = self.qemu.restore_vm(&self.vm_spec(&tap, slot), &saved.snapshot)?;
         vm.resume()?;

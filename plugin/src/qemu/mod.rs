@@ -13,7 +13,10 @@
 //! (QEMU's stdout and stderr, whose tail goes into start-up errors) and `doorbell.sock` (the
 //! doorbell's host end, a virtio-serial port in the guest). The region is an
 //! `ivshmem-plain` device backed by the region file (`share=on`), with `master=on` because
-//! QEMU refuses to migrate ivshmem otherwise. The command line is built in `args.rs`.
+//! QEMU refuses to migrate ivshmem otherwise. A NIC on a tap ([`Network::Tap`](crate::Network))
+//! is opened by name in QEMU's network namespace (that of the thread that created the adapter,
+//! whose spawner thread forks every QEMU), with vhost-net under KVM when `/dev/vhost-net`
+//! exists. The command line is built in `args.rs`.
 //!
 //! **Restores overwrite the region.** With `master=on` the region's contents are part of the
 //! migration stream: a snapshot saves them and a restore writes them back into the region file,
