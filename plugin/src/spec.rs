@@ -50,11 +50,19 @@ pub struct RegionSpec {
 }
 
 /// How a VM's NIC reaches the outside.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Network {
     /// User-mode networking inside the VMM: the guest is 10.0.2.15 and reaches the host's
     /// loopback at 10.0.2.2; no privileges or host interfaces needed.
     User,
+    /// A virtio NIC on an existing tap device (the caller creates it, in the network namespace
+    /// the VMM process runs in, and addresses the guest through the kernel command line).
+    Tap {
+        /// The tap device's name.
+        ifname: String,
+        /// The guest NIC's MAC address (`52:54:00:…`).
+        mac: String,
+    },
 }
 
 /// Which accelerator to ask for.
@@ -114,6 +122,20 @@ impl VmSpec {
         if self.memory_mib == 0 || self.vcpus == 0 {
             return Err(invalid("memory_mib and vcpus must be at least 1".into()));
         }
+        if let Some(Network::Tap { ifname, mac }) = &self.network {
+            let ifname_ok = !ifname.is_empty()
+                && ifname.len() < 16
+                && ifname.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+            if !ifname_ok {
+                return Err(invalid(format!("tap {ifname:?} must match [A-Za-z0-9._-]{{1,15}}")));
+            }
+            let octets: Vec<&str> = mac.split(':').collect();
+            let mac_ok = octets.len() == 6
+                && octets.iter().all(|o| o.len() == 2 && o.chars().all(|c| c.is_ascii_hexdigit()));
+            if !mac_ok {
+                return Err(invalid(format!("MAC {mac:?} must be six hex pairs, colon-separated")));
+            }
+        }
         if let Some(region) = &self.region {
             if !region.size.is_power_of_two() || region.size < 4096 {
                 return Err(invalid(format!(
@@ -145,7 +167,14 @@ mod tests {
         let no_memory = VmSpec { memory_mib: 0, ..spec() };
         let odd_region =
             VmSpec { region: Some(RegionSpec { path: "/r".into(), size: 3 << 20 }), ..spec() };
-        for bad in [bad_name, no_memory, odd_region] {
+        let tap = |ifname: &str, mac: &str| VmSpec {
+            network: Some(Network::Tap { ifname: ifname.into(), mac: mac.into() }),
+            ..spec()
+        };
+        tap("nx-tap0", "52:54:00:12:34:56").validate().unwrap();
+        let long_tap = tap("a-name-of-16-chr", "52:54:00:12:34:56");
+        let bad_mac = tap("nx-tap0", "52:54:00:12:34");
+        for bad in [bad_name, no_memory, odd_region, long_tap, bad_mac] {
             assert!(matches!(bad.validate(), Err(VmmError::InvalidSpec { .. })), "{bad:?}");
         }
     }

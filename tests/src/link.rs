@@ -1,7 +1,8 @@
-//! A storage server at cloud distance: a TCP proxy on loopback that delays the first byte of
-//! each answer and paces each connection's bytes, so that object storage behaves as it does
-//! across a data centre rather than on loopback. (This kernel has no netem; `tbf` could pace
-//! bytes but not delay them.)
+//! A storage server at cloud distance: a TCP proxy (on loopback, or on any listener, such as
+//! one inside a network namespace) that delays the first byte of each answer and paces each
+//! connection's bytes, so that object storage behaves as it does across a data centre rather
+//! than on loopback. (This kernel has no netem; `tbf` could pace bytes but not delay them.)
+//! [`LinkProfile::DIRECT`] adds nothing: a plain forwarder.
 //!
 //! ```text
 //!  client ──► proxy ──────────────────────────────► server        requests: paced
@@ -14,10 +15,12 @@
 //! without pipelining (what S3 clients speak) makes that one delay per request. Each
 //! connection's draws come from a seeded generator, so runs are comparable.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -47,27 +50,44 @@ impl LinkProfile {
         bytes_per_second: 88_000_000,
     };
 
+    /// No latency and no pacing: the bytes go through as they come.
+    pub const DIRECT: LinkProfile = LinkProfile {
+        median_latency: Duration::ZERO,
+        p99_latency: Duration::ZERO,
+        bytes_per_second: u64::MAX,
+    };
+
     /// One first-byte latency drawn from the log-normal distribution with this median and p99.
     fn sample_latency(&self, rng: &mut Rng) -> Duration {
         /// The standard normal quantile of 0.99.
         const Z99: f64 = 2.326_347_874;
+        if self.median_latency.is_zero() {
+            return Duration::ZERO;
+        }
         let median = self.median_latency.as_secs_f64();
         let sigma = (self.p99_latency.as_secs_f64() / median).ln().max(0.0) / Z99;
         Duration::from_secs_f64(median * (sigma * rng.normal()).exp())
     }
 }
 
-/// A running proxy; stops accepting when dropped (open connections end with their peers).
+/// A running proxy; when dropped it stops accepting and cuts the connections still open (a
+/// client VM that was killed never closes its own).
 #[derive(Debug)]
 pub struct Link {
     /// Where clients connect instead of the server.
     pub addr: SocketAddr,
     pub profile: LinkProfile,
     stop: Arc<AtomicBool>,
+    /// The listening socket, shut down to wake the accept loop.
+    listener: TcpListener,
+    open: Connections,
 }
 
+/// The client ends of the open connections, by number.
+type Connections = Arc<Mutex<HashMap<usize, TcpStream>>>;
+
 impl Link {
-    /// Starts a proxy to `server` with `profile`; draws start from `seed`.
+    /// Starts a proxy to `server` with `profile` on a loopback port; draws start from `seed`.
     pub fn start(
         server: SocketAddr,
         profile: LinkProfile,
@@ -75,33 +95,50 @@ impl Link {
     ) -> Result<Link, HarnessError> {
         let listener =
             TcpListener::bind("127.0.0.1:0").map_err(HarnessError::io("bind the link"))?;
+        Link::start_on(listener, server, profile, seed)
+    }
+
+    /// Starts a proxy to `server` on `listener`, which may live in another network namespace:
+    /// connections to `server` are made from the calling thread's.
+    pub fn start_on(
+        listener: TcpListener,
+        server: SocketAddr,
+        profile: LinkProfile,
+        seed: u64,
+    ) -> Result<Link, HarnessError> {
         let addr = listener.local_addr().map_err(HarnessError::io("read the link's address"))?;
         let stop = Arc::new(AtomicBool::new(false));
-        let accepting = stop.clone();
+        let open = Connections::default();
+        let (accepting, registry) = (stop.clone(), open.clone());
+        let incoming = listener.try_clone().map_err(HarnessError::io("share the link's socket"))?;
         thread::Builder::new()
             .name("link-accept".into())
             .spawn(move || {
-                for (n, client) in listener.incoming().enumerate() {
+                for (n, client) in incoming.incoming().enumerate() {
                     if accepting.load(Ordering::Relaxed) {
                         break;
                     }
                     let Ok(client) = client else { continue };
                     let seed = seed.wrapping_add(n as u64);
-                    if let Err(e) = Connection::spawn(client, server, profile, seed) {
+                    if let Err(e) = Connection::spawn(client, server, profile, seed, n, &registry) {
                         eprintln!("link: cannot reach {server}: {e}");
                     }
                 }
             })
             .map_err(HarnessError::io("start the link"))?;
-        Ok(Link { addr, profile, stop })
+        Ok(Link { addr, profile, stop, listener, open })
     }
 }
 
 impl Drop for Link {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        // Wakes the accept loop so that it sees the flag.
-        let _ = TcpStream::connect(self.addr);
+        // SAFETY: shutdown(2) on a socket this Link owns; it wakes the accept loop (EINVAL),
+        // which then sees the flag.
+        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
+        for stream in self.open.lock().unwrap_or_else(PoisonError::into_inner).values() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
     }
 }
 
@@ -114,11 +151,15 @@ impl Connection {
         server: SocketAddr,
         profile: LinkProfile,
         seed: u64,
+        number: usize,
+        open: &Connections,
     ) -> io::Result<()> {
         let upstream = TcpStream::connect(server)?;
         for stream in [&client, &upstream] {
             stream.set_nodelay(true)?;
         }
+        open.lock().unwrap_or_else(PoisonError::into_inner).insert(number, client.try_clone()?);
+        let open = open.clone();
         // Bumped by each request chunk; an answer chunk that sees it moved starts an answer.
         let requests = Arc::new(AtomicU64::new(0));
         let (client_in, upstream_out) = (client.try_clone()?, upstream.try_clone()?);
@@ -154,6 +195,12 @@ impl Connection {
                 },
                 &mut pace,
             );
+            // The server is gone: so is the client's request direction (a client that died
+            // silently would hold it open forever).
+            let client = open.lock().unwrap_or_else(PoisonError::into_inner).remove(&number);
+            if let Some(client) = client {
+                let _ = client.shutdown(Shutdown::Both);
+            }
         });
         Ok(())
     }
@@ -255,8 +302,10 @@ mod tests {
         let answer = 1_000_000;
         let link = Link::start(server(answer), profile, 1).unwrap();
         let mut client = TcpStream::connect(link.addr).unwrap();
-        // At least the latency, then the bytes at 10 MB/s: 50 ms + 100 ms, for each answer.
-        let least = fixed + Duration::from_millis(100);
+        // At least the latency, then the bytes at 10 MB/s, for each answer: 50 ms + 100 ms, less
+        // the last slice's 1.6 ms (a slice waits for the bytes before it, then goes at once).
+        let paced = (answer - PACE_SLICE) as f64 / profile.bytes_per_second as f64;
+        let least = fixed + Duration::from_secs_f64(paced);
         for request in [b'a', b'b'] {
             let started = Instant::now();
             client.write_all(&[request]).unwrap();
@@ -266,6 +315,21 @@ mod tests {
             assert!(body.iter().all(|&b| b == request), "the bytes arrive intact");
             assert!(took >= least, "answer {} came in {took:?}", request as char);
         }
+    }
+
+    #[test]
+    fn a_direct_link_forwards_at_once_and_a_dropped_link_cuts_its_connections() {
+        let link = Link::start(server(3), LinkProfile::DIRECT, 1).unwrap();
+        let mut client = TcpStream::connect(link.addr).unwrap();
+        let started = Instant::now();
+        client.write_all(b"x").unwrap();
+        let mut answer = [0; 3];
+        client.read_exact(&mut answer).unwrap();
+        assert_eq!(&answer, b"xxx");
+        assert!(started.elapsed() < Duration::from_millis(500), "{:?}", started.elapsed());
+        drop(link);
+        client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(client.read(&mut answer).unwrap(), 0, "cut: end of stream");
     }
 
     #[test]

@@ -19,7 +19,7 @@
 //! **Operators' VMs** join a function's pool through libvirt's hook (`operator.rs`).
 
 mod callee;
-mod code_disk;
+pub mod code_disk;
 mod metrics;
 mod operator;
 mod pool;
@@ -48,7 +48,7 @@ use metrics::FunctionMetrics;
 pub use operator::DomainAttached;
 use pool::{Acquired, Lease, Pool, Refused, Vital};
 pub use spec::{Flavour, FunctionSpec, SpecError};
-pub use warm::WarmInfo;
+pub use warm::{cmdline, WarmInfo};
 use warm::{Start, Warm};
 
 /// Errors of function operations.

@@ -288,8 +288,9 @@ fn kernel_file(vmm: &dyn Vmm) -> &'static str {
     }
 }
 
-/// The kernel command line: the console, the root disk, and what the agent runs.
-fn cmdline(spec: &FunctionSpec) -> String {
+/// The kernel command line of a function's VM: the console, the root disk, and what the
+/// agent runs.
+pub fn cmdline(spec: &FunctionSpec) -> String {
     format!(
         "console=ttyS0 root=/dev/vda ro panic=-1 quiet nexus.function={} nexus.handler=/var/task/{} nexus.timeout={}",
         spec.name, spec.handler, spec.timeout_secs

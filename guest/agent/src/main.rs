@@ -1,12 +1,13 @@
 //! `nexus-agent`: started by the guest's init (as PID 1) in every function VM.
 //!
 //! ```text
-//!  /proc/cmdline ── nexus.handler=… nexus.function=… ──► settings
-//!  find the region (ivshmem BAR2) and the doorbell port
+//!  /proc/cmdline ── nexus.handler=… nexus.function=… [nexus.serve=http:PORT] ──► settings
+//!  find the region (ivshmem BAR2) and the doorbell port (not when serving over HTTP)
 //!  loop:
-//!    spawn python3 -m nexus_runtime --serve (the handler is imported once, then serves)
+//!    spawn python3 -m nexus_runtime --serve | --serve-http PORT
+//!      (the handler is imported once, then serves)
 //!    reap every child (PID 1 duty) until the runtime exits
-//!    answer the invocation it left in flight with Lambda's exit error
+//!    answer the invocation it left in flight with Lambda's exit error (region only)
 //!    restart it, backing off while it keeps crashing
 //! ```
 

@@ -1,5 +1,7 @@
 //! What the agent runs, from the kernel command line the VMM adapter writes:
-//! `nexus.handler=/var/task/handler.py:handler nexus.function=compress nexus.timeout=900`.
+//! `nexus.handler=/var/task/handler.py:handler nexus.function=compress nexus.timeout=900`,
+//! and optionally `nexus.serve=http:PORT`: invocations arrive over HTTP on that port (a
+//! conventional platform's VM, on a NIC) instead of through the region.
 //! The function's environment comes from `/var/task/.nexus-env.json` when present.
 
 use std::collections::BTreeMap;
@@ -21,6 +23,18 @@ pub enum SettingsError {
     /// The environment file is not a JSON object of strings.
     #[error("{0}: not a JSON object of strings")]
     Env(PathBuf),
+    /// `nexus.serve=` names no way of serving.
+    #[error("Kernel parameter nexus.serve={0} is not region or http:PORT")]
+    Serve(String),
+}
+
+/// Where invocations come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serve {
+    /// The shared-memory region (the default).
+    Region,
+    /// HTTP on this TCP port (`POST /invoke`), as a conventional platform's runtime.
+    Http(u16),
 }
 
 /// The agent's settings.
@@ -29,6 +43,7 @@ pub struct Settings {
     pub handler: String,
     pub function: String,
     pub timeout: String,
+    pub serve: Serve,
     pub env: BTreeMap<String, String>,
 }
 
@@ -48,6 +63,15 @@ impl Settings {
         };
         let handler = param("handler").ok_or(SettingsError::Missing("handler"))?;
         let function = param("function").ok_or(SettingsError::Missing("function"))?;
+        let serve = match param("serve") {
+            None => Serve::Region,
+            Some(value) if value == "region" => Serve::Region,
+            Some(value) => value
+                .strip_prefix("http:")
+                .and_then(|port| port.parse().ok())
+                .map(Serve::Http)
+                .ok_or(SettingsError::Serve(value))?,
+        };
         let env_file = task.join(ENV_FILE);
         let env = match std::fs::read(&env_file) {
             Ok(bytes) => {
@@ -59,6 +83,7 @@ impl Settings {
             handler,
             function,
             timeout: param("timeout").unwrap_or_else(|| "900".into()),
+            serve,
             env,
         })
     }
@@ -78,6 +103,7 @@ mod tests {
         assert_eq!(settings.function, "compress");
         assert_eq!(settings.timeout, "900");
         assert!(settings.env.is_empty());
+        assert_eq!(settings.serve, Serve::Region);
         std::fs::write(task.path().join(ENV_FILE), r#"{"AWS_REGION": "garage"}"#).unwrap();
         let settings = Settings::parse(line, task.path()).unwrap();
         assert_eq!(settings.env["AWS_REGION"], "garage");
@@ -87,5 +113,17 @@ mod tests {
             Settings::parse("quiet", task.path()),
             Err(SettingsError::Missing("handler"))
         ));
+    }
+
+    #[test]
+    fn serves_over_http_when_asked() {
+        let task = tempfile::tempdir().unwrap();
+        let line = |serve: &str| format!("nexus.handler=h.py:handler nexus.function=f {serve}");
+        let serve = |word: &str| Settings::parse(&line(word), task.path()).map(|s| s.serve);
+        assert_eq!(serve("nexus.serve=http:8080").unwrap(), Serve::Http(8080));
+        assert_eq!(serve("nexus.serve=region").unwrap(), Serve::Region);
+        for bad in ["nexus.serve=http:", "nexus.serve=http:99999", "nexus.serve=tcp:1"] {
+            assert!(matches!(serve(bad), Err(SettingsError::Serve(_))), "{bad}");
+        }
     }
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use nexus_guest::{find_region, Client, INFLIGHT_ENV};
 
-use crate::settings::Settings;
+use crate::settings::{Serve, Settings};
 
 const PYTHON: &str = "/usr/bin/python3";
 const PYTHONPATH: &str = "/opt/nexus/python";
@@ -31,19 +31,29 @@ pub enum SuperviseError {
 
 /// Runs the runtime forever.
 pub fn run(settings: &Settings) -> Result<Infallible, SuperviseError> {
-    let region = wait_for_region()?;
+    let region = match settings.serve {
+        Serve::Region => Some(wait_for_region()?),
+        Serve::Http(_) => None,
+    };
     let mut backoff = Duration::from_millis(100);
     loop {
         let started = Instant::now();
         let mut command = Command::new(PYTHON);
+        command.args(["-m", "nexus_runtime", "--handler", &settings.handler]);
+        match settings.serve {
+            Serve::Http(port) => command.args(["--serve-http", &port.to_string()]),
+            Serve::Region => command.arg("--serve"),
+        };
+        if let Some(region) = &region {
+            command
+                .env("NEXUS_REGION", region)
+                .env("NEXUS_GUEST_LIB", GUEST_LIB)
+                .env(INFLIGHT_ENV, INFLIGHT);
+        }
         command
-            .args(["-m", "nexus_runtime", "--serve", "--handler", &settings.handler])
             .args(["--function-name", &settings.function, "--timeout", &settings.timeout])
             .envs(&settings.env)
             .env("PYTHONPATH", PYTHONPATH)
-            .env("NEXUS_REGION", &region)
-            .env("NEXUS_GUEST_LIB", GUEST_LIB)
-            .env(INFLIGHT_ENV, INFLIGHT)
             .env("HOME", "/tmp")
             .current_dir(crate::settings::TASK_DIR)
             .stdin(Stdio::null());
@@ -53,7 +63,10 @@ pub fn run(settings: &Settings) -> Result<Infallible, SuperviseError> {
         let child = command.spawn().map_err(SuperviseError::Spawn)?;
         let status = reap_until(child.id());
         eprintln!("nexus-agent: runtime exited ({status}); restarting");
-        fail_inflight(&status);
+        // Over HTTP the caller sees its connection close instead.
+        if region.is_some() {
+            fail_inflight(&status);
+        }
         if started.elapsed() > HEALTHY {
             backoff = Duration::from_millis(100);
         }

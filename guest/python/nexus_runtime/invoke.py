@@ -1,4 +1,5 @@
-"""Calling one handler with one event, with a Lambda-like context and Lambda's error shape."""
+"""Calling one handler with one event, with a Lambda-like context and Lambda's error shape;
+what both serving loops (the region's, ``serve.py``, and HTTP's, ``serve_http.py``) share."""
 
 import contextlib
 import importlib.util
@@ -179,3 +180,38 @@ def invoke(handler, event, context, timeout_s):
                 "stackTrace": [],
             }
         )
+
+
+def load_or_error(spec):
+    """(handler, None), or (None, Lambda's import error JSON) if the handler cannot be loaded:
+    a server answers every invocation with that error instead of crashing."""
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            return load_handler(spec), None
+        except Exception as error:
+            return None, json.dumps(error_result(error, "Runtime.ImportModuleError"))
+
+
+def answer(handler, init_error, event_bytes, context, timeout_s):
+    """(succeeded, result JSON) for one event as it arrived (JSON bytes). Raises HandlerTimeout
+    as ``invoke`` does."""
+    try:
+        event = json.loads(event_bytes)
+    except ValueError as error:
+        return False, init_error or json.dumps(error_result(error, "Runtime.InvalidEvent"))
+    return answer_event(handler, init_error, event, context, timeout_s)
+
+
+def answer_event(handler, init_error, event, context, timeout_s):
+    """``answer`` for an event already decoded."""
+    if init_error is not None:
+        return False, init_error
+    with contextlib.redirect_stdout(sys.stderr):
+        return invoke(handler, event, context, timeout_s)
+
+
+def restart_after_timeout():
+    """Replaces this runtime with a fresh one (same command line): a handler stopped at its
+    timeout may have been cut off anywhere, and Lambda re-initializes after a timeout too."""
+    print("nexus-runtime: handler timed out; restarting", file=sys.stderr, flush=True)
+    os.execv(sys.executable, sys.orig_argv)

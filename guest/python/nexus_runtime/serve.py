@@ -8,17 +8,15 @@ runtime then replaces itself with a fresh one (exec, same command line), since t
 have been cut off anywhere, as Lambda re-initializes after a timeout.
 """
 
-import contextlib
 import json
-import os
 import sys
 
 from nexus_runtime.invoke import (
     Context,
     HandlerTimeout,
-    error_result,
-    invoke,
-    load_handler,
+    answer,
+    load_or_error,
+    restart_after_timeout,
     timeout_result,
 )
 from nexus_shim.channel import default_channel
@@ -29,11 +27,7 @@ WAIT_S = 60.0
 
 def serve(handler_spec, function_name, timeout_s):
     channel = default_channel()
-    with contextlib.redirect_stdout(sys.stderr):
-        try:
-            handler, init_error = load_handler(handler_spec), None
-        except Exception as error:
-            handler, init_error = None, json.dumps(error_result(error, "Runtime.ImportModuleError"))
+    handler, init_error = load_or_error(handler_spec)
     channel.ready()
     print(f"nexus-runtime: serving {handler_spec}", file=sys.stderr, flush=True)
     while True:
@@ -47,18 +41,5 @@ def serve(handler_spec, function_name, timeout_s):
         except HandlerTimeout:
             result = json.dumps(timeout_result(timeout_s)).encode("utf-8")
             channel.finish_invocation(invocation, False, result)
-            print("nexus-runtime: handler timed out; restarting", file=sys.stderr, flush=True)
-            os.execv(sys.executable, sys.orig_argv)
+            restart_after_timeout()
         channel.finish_invocation(invocation, ok, result.encode("utf-8"))
-
-
-def answer(handler, init_error, event_bytes, context, timeout_s):
-    """(succeeded, result JSON) for one event."""
-    if init_error is not None:
-        return False, init_error
-    try:
-        event = json.loads(event_bytes)
-    except ValueError as error:
-        return False, json.dumps(error_result(error, "Runtime.InvalidEvent"))
-    with contextlib.redirect_stdout(sys.stderr):
-        return invoke(handler, event, context, timeout_s)

@@ -4,9 +4,11 @@
 //! ```text
 //!  {"payload": {"kernel", "initramfs", "cmdline"}, "cpus": {"boot_vcpus", "max_vcpus"},
 //!   "memory": {"size"}, "disks": [{"path", "readonly"}], "serial": {"mode": "File", "file"},
-//!   "console": {"mode": "Off"}, "vsock": {"cid", "socket"}, "ivshmem": {"path", "size"}}
+//!   "console": {"mode": "Off"}, "vsock": {"cid", "socket"}, "ivshmem": {"path", "size"},
+//!   "net": [{"tap", "mac"}]}
 //! ```
-//! No `net`: a function VM has no NIC under CH (the baseline flavour's user-mode NIC is QEMU's).
+//! `net` only for a NIC on a tap device (which CH opens by name, in its own network namespace);
+//! QEMU's user-mode NIC has no CH counterpart.
 //! `ivshmem` is not in CH's OpenAPI document; it exists only in CH built with `--features
 //! ivshmem`.
 
@@ -15,7 +17,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use crate::error::VmmError;
-use crate::spec::{AccelChoice, VmSpec};
+use crate::spec::{AccelChoice, Network, VmSpec};
 
 /// The guest's vsock context id (any value above 2, the host's, will do).
 pub const GUEST_CID: u32 = 3;
@@ -31,8 +33,8 @@ pub struct OwnFiles<'a> {
 pub fn create_body(spec: &VmSpec, files: &OwnFiles<'_>) -> Result<Value, VmmError> {
     let invalid =
         |reason: &str| VmmError::InvalidSpec { vm: spec.name.clone(), reason: reason.into() };
-    if spec.network.is_some() {
-        return Err(invalid("Cloud Hypervisor VMs get no user-mode NIC: use the nexus flavour"));
+    if spec.network == Some(Network::User) {
+        return Err(invalid("Cloud Hypervisor has no user-mode NIC: give the VM a tap device"));
     }
     if spec.accel == AccelChoice::Tcg {
         return Err(invalid("Cloud Hypervisor runs guests on KVM only, not TCG"));
@@ -58,6 +60,9 @@ pub fn create_body(spec: &VmSpec, files: &OwnFiles<'_>) -> Result<Value, VmmErro
     }
     if let Some(region) = &spec.region {
         body["ivshmem"] = json!({ "path": region.path, "size": region.size });
+    }
+    if let Some(Network::Tap { ifname, mac }) = &spec.network {
+        body["net"] = json!([{ "tap": ifname, "mac": mac }]);
     }
     Ok(body)
 }
@@ -121,6 +126,15 @@ mod tests {
         let bare = VmSpec { region: None, doorbell: false, disks: vec![], ..spec() };
         let body = create_body(&bare, &files()).unwrap();
         assert!(body.get("ivshmem").is_none() && body.get("vsock").is_none(), "{body}");
+        assert!(body.get("net").is_none(), "{body}");
+    }
+
+    #[test]
+    fn a_tap_nic_becomes_a_net_device() {
+        let tap = Network::Tap { ifname: "nx-tap0".into(), mac: "52:54:00:00:00:05".into() };
+        let spec = VmSpec { network: Some(tap), region: None, doorbell: false, ..spec() };
+        let body = create_body(&spec, &files()).unwrap();
+        assert_eq!(body["net"], json!([{ "tap": "nx-tap0", "mac": "52:54:00:00:00:05" }]));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //!              disk vdX … (virtio, raw)
 //!              <shmem name=REGION role=master> ivshmem-plain, /dev/shm/REGION
 //!              <channel unix connect WORK/doorbell.sock> → org.nexus.doorbell
-//!              [<interface type=user>]        baseline flavour only
+//!              [<interface type=user|ethernet>] baseline flavour only (ethernet: a tap)
 //! ```
 
 use std::fmt::Write;
@@ -81,8 +81,20 @@ pub fn domain_xml(spec: &VmSpec, host: &Host<'_>) -> String {
             escape_path(host.doorbell)
         );
     }
-    if let Some(Network::User) = spec.network {
-        devices.push_str("    <interface type='user'><model type='virtio'/></interface>\n");
+    match &spec.network {
+        None => {}
+        Some(Network::User) => {
+            devices.push_str("    <interface type='user'><model type='virtio'/></interface>\n");
+        }
+        Some(Network::Tap { ifname, mac }) => {
+            let _ = writeln!(
+                devices,
+                "    <interface type='ethernet'><target dev='{}' managed='no'/>\
+                 <mac address='{}'/><model type='virtio'/></interface>",
+                escape(ifname),
+                escape(mac)
+            );
+        }
     }
     let function = spec.function.as_deref().unwrap_or(&spec.name);
     [
@@ -191,5 +203,16 @@ mod tests {
         let xml = domain_xml(&spec, &Host { accel: Accel::Kvm, ..host() });
         assert!(xml.contains("<domain type='kvm'>") && xml.contains("host-passthrough"), "{xml}");
         assert!(xml.contains("<interface type='user'>"), "{xml}");
+    }
+
+    #[test]
+    fn a_tap_nic_is_an_unmanaged_ethernet_interface() {
+        let tap = Network::Tap { ifname: "nx-tap0".into(), mac: "52:54:00:00:00:05".into() };
+        let spec = VmSpec { network: Some(tap), region: None, doorbell: false, ..spec() };
+        let xml = domain_xml(&spec, &Host { shmem: None, ..host() });
+        let nic = "<interface type='ethernet'><target dev='nx-tap0' managed='no'/>\
+                   <mac address='52:54:00:00:00:05'/><model type='virtio'/></interface>";
+        assert!(xml.contains(nic), "{xml}");
+        assert!(!xml.contains("<shmem") && !xml.contains("<channel"), "{xml}");
     }
 }

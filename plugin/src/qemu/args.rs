@@ -12,7 +12,8 @@
 //!     -device ivshmem-plain,memdev=nexus-region,master=on]      ivshmem-plain device
 //!    [-device virtio-serial-pci -chardev socket,…,server=on,wait=off
 //!     -device virtserialport,…,name=org.nexus.doorbell]         doorbell
-//!    [-netdev user,id=net0 -device virtio-net-pci,netdev=net0] baseline NIC
+//!    [-netdev user,id=net0 | tap,id=net0,ifname=TAP,script=no,downscript=no[,vhost=on]
+//!     -device virtio-net-pci,netdev=net0[,mac=MAC]]          baseline NIC
 //!    -S [-incoming defer]                                      paused; restore waits for a stream
 //! ```
 //!
@@ -74,15 +75,20 @@ pub enum Start {
     Incoming,
 }
 
-/// The arguments (after the program name) that run `spec` on `accel`, with TCG's translation
-/// cache bounded to `tcg_cache_mib` (QEMU's own default if `None`).
-pub fn qemu_args(
-    spec: &VmSpec,
-    accel: Accel,
-    tcg_cache_mib: Option<u32>,
-    paths: &WorkPaths,
-    start: Start,
-) -> Vec<OsString> {
+/// What the host offers a VM beyond the spec.
+#[derive(Clone, Copy, Debug)]
+pub struct Host {
+    pub accel: Accel,
+    /// TCG's translation cache, MiB (QEMU's own default if `None`).
+    pub tcg_cache_mib: Option<u32>,
+    /// Whether `/dev/vhost-net` exists: a tap NIC then moves its packets in the kernel under
+    /// KVM (vhost needs KVM's ioeventfds; TCG guests use QEMU's own virtio-net).
+    pub vhost_net: bool,
+}
+
+/// The arguments (after the program name) that run `spec` on `host`.
+pub fn qemu_args(spec: &VmSpec, host: Host, paths: &WorkPaths, start: Start) -> Vec<OsString> {
+    let Host { accel, tcg_cache_mib, vhost_net } = host;
     let mut args = Args::default();
     args.add(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
     args.add(["-name", &spec.name, "-M", MACHINE]);
@@ -132,8 +138,17 @@ pub fn qemu_args(
         let port = format!("virtserialport,chardev=nexus-doorbell,name={DOORBELL_PORT}");
         args.add(["-device", &port]);
     }
-    if let Some(Network::User) = spec.network {
-        args.add(["-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0"]);
+    match &spec.network {
+        None => {}
+        Some(Network::User) => {
+            args.add(["-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0"]);
+        }
+        Some(Network::Tap { ifname, mac }) => {
+            let vhost = if vhost_net && accel == Accel::Kvm { ",vhost=on" } else { "" };
+            let netdev = format!("tap,id=net0,ifname={ifname},script=no,downscript=no{vhost}");
+            args.add(["-netdev", &netdev]);
+            args.add(["-device", &format!("virtio-net-pci,netdev=net0,mac={mac}")]);
+        }
     }
 
     args.add(["-S"]);
@@ -187,10 +202,8 @@ mod tests {
 
     fn argv(spec: &VmSpec, accel: Accel, start: Start) -> Vec<String> {
         let paths = WorkPaths::new(&spec.work_dir);
-        qemu_args(spec, accel, None, &paths, start)
-            .into_iter()
-            .map(|a| a.into_string().unwrap())
-            .collect()
+        let host = Host { accel, tcg_cache_mib: None, vhost_net: true };
+        qemu_args(spec, host, &paths, start).into_iter().map(|a| a.into_string().unwrap()).collect()
     }
 
     /// Whether `words` appear in `args`, in order and next to each other.
@@ -238,7 +251,8 @@ mod tests {
     fn the_translation_cache_is_bounded_under_tcg_only() {
         let paths = WorkPaths::new(&spec().work_dir);
         let bounded = |accel| {
-            let args = qemu_args(&spec(), accel, Some(64), &paths, Start::Fresh);
+            let host = Host { accel, tcg_cache_mib: Some(64), vhost_net: false };
+            let args = qemu_args(&spec(), host, &paths, Start::Fresh);
             args.into_iter().map(|a| a.into_string().unwrap()).collect::<Vec<_>>()
         };
         assert!(has(&bounded(Accel::Tcg), &["-accel", "tcg,tb-size=64"]));
@@ -279,6 +293,24 @@ mod tests {
             &["-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0"],
         ] {
             assert!(has(&args, words), "{words:?} missing from {args:?}");
+        }
+    }
+
+    #[test]
+    fn a_tap_nic_uses_vhost_under_kvm_only_and_needs_no_region_or_doorbell() {
+        let tap = Network::Tap { ifname: "nx-tap0".into(), mac: "52:54:00:00:00:05".into() };
+        let spec = VmSpec { network: Some(tap), ..spec() };
+        let device = ["-device", "virtio-net-pci,netdev=net0,mac=52:54:00:00:00:05"];
+        let tcg = argv(&spec, Accel::Tcg, Start::Fresh);
+        let plain = "tap,id=net0,ifname=nx-tap0,script=no,downscript=no";
+        assert!(has(&tcg, &["-netdev", plain]) && has(&tcg, &device), "{tcg:?}");
+        let kvm = argv(&spec, Accel::Kvm, Start::Fresh);
+        assert!(has(&kvm, &["-netdev", &format!("{plain},vhost=on")]), "{kvm:?}");
+        let no_vhost = Host { accel: Accel::Kvm, tcg_cache_mib: None, vhost_net: false };
+        let kvm = qemu_args(&spec, no_vhost, &WorkPaths::new(&spec.work_dir), Start::Fresh);
+        assert!(kvm.iter().any(|a| a == plain), "{kvm:?}");
+        for absent in ["ivshmem", "virtio-serial", "nexus-doorbell"] {
+            assert!(!tcg.iter().any(|a| a.contains(absent)), "{absent} in {tcg:?}");
         }
     }
 

@@ -13,7 +13,10 @@
 //! (QEMU's stdout and stderr, whose tail goes into start-up errors) and `doorbell.sock` (the
 //! doorbell's host end, a virtio-serial port in the guest). The region is an
 //! `ivshmem-plain` device backed by the region file (`share=on`), with `master=on` because
-//! QEMU refuses to migrate ivshmem otherwise. The command line is built in `args.rs`.
+//! QEMU refuses to migrate ivshmem otherwise. A NIC on a tap ([`Network::Tap`](crate::Network))
+//! is opened by name in QEMU's network namespace (that of the thread that created the adapter,
+//! whose spawner thread forks every QEMU), with vhost-net under KVM when `/dev/vhost-net`
+//! exists. The command line is built in `args.rs`.
 //!
 //! **Restores overwrite the region.** With `master=on` the region's contents are part of the
 //! migration stream: a snapshot saves them and a restore writes them back into the region file,
@@ -42,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use self::args::{qemu_args, Start, WorkPaths};
+use self::args::{qemu_args, Host, Start, WorkPaths};
 use self::qmp::Qmp;
 pub use self::qmp::QmpError;
 use self::snapshot::Shape;
@@ -55,6 +58,8 @@ use crate::vm::{RegionOnRestore, Snapshot, Vm, VmInfo, VmState, Vmm};
 /// The adapter's name, also in the snapshots it writes.
 const NAME: &str = "qemu";
 const BINARY: &str = "qemu-system-x86_64";
+/// The kernel's virtio-net backend, which a tap NIC uses under KVM when it exists.
+const VHOST_NET: &str = "/dev/vhost-net";
 /// How long QEMU may take to open its QMP socket and greet.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a QMP command may take to answer.
@@ -131,7 +136,9 @@ impl Qemu {
         remove_stale(&paths.qmp)?;
 
         let mut command = Command::new(BINARY);
-        command.args(qemu_args(spec, accel, self.tcg_cache_mib, &paths, start));
+        let vhost_net = Path::new(VHOST_NET).exists();
+        let host = Host { accel, tcg_cache_mib: self.tcg_cache_mib, vhost_net };
+        command.args(qemu_args(spec, host, &paths, start));
         let process = Process::start(&self.spawner, command, &paths.log).map_err(|e| {
             let reason = match e.kind() {
                 io::ErrorKind::NotFound => {

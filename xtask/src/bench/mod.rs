@@ -7,6 +7,7 @@
 mod ch;
 mod chain;
 mod cold;
+mod conventional;
 mod fabric;
 mod full;
 mod full_notes;
@@ -28,7 +29,8 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use stack::Storage;
 
-/// `cargo xtask bench [fabric|vm|cold|ch|chain|libvirt] [options of the side-by-side run]`.
+/// `cargo xtask bench [fabric|vm|cold|ch|chain|libvirt|conventional] [options of the
+/// side-by-side run]`.
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
@@ -58,6 +60,9 @@ pub enum Bench {
     /// The same function through the QEMU adapter and the libvirt adapter: cold start,
     /// snapshot and restore, warm p50, and the memory libvirt's daemons add per VM.
     Libvirt,
+    /// The conventional baseline alone: a baseline VM on a tap in a network namespace, invoked
+    /// over HTTP, no Nexus device: boot, warm latency, QEMU RSS, snapshot and restore.
+    Conventional(Distance),
 }
 
 /// How far the object store is.
@@ -78,5 +83,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Some(Bench::Ch) => ch::run(),
         Some(Bench::Chain) => chain::run(),
         Some(Bench::Libvirt) => libvirt::run(),
+        Some(Bench::Conventional(distance)) => conventional::run(distance.storage),
     }
 }

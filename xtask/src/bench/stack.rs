@@ -2,16 +2,20 @@
 //! link at cloud distance (`nexus_tests::Link`), a release backend whose function VMs boot the
 //! guest images and reach that server the same way (Nexus VMs through the backend, baseline VMs
 //! through their NIC), deploying a function in either flavour, invoking it, and finding its
-//! VM's process.
+//! VM's process; and the conventional platform (`nexus_tests::Conventional`) for a function,
+//! its baseline VMs on taps reaching the same server through the same link model.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use nexus_backend::api::{COLD_START, FUNCTION_ERROR, PREFETCH};
 use nexus_backend::client::exchange_with;
-use nexus_tests::{Backend, Garage, Link, LinkProfile};
+use nexus_backend::functions::FunctionSpec;
+use nexus_plugin::AccelChoice;
+use nexus_tests::conventional::Platform;
+use nexus_tests::{Backend, Conventional, Garage, Link, LinkProfile};
 use serde_json::{json, Value};
 
 use crate::image::{self, Flavour};
@@ -38,6 +42,10 @@ pub const TCG_CACHE_MIB: u32 = 64;
 
 /// The seed of the remote link's latency draws.
 const LINK_SEED: u64 = 1;
+/// How long a function VM may take to boot until its runtime is ready (TCG is slow).
+const BOOT_TIMEOUT_SECS: u64 = 240;
+/// The prefix of the conventional platform's network namespaces (`nexus-bench-PID-N`).
+const NETNS_PREFIX: &str = "nexus-bench";
 
 impl Storage {
     /// Its name on the command line.
@@ -150,7 +158,7 @@ impl Stack {
         let settings = format!(
             "{storage}cache: {{ max_bytes: 0, max_object_bytes: 0 }}\n\
              default_policy: {{ grants: [{{ bucket: {BUCKET}, access: [read, write] }}], max_object_size: 1GiB }}\n\
-             vm: {{ images: {images}, state_dir: \"{{dir}}\", boot_timeout_secs: 240, tcg_cache_mib: {TCG_CACHE_MIB} }}\n{extra}",
+             vm: {{ images: {images}, state_dir: \"{{dir}}\", boot_timeout_secs: {BOOT_TIMEOUT_SECS}, tcg_cache_mib: {TCG_CACHE_MIB} }}\n{extra}",
             storage = garage.storage_settings_at(&endpoint),
             images = images.dir.parent().context("images dir")?.display(),
         );
@@ -194,22 +202,58 @@ impl Stack {
         flavour: Flavour,
         extra: Value,
     ) -> Result<()> {
-        let mut spec = json!({
-            "name": name, "code": code, "handler": handler, "flavour": flavour.name(),
+        let environment = (flavour == Flavour::Baseline).then(|| {
+            let endpoint = self.storage_endpoint().replace("127.0.0.1", "10.0.2.2");
+            self.storage_environment(Some(&endpoint))
         });
-        if flavour == Flavour::Baseline {
-            let garage = &self.garage;
-            spec["environment"] = json!({
-                "AWS_ENDPOINT_URL": self.storage_endpoint().replace("127.0.0.1", "10.0.2.2"),
-                "AWS_ACCESS_KEY_ID": garage.access_key, "AWS_SECRET_ACCESS_KEY": garage.secret_key,
-                "AWS_DEFAULT_REGION": garage.region, "AWS_EC2_METADATA_DISABLED": "true",
-            });
-        }
-        for (key, value) in extra.as_object().into_iter().flatten() {
-            spec[key] = value.clone();
-        }
+        let spec = function_spec(name, code, handler, flavour, environment, extra);
         self.backend.api("POST", "/v1/functions", Some(&spec))?;
         Ok(())
+    }
+
+    /// The conventional platform for `handler` of `code` as `name` (`extra` fields go into the
+    /// spec, as for [`Stack::deploy`]), no VM started yet: baseline VMs on taps in a network
+    /// namespace of their own, whose real boto3 reaches this Garage through the same link model
+    /// as the backend (a plain forwarder with [`Storage::Local`]).
+    pub fn conventional(
+        &self,
+        name: &str,
+        code: &Path,
+        handler: &str,
+        extra: Value,
+    ) -> Result<Conventional> {
+        let images = image::ensure(Flavour::Baseline, false)?;
+        let environment = Some(self.storage_environment(None));
+        let spec = function_spec(name, code, handler, Flavour::Baseline, environment, extra);
+        let spec: FunctionSpec = serde_json::from_value(spec).context("the function's spec")?;
+        let platform = Platform {
+            kernel: images.vmlinuz,
+            initrd: images.initrd,
+            rootfs: images.rootfs,
+            work_dir: self.backend.dir.join("conventional").join(name),
+            netns_prefix: NETNS_PREFIX.into(),
+            accel: AccelChoice::Auto,
+            tcg_cache_mib: Some(TCG_CACHE_MIB),
+            storage: self.garage.endpoint.trim_start_matches("http://").parse()?,
+            link: self.link.as_ref().map_or(LinkProfile::DIRECT, |link| link.profile),
+            link_seed: LINK_SEED,
+            boot_timeout: Duration::from_secs(BOOT_TIMEOUT_SECS),
+        };
+        Ok(Conventional::start(spec, platform)?)
+    }
+
+    /// A baseline function's environment for reaching Garage with the real boto3: its keys and
+    /// region, and `endpoint` when given (the conventional platform sets its own).
+    fn storage_environment(&self, endpoint: Option<&str>) -> Value {
+        let garage = &self.garage;
+        let mut environment = json!({
+            "AWS_ACCESS_KEY_ID": garage.access_key, "AWS_SECRET_ACCESS_KEY": garage.secret_key,
+            "AWS_DEFAULT_REGION": garage.region, "AWS_EC2_METADATA_DISABLED": "true",
+        });
+        if let Some(endpoint) = endpoint {
+            environment["AWS_ENDPOINT_URL"] = json!(endpoint);
+        }
+        environment
     }
 
     /// Invokes `name` with `event`; `prefetch` names the objects a cold start fetches while
@@ -271,6 +315,28 @@ impl Stack {
             })
             .collect()
     }
+}
+
+/// A function spec: `handler` of `code` as `name` in a `flavour` VM with `environment`, then
+/// `extra` fields (which may replace it).
+fn function_spec(
+    name: &str,
+    code: &Path,
+    handler: &str,
+    flavour: Flavour,
+    environment: Option<Value>,
+    extra: Value,
+) -> Value {
+    let mut spec = json!({
+        "name": name, "code": code, "handler": handler, "flavour": flavour.name(),
+    });
+    if let Some(environment) = environment {
+        spec["environment"] = environment;
+    }
+    for (key, value) in extra.as_object().into_iter().flatten() {
+        spec[key] = value.clone();
+    }
+    spec
 }
 
 /// Where clients reach `garage`: through `link` if there is one.
