@@ -19,7 +19,7 @@ mod test_guest;
 
 pub use artifacts::{guest_lib, nexus_binary};
 pub use backend::Backend;
-pub use conventional::Conventional;
+pub use conventional::{Conventional, Saved};
 pub use error::HarnessError;
 pub use garage::Garage;
 pub use link::{Link, LinkProfile};

@@ -63,21 +63,27 @@ pub fn notes(run: &Run) -> Vec<String> {
             elapsed % 60
         ),
         format!(
-            "Load: for each function and flavour in turn, one function (deployed as e.g. \
-             `thumbnail-nexus`, `max_vms` {vms}, its {vms} VMs started first) gets {rate} \
-             invocations/s, Poisson arrivals (the same plans for both flavours), with up to {vms} \
-             in flight: each takes an idle VM of the function; {warm} s of warm-up load are left \
-             out, then {reps} windows of {duration} s are measured, each with its own arrivals \
-             (seeds {seed} + 2, + 3, …). Every cell shows the median of the {reps} windows and, \
-             in brackets, their range (none where they agree as shown); the ratio is of the \
-             medians. The tail is p99 where a \
-             cell has at least 1 000 invocations, p95 otherwise, over all windows together. \
-             Invocations measured (baseline / Nexus): {invocations}, in windows of {windows} \
-             (latest send behind the plan: {lags}). Latencies are end to end at the backend's API and count from the \
-             planned arrival, so a VM that falls behind shows in them. Both flavours read and \
-             write the same Garage S3 server: the baseline with the real boto3 through its \
-             virtio NIC and QEMU user networking, Nexus through the shim, the channel and the \
-             backend (its object cache off). {storage}",
+            "Load: for each function and flavour in turn, {vms} warm VMs of the function get \
+             {rate} invocations/s, Poisson arrivals (the same plans for both flavours), with up \
+             to {vms} in flight: each takes an idle VM. {warm} s of warm-up load are left out, \
+             then {reps} windows of {duration} s are measured, each with its own arrivals (seeds \
+             {seed} + 2, + 3, …). Every cell shows the median of the {reps} windows and, in \
+             brackets, their range (none where they agree as shown); the ratio is of the \
+             medians. The tail is p99 where a cell has at least 1 000 invocations, p95 \
+             otherwise, over all windows together. Invocations measured (baseline / Nexus): \
+             {invocations}, in windows of {windows} (latest send behind the plan: {lags}). \
+             Nexus: the function is deployed on the backend (e.g. `thumbnail-nexus`, `max_vms` \
+             {vms}); an invocation goes to the backend's API and through the channel to the \
+             VM's runtime, and the handler's I/O through the shim and the backend (its object \
+             cache off). Baseline: a conventional, Lambda-style platform \
+             (`nexus_tests::Conventional`) runs the baseline image's VMs, each with a virtio NIC \
+             on a tap device in a network namespace this run creates and removes (private \
+             addresses inside it only; vhost-net where KVM allows, not here) and no Nexus \
+             device; an invocation is an HTTP request over the tap to the VM's runtime, and the \
+             handler's real boto3 reaches the store over the same NIC. Latencies count from the \
+             planned arrival until the answer (at the backend's API for Nexus, from the VM's \
+             runtime for the baseline), so a VM that falls behind shows in them. Both flavours \
+             read and write the same Garage S3 server. {storage}",
             vms = options.vms,
             rate = options.rate,
             seed = options.seed,
@@ -108,9 +114,8 @@ pub fn notes(run: &Run) -> Vec<String> {
         format!(
             "Node CPU per process (the second row): the user + system time (`/proc/<pid>/stat`) \
              over the same window of the flavour's QEMU processes and, for Nexus, of the \
-             backend, divided by the invocations completed. The backend also delivers the \
-             baseline's invocations (in neither baseline row's per-process figure, in its \
-             whole-machine one): {}.",
+             backend, divided by the invocations completed. The backend takes no part in the \
+             baseline (counted in its whole-machine row only): {}.",
             backend_for_baseline.join("; ")
         ),
         "Memory after each window, per VM (mean of the VMs), from `/proc/<pid>/smaps`, split by \

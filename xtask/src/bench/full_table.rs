@@ -207,14 +207,20 @@ fn cpu_rows(b: &Phase, n: &Phase, row: &MakeRow) -> Vec<Row> {
         for (cell, p, s) in [(&mut vmm.baseline, b, bs), (&mut vmm.nexus, n, ns)] {
             *cell += &format!(" (/proc {})", seconds(all(p, s.cpu.proc_s)[0]));
         }
-        rows.push(vmm);
-        rows.push(row(
+        let mut serving = row(
             format!("probe: backend CPU per invocation, {f}: the threads serving the VMs' regions"),
             &all(b, bs.cpu.backend_s),
             &all(n, ns.cpu.backend_s),
             &seconds,
             None,
-        ));
+        );
+        // The probes attribute the backend's VMs; the conventional platform's are not.
+        if !b.nexus() {
+            vmm.baseline = "— (not the backend's VMs)".into();
+            serving.baseline = "— (no region)".into();
+            (vmm.ratio, serving.ratio) = ("—".into(), "—".into());
+        }
+        rows.extend([vmm, serving]);
     }
     rows
 }
@@ -594,11 +600,11 @@ mod tests {
         ), "{markdown}");
         assert!(markdown.contains(
             "| probe: VMM CPU per invocation, thumbnail: QEMU's vCPU and other threads [TCG] | \
-             290.00 ms (/proc 287.10 ms) | 190.00 ms (/proc 188.10 ms) | 0.66× |"
+             — (not the backend's VMs) | 190.00 ms (/proc 188.10 ms) | — |"
         ), "{markdown}");
         assert!(markdown.contains(
             "| probe: backend CPU per invocation, thumbnail: the threads serving the VMs' regions \
-             [TCG] | 10.00 ms | 15.00 ms | 1.50× |"
+             [TCG] | — (no region) | 15.00 ms | — |"
         ), "{markdown}");
         assert!(markdown.contains(
             "| probe: duplicated memory per VM, thumbnail: what KSM merged of it [TCG] | 60.0 MiB \

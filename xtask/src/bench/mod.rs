@@ -17,6 +17,7 @@ mod load;
 pub(crate) mod measure;
 mod node_cpu;
 mod phase;
+mod platform;
 mod plot;
 mod probes;
 pub(crate) mod report;

@@ -14,20 +14,16 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use serde_json::json;
 
 use super::load;
 use super::measure::{cpu_time, rss_kib, VmmMemory};
 use super::node_cpu::{NodeCpu, NodeMeter, Span};
+use super::platform::Vms;
 use super::probes::{self, CpuReading, Seen};
-use super::stack::{Stack, BUCKET};
+use super::stack::Stack;
 use super::stats::mean;
 use super::workload::Function;
 use crate::image::Flavour;
-use crate::workspace_root;
-
-/// What the guest's agent writes on the console when it restarts the function's runtime.
-const RUNTIME_RESTARTED: &str = "nexus-agent: runtime exited";
 
 /// How to load a phase.
 #[derive(Debug, Clone, Copy)]
@@ -173,34 +169,24 @@ pub fn run(
 ) -> Result<Phase> {
     let stack = meters.stack;
     let name = format!("{}-{}", function.name(), flavour.name());
-    let name = name.as_str();
     let say = |what: &str| println!("bench: {} {}: {what}", function.name(), flavour.name());
-    let code = workspace_root().join(function.code());
-    stack.deploy(name, &code, function.handler(), flavour, json!({ "max_vms": load.vms }))?;
-    say(&format!("booting {} VMs", load.vms));
-    std::thread::scope(|scope| {
-        let boots: Vec<_> = (0..load.vms)
-            .map(|i| {
-                scope.spawn(move || {
-                    stack.invoke(name, &function.event(name, &format!("boot-{i}")), &[])
-                })
-            })
-            .collect();
-        boots.into_iter().try_for_each(|boot| boot.join().expect("boot thread").map(drop))
-    })?;
-    let invoke = |seq: &str| stack.invoke(name, &function.event(name, seq), &[]);
+    say(&format!("starting {} VMs", load.vms));
+    let mut vms = Vms::start(stack, function, flavour, load.vms)?;
+    let invoke = |seq: &str| vms.invoke(&function.event(&name, seq));
     say(&format!("warming up for {} s at {}/s", load.warm_up.as_secs(), load.rate));
     let warm_up = load::plan(load.rate, load.warm_up, load.vms, load.seed.wrapping_add(1));
     load::run(&warm_up, load.vms, |p| invoke(&format!("w{}", p.seq)).map(drop))?;
 
-    let vms = stack.warm_vms(name)?;
-    anyhow::ensure!(vms.len() == load.vms, "{name} has {} VMs, not {}", vms.len(), load.vms);
+    let qemu = vms.pids()?;
+    anyhow::ensure!(qemu.len() == load.vms, "{name} has {} VMs, not {}", qemu.len(), load.vms);
     let backend = stack.backend.pid().context("backend pid")?;
     let cpu = |pids: &[u32]| -> Result<f64> {
         pids.iter().map(|&pid| Ok(cpu_time(pid)?.as_secs_f64())).sum()
     };
-    let qemu: Vec<u32> = vms.iter().map(|vm| vm.pid).collect();
-    let probe = || CpuReading::take(&stack.backend, &vms);
+    // The probes attribute the backend's VMs: Nexus's (the baseline's are not the backend's;
+    // the probe's own cost is read for both).
+    let attributed = vms.backend_vms()?;
+    let probe = || CpuReading::take(&stack.backend, &attributed);
     let probed = meters.probes.then(probe).transpose()?;
     let mut reps = Vec::new();
     for rep in 0..load.reps {
@@ -216,7 +202,7 @@ pub fn run(
         ));
         let before = (cpu(&qemu)?, cpu(&[backend])?, meters.node.read()?);
         let done = load::run(&plan, load.vms, |p| invoke(&format!("r{rep}-{}", p.seq)))?;
-        stack.backend.wait_uploaded(Duration::from_secs(120))?;
+        vms.settle()?;
         let window = meters.node.since(&before.2)?;
         let after = (cpu(&qemu)?, cpu(&[backend])?);
         // The last invocations' reports, one per VM when the load spread them evenly.
@@ -224,7 +210,7 @@ pub fn run(
             .iter()
             .rev()
             .take(load.vms)
-            .map(|d| d.output.result["guest_used_kib"].as_f64().unwrap_or(f64::NAN))
+            .map(|d| d.output["guest_used_kib"].as_f64().unwrap_or(f64::NAN))
             .collect();
         reps.push(Rep {
             warm: done.iter().map(|d| d.latency.as_secs_f64()).collect(),
@@ -240,13 +226,13 @@ pub fn run(
     let probe_cpu = probed.map(|from| Ok::<_, anyhow::Error>(from.until(&probe()?))).transpose()?;
     // After the memory is read: KSM's merging would change it.
     let seen = match probe_cpu {
-        Some(cpu) => Some(Seen { cpu, merged: probes::merged_after_ksm(&stack.backend, &vms)? }),
+        Some(cpu) => Some(Seen { cpu, merged: probes::merged_after_ksm(&stack.backend, &qemu)? }),
         None => None,
     };
     let mut phase = Phase {
         function,
         flavour,
-        accel: vms[0].accel.clone(),
+        accel: accel_of(qemu[0]),
         reps,
         floors: (before, Span::default()),
         cold: Vec::new(),
@@ -254,21 +240,22 @@ pub fn run(
         cold_runtime_restarts: 0,
         seen,
     };
-
-    say(&format!("snapshot, then {} cold starts", load.cold_rounds));
-    stack.backend.api("POST", &format!("/v1/functions/{name}/snapshot"), None)?;
-    // Nexus names the input so the backend fetches it while the VM restores; the baseline's
-    // boto3 fetches it itself once the handler runs.
-    let input = [(BUCKET, function.input_key())];
-    let hints: &[(&str, &str)] = if flavour == Flavour::Nexus { &input } else { &[] };
+    say(&format!("{} cold starts from a snapshot", load.cold_rounds));
     for round in 0..load.cold_rounds {
-        stack.backend.api("POST", &format!("/v1/functions/{name}/stop"), None)?;
-        let cold = stack.invoke(name, &function.event(name, &format!("cold-{round}")), hints)?;
+        let cold = vms.cold(function, &function.event(&name, &format!("cold-{round}")))?;
         phase.cold.push(cold.seconds);
-        phase.cold_start.push(cold.start_seconds.unwrap_or(f64::NAN));
-        let console = std::fs::read_to_string(stack.warm_vm(name)?.serial_log).unwrap_or_default();
-        phase.cold_runtime_restarts += usize::from(console.contains(RUNTIME_RESTARTED));
+        phase.cold_start.push(cold.start_seconds);
+        phase.cold_runtime_restarts += usize::from(cold.runtime_restarted);
     }
-    stack.backend.api("DELETE", &format!("/v1/functions/{name}"), None)?;
     Ok(phase)
+}
+
+/// The accelerator QEMU `pid` runs on, from its command line (`-accel kvm|tcg[,…]`), upper
+/// case as the tables show it.
+fn accel_of(pid: u32) -> String {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let mut args = cmdline.split(|&b| b == 0).map(String::from_utf8_lossy);
+    args.find(|a| a == "-accel")
+        .and(args.next())
+        .map_or("?".into(), |a| a.split(',').next().unwrap_or("?").to_uppercase())
 }

@@ -163,19 +163,18 @@ impl Merged {
 }
 
 /// Lets KSM scan (it runs while this waits, then goes back to its previous settings) until
-/// its merging of `vms` settles, then reads from the backend's `/metrics` how many bytes of
-/// each it merged, and the node's duplicated bytes.
-pub fn merged_after_ksm(backend: &Backend, vms: &[WarmVm]) -> Result<Merged> {
+/// its merging of the VMMs `pids` settles, then reads how many bytes of each it merged (their
+/// `/proc/PID/ksm_stat`, what the backend exports as `nexus_vm_memory_merged_bytes` for its
+/// own VMs, read directly so that VMs the backend does not run count alike) and, from the
+/// backend's `/metrics`, the node's duplicated bytes.
+pub fn merged_after_ksm(backend: &Backend, pids: &[u32]) -> Result<Merged> {
     let cpu_before = ksmd_cpu_time();
     let scanning = KsmScanning::start(KSM_PAGES_PER_WAKE, KSM_SLEEP_MS)?;
     println!("bench: waiting for KSM's merging to settle");
-    let pids: Vec<u32> = vms.iter().map(|vm| vm.pid).collect();
-    let settled = scanning.settle(&pids, KSM_MIN_PASSES, KSM_MAX_PASSES, KSM_PATIENCE)?;
-    let merged = |vm: &WarmVm| {
-        backend.metric("nexus_vm_memory_merged_bytes", &[&format!("vm=\"{}\"", vm.region)])
-    };
+    let settled = scanning.settle(pids, KSM_MIN_PASSES, KSM_MAX_PASSES, KSM_PATIENCE)?;
+    let merged = |&pid: &u32| procfs::ksm_merged_bytes(pid).map(|bytes| bytes as f64);
     Ok(Merged {
-        per_vm: vms.iter().map(merged).collect::<Result<_, _>>()?,
+        per_vm: pids.iter().map(merged).collect::<Result<_, _>>()?,
         node: backend.metric("nexus_node_duplicated_memory_bytes", &[])?,
         passes: settled.passes,
         ksmd_cpu: ksmd_cpu_time().zip(cpu_before).map(|(after, before)| after - before),

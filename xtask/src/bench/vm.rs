@@ -62,8 +62,8 @@ pub fn run(storage: Storage) -> Result<()> {
     let nexus = measure(&stack, "bench-nexus", Flavour::Nexus, observe)?;
     let observed = match (baseline.cpu, nexus.cpu) {
         (Some(b), Some(n)) => {
-            let vms = [baseline.vm.clone(), nexus.vm.clone()];
-            let merged = probes::merged_after_ksm(&stack.backend, &vms)?;
+            let merged =
+                probes::merged_after_ksm(&stack.backend, &[baseline.vm.pid, nexus.vm.pid])?;
             Some(Observed { baseline: b, nexus: n, merged })
         }
         _ => {
