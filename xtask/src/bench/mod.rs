@@ -4,6 +4,7 @@
 //! Without a subcommand, `full` runs baseline and Nexus side by side under load and prints the
 //! one table that sets the results against the paper's claims and our goals.
 
+mod cgroup;
 mod ch;
 mod chain;
 mod cold;
