@@ -15,6 +15,7 @@ mod full_table;
 mod libvirt;
 mod load;
 pub(crate) mod measure;
+mod memory_cgroup;
 mod node_cpu;
 mod phase;
 mod plot;
