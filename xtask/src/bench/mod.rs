@@ -4,11 +4,16 @@
 //! Without a subcommand, `full` runs baseline and Nexus side by side under load and prints the
 //! one table that sets the results against the paper's claims and our goals.
 
+mod backend_fleet;
 mod cgroup;
 mod ch;
 mod chain;
 mod cold;
+mod density;
+mod density_bench;
+mod density_table;
 mod fabric;
+mod fleet;
 mod full;
 mod full_notes;
 mod full_table;
@@ -29,7 +34,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use stack::Storage;
 
-/// `cargo xtask bench [fabric|vm|cold|ch|chain|libvirt] [options of the side-by-side run]`.
+/// `cargo xtask bench [fabric|vm|cold|ch|chain|libvirt|density] [options of the side-by-side run]`.
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
@@ -59,6 +64,19 @@ pub enum Bench {
     /// The same function through the QEMU adapter and the libvirt adapter: cold start,
     /// snapshot and restore, warm p50, and the memory libvirt's daemons add per VM.
     Libvirt,
+    /// Density found, not computed: VMs of each flavour started one by one in a memory cgroup
+    /// with a fixed budget, each loaded at a fixed rate, until the next does not fit or the
+    /// tail latency breaks the SLO.
+    Density(DensityBench),
+}
+
+/// `cargo xtask bench density` options.
+#[derive(Debug, Args)]
+pub struct DensityBench {
+    #[command(flatten)]
+    distance: Distance,
+    #[command(flatten)]
+    search: density::DensityArgs,
 }
 
 /// How far the object store is.
@@ -79,5 +97,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Some(Bench::Ch) => ch::run(),
         Some(Bench::Chain) => chain::run(),
         Some(Bench::Libvirt) => libvirt::run(),
+        Some(Bench::Density(density)) => {
+            density_bench::run(density.distance.storage, &density.search)
+        }
     }
 }
