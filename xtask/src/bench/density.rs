@@ -7,7 +7,8 @@
 //!  cgroup (memory_cgroup.rs) of its own per flavour; allowance = TCG's cache bound (0 on KVM)
 //!  k = 1, 2, …   limit = budget + k × allowance; reset the peak; fleet.add (VM k)
 //!                window: k × rate invocations/s, Poisson arrivals from a fixed seed (the same
-//!                        plan for both flavours), open loop, up to k in flight, for W(k) s
+//!                        plan for both flavours), open loop, up to k in flight, for WARM_UP
+//!                        (left out) + W(k) s
 //!                read the cgroup, then judge the step (first match):
 //!                  the cgroup's OOM killer killed · VM k did not start · a VM exited
 //!                  · an invocation failed · tail > slo_factor × the same tail at k = 1
@@ -33,6 +34,9 @@ use crate::image::Flavour;
 
 /// Invocations a window expects at least: it is longer while few VMs run.
 pub const MIN_SAMPLES: f64 = 20.0;
+/// The start of each step's load, left out: a restored VM's TCG translates its code afresh in
+/// its first invocations (under KVM, warm-up of caches alone).
+pub const WARM_UP: Duration = Duration::from_secs(5);
 /// From this many invocations a window's tail is its p99, below it its p95 (the rule).
 const P99_SAMPLES: usize = 1000;
 /// The seed of step k's arrivals is this + k: the same plan for both flavours.
@@ -246,13 +250,13 @@ fn search(
         let failure = match added {
             Err(e) => Some(Failure::NoStart(format!("{e:#}"))),
             Ok(_) => {
-                let window = args.window(vms);
                 let rate = vms as f64 * args.density_rate;
-                let plan = load::plan(rate, window, vms, SEED + vms as u64);
+                let plan = load::plan(rate, WARM_UP + args.window(vms), vms, SEED + vms as u64);
                 let fleet: &dyn Fleet = fleet;
                 match load::run(&plan, vms, |_| fleet.invoke(event)) {
                     Ok(done) => {
-                        step.latencies = done.iter().map(|d| d.latency.as_secs_f64()).collect();
+                        let measured = done.iter().filter(|d| d.planned.at >= WARM_UP);
+                        step.latencies = measured.map(|d| d.latency.as_secs_f64()).collect();
                         None
                     }
                     Err(e) => Some(Failure::Invocation(format!("{e:#}"))),
@@ -268,6 +272,9 @@ fn search(
         let reference = held.first().map(|s| s.latencies.as_slice());
         let verdict = judge(seen, &step.latencies, reference, args.density_slo_factor);
         say(progress(&step, verdict.as_ref()));
+        if let Some(Stop::NoStart(e) | Stop::InvocationFailed(e)) = &verdict {
+            say(format!("the error in full: {e}"));
+        }
         match verdict {
             None => held.push(step),
             Some(stop) => break (stop, Some(step)),

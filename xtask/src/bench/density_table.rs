@@ -2,7 +2,7 @@
 //! for `cargo xtask bench`'s: the count that held per flavour, why the next VM did not, the
 //! tail at one VM and at that count, and the cgroup's memory there; the notes say how.
 
-use super::density::{Density, Search, Step, MIN_SAMPLES};
+use super::density::{Density, Search, Step, MIN_SAMPLES, WARM_UP};
 use super::report::{mib, ratio, seconds, Row};
 use super::stack::TCG_CACHE_MIB;
 
@@ -107,8 +107,9 @@ pub fn notes(density: &Density) -> Vec<String> {
              After each VM started, all of them were loaded at {rate} invocations/s each \
              (Poisson arrivals over the fleet from a fixed seed, the same plan for both \
              flavours; open loop, latency from the planned arrival; up to one in flight per VM, \
-             the platform choosing the idle VM) for {window} s, longer while few VMs ran so that \
-             a window expected at least {min_samples:.0} invocations. The search stopped at the \
+             the platform choosing the idle VM) for {warm_up} s left out, then {window} s measured \
+             (longer while few VMs ran, so that a window expected at least {min_samples:.0} \
+             invocations). The search stopped at the \
              first step in which the cgroup's OOM killer killed (`memory.oom_control`), a VM did \
              not start, a VM's process exited, an invocation failed, or the tail broke the SLO \
              (or at {max} VMs); the figure is the largest count that held.",
@@ -116,6 +117,7 @@ pub fn notes(density: &Density) -> Vec<String> {
             rate = args.density_rate,
             window = args.density_window,
             min_samples = MIN_SAMPLES,
+            warm_up = WARM_UP.as_secs(),
             max = args.density_max,
         ),
         format!(
