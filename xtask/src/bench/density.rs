@@ -36,7 +36,7 @@ use crate::image::Flavour;
 pub const MIN_SAMPLES: f64 = 20.0;
 /// The start of each step's load, left out: a restored VM's TCG translates its code afresh in
 /// its first invocations (under KVM, warm-up of caches alone).
-pub const WARM_UP: Duration = Duration::from_secs(5);
+pub const WARM_UP: Duration = Duration::from_secs(4);
 /// From this many invocations a window's tail is its p99, below it its p95 (the issue's rule).
 const P99_SAMPLES: usize = 1000;
 /// The seed of step k's arrivals is this + k: the same plan for both flavours.
@@ -54,7 +54,7 @@ pub struct DensityArgs {
     pub density_rate: f64,
     /// Seconds measured per step of the density search (longer while few VMs run, so that a
     /// window expects at least 20 invocations).
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = 10)]
     pub density_window: u64,
     /// The density search's SLO: a step holds while its tail latency is at most this many
     /// times the one-VM step's.
@@ -117,6 +117,15 @@ impl Step {
     pub fn tail(&self) -> (f64, f64) {
         let quantile = tail_quantile(self.latencies.len());
         (quantile, percentile(&self.latencies, quantile))
+    }
+
+    /// The tail and its count, e.g. `p95 120.00 ms of 20`; `no window` if it had none.
+    pub fn describe_tail(&self) -> String {
+        if self.latencies.is_empty() {
+            return "no window".into();
+        }
+        let (quantile, tail) = self.tail();
+        format!("p{quantile:.0} {} of {}", seconds(tail), self.latencies.len())
     }
 }
 
@@ -286,15 +295,13 @@ fn search(
 
 /// A step's progress line.
 fn progress(step: &Step, verdict: Option<&Stop>) -> String {
-    let (quantile, tail) = step.tail();
     let charged = &step.charged;
     format!(
-        "{} VMs {}: p{quantile:.0} {} over {} invocations; cgroup peak {} of {} (resident {}, \
-         limit hit {} times); VM started in {}",
+        "{} VMs {}: {} invocations; cgroup peak {} of {} (resident {}, limit hit {} times); VM \
+         started in {}",
         step.vms,
         verdict.map_or("held".into(), |stop| format!("did not hold ({})", stop.describe())),
-        seconds(tail),
-        step.latencies.len(),
+        step.describe_tail(),
         mib(charged.peak as f64),
         mib(charged.limit as f64),
         mib(charged.resident as f64),
@@ -368,6 +375,8 @@ mod tests {
         assert_eq!(step.tail(), (95.0, 95.0));
         let many = Step { latencies: (1..=1000).map(f64::from).collect(), ..Step::default() };
         assert_eq!(many.tail(), (99.0, 990.0));
+        assert_eq!(many.describe_tail(), "p99 990.00 s of 1000");
+        assert_eq!(Step::default().describe_tail(), "no window");
     }
 
     #[test]
@@ -419,18 +428,18 @@ mod tests {
         let args = DensityArgs {
             density_budget_mib: 1024,
             density_rate: 0.5,
-            density_window: 12,
+            density_window: 10,
             density_slo_factor: 3.0,
             density_max: 24,
         };
         assert_eq!(args.window(1), Duration::from_secs(40));
         assert_eq!(args.window(2), Duration::from_secs(20));
-        assert_eq!(args.window(8), Duration::from_secs(12));
+        assert_eq!(args.window(8), Duration::from_secs(10));
         assert!(args.check().is_ok());
         assert!(DensityArgs { density_slo_factor: 0.5, ..args.clone() }.check().is_err());
         assert_eq!(
             args.command(),
-            "--density-budget-mib 1024 --density-rate 0.5 --density-window 12 \
+            "--density-budget-mib 1024 --density-rate 0.5 --density-window 10 \
              --density-slo-factor 3 --density-max 24"
         );
         let long = format!("invoke x\n{}", "log line\n".repeat(50));

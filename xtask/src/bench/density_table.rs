@@ -42,6 +42,7 @@ pub fn rows(density: &Density) -> Vec<Row> {
                     let (quantile, tail) = step.tail();
                     format!("p{quantile:.0} {}", seconds(tail))
                 };
+
                 match (s.held.first(), s.held.last()) {
                     (Some(one), Some(last)) => format!("{} → {}", tail(one), tail(last)),
                     _ => "—".into(),
@@ -78,12 +79,10 @@ pub fn notes(density: &Density) -> Vec<String> {
     let args = &density.args;
     let steps = |s: &Search| {
         let step = |step: &Step| {
-            let (quantile, tail) = step.tail();
             format!(
-                "{}: p{quantile:.0} {} of {}, peak {}, resident {}, started in {}",
+                "{}: {}, peak {}, resident {}, started in {}",
                 step.vms,
-                seconds(tail),
-                step.latencies.len(),
+                step.describe_tail(),
                 mib(step.charged.peak as f64),
                 mib(step.charged.resident as f64),
                 seconds(step.add.as_secs_f64())
