@@ -119,13 +119,14 @@ impl Step {
         (quantile, percentile(&self.latencies, quantile))
     }
 
-    /// The tail and its count, e.g. `p95 120.00 ms of 20`; `no window` if it had none.
+    /// The tail and its count, e.g. `p95 120.00 ms of 20 invocations`; `no window` if it had
+    /// none.
     pub fn describe_tail(&self) -> String {
         if self.latencies.is_empty() {
             return "no window".into();
         }
         let (quantile, tail) = self.tail();
-        format!("p{quantile:.0} {} of {}", seconds(tail), self.latencies.len())
+        format!("p{quantile:.0} {} of {} invocations", seconds(tail), self.latencies.len())
     }
 }
 
@@ -274,7 +275,7 @@ fn search(
         };
         step.charged = cgroup.read()?;
         let seen = Seen {
-            oom_kills: step.charged.oom_kills - kills_before,
+            oom_kills: step.charged.oom_kills.saturating_sub(kills_before),
             failure,
             exited: fleet.pids().into_iter().find(|&pid| !alive(pid)),
         };
@@ -297,8 +298,8 @@ fn search(
 fn progress(step: &Step, verdict: Option<&Stop>) -> String {
     let charged = &step.charged;
     format!(
-        "{} VMs {}: {} invocations; cgroup peak {} of {} (resident {}, limit hit {} times); VM \
-         started in {}",
+        "{} VMs {}: {}; cgroup peak {} of {} (resident {}, limit hit {} times); the \
+         VM's start took {}",
         step.vms,
         verdict.map_or("held".into(), |stop| format!("did not hold ({})", stop.describe())),
         step.describe_tail(),
@@ -375,7 +376,7 @@ mod tests {
         assert_eq!(step.tail(), (95.0, 95.0));
         let many = Step { latencies: (1..=1000).map(f64::from).collect(), ..Step::default() };
         assert_eq!(many.tail(), (99.0, 990.0));
-        assert_eq!(many.describe_tail(), "p99 990.00 s of 1000");
+        assert_eq!(many.describe_tail(), "p99 990.00 s of 1000 invocations");
         assert_eq!(Step::default().describe_tail(), "no window");
     }
 

@@ -80,7 +80,7 @@ pub fn notes(density: &Density) -> Vec<String> {
     let steps = |s: &Search| {
         let step = |step: &Step| {
             format!(
-                "{}: {}, peak {}, resident {}, started in {}",
+                "{}: {}, peak {}, resident {}, start {}",
                 step.vms,
                 step.describe_tail(),
                 mib(step.charged.peak as f64),
@@ -101,8 +101,9 @@ pub fn notes(density: &Density) -> Vec<String> {
         format!(
             "Density, found (issue 12 item 6): for each flavour in turn, the compress function's \
              VMs were started one at a time in a memory cgroup of the flavour's own (cgroup v1, \
-             `memory.limit_in_bytes`), with a budget of {budget} MiB: reduced from a node's, for \
-             on these 2 cores under TCG a dozen loaded VMs would fill the CPU before the memory. \
+             `memory.limit_in_bytes`), with a budget of {budget} MiB, reduced from a node's: on \
+             these 2 cores under TCG, a dozen loaded VMs would fill the CPU before a larger \
+             budget filled. \
              After each VM started, all of them were loaded at {rate} invocations/s each \
              (Poisson arrivals over the fleet from a fixed seed, the same plan for both \
              flavours; open loop, latency from the planned arrival; up to one in flight per VM, \
@@ -124,8 +125,8 @@ pub fn notes(density: &Density) -> Vec<String> {
              these rates) at most {factor}× the same percentile of the flavour's one-VM step. \
              Relative, because absolute latencies under TCG on a shared 2-core machine say \
              little, and each flavour is judged against its own unloaded service; {factor}×, \
-             because the tail of a window of a few dozen invocations moves by 1.5–2× from noise \
-             alone here (the machine is shared), while a node that has run out of CPU drifts \
+             because the tail of a window of a few dozen invocations moves by up to 2–2.5× \
+             between steps from noise alone here (the machine is shared), while a node that has run out of CPU drifts \
              past any fixed multiple.",
             factor = args.density_slo_factor
         ),
@@ -136,7 +137,12 @@ pub fn notes(density: &Density) -> Vec<String> {
          step (from just before its VM started); resident is `total_rss` + `total_shmem` of \
          `memory.stat` after it (there is no swap)."
             .to_owned(),
-        format!("Steps (VMs: tail of the window's invocations, cgroup peak, resident, VM start): {}. {}.", steps(&density.baseline), steps(&density.nexus)),
+        format!(
+            "Steps (VMs: tail of the window, cgroup peak, resident, how long the VM's start \
+             took): {}. {}.",
+            steps(&density.baseline),
+            steps(&density.nexus)
+        ),
     ];
     if density.allowance_bytes > 0 {
         notes.push(format!(
