@@ -298,14 +298,15 @@ fn search(
 fn progress(step: &Step, verdict: Option<&Stop>) -> String {
     let charged = &step.charged;
     format!(
-        "{} VMs {}: {}; cgroup peak {} of {} (resident {}, limit hit {} times); the \
-         VM's start took {}",
+        "{} VMs {}: {}; cgroup peak {} of {} (resident {}, {} in huge pages; limit hit {} \
+         times); the VM's start took {}",
         step.vms,
         verdict.map_or("held".into(), |stop| format!("did not hold ({})", stop.describe())),
         step.describe_tail(),
         mib(charged.peak as f64),
         mib(charged.limit as f64),
         mib(charged.resident as f64),
+        mib(charged.huge as f64),
         charged.failcnt,
         seconds(step.add.as_secs_f64()),
     )

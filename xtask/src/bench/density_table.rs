@@ -80,11 +80,12 @@ pub fn notes(density: &Density) -> Vec<String> {
     let steps = |s: &Search| {
         let step = |step: &Step| {
             format!(
-                "{}: {}, peak {}, resident {}, start {}",
+                "{}: {}, peak {}, resident {} ({} in huge pages), start {}",
                 step.vms,
                 step.describe_tail(),
                 mib(step.charged.peak as f64),
                 mib(step.charged.resident as f64),
+                mib(step.charged.huge as f64),
                 seconds(step.add.as_secs_f64())
             )
         };
@@ -135,7 +136,11 @@ pub fn notes(density: &Density) -> Vec<String> {
          moves a process's charges when it moves (`memory.move_charge_at_immigrate` is gone), \
          so each flavour's VMMs are born inside. Peak is `memory.max_usage_in_bytes` over the \
          step (from just before its VM started); resident is `total_rss` + `total_shmem` of \
-         `memory.stat` after it (there is no swap)."
+         `memory.stat` after it (there is no swap), of which `total_rss_huge` in transparent \
+         huge pages: QEMU asks for them for guest RAM (`madvise`), so a restored VM's RAM \
+         likely fills a whole 2 MiB page wherever its snapshot has a page, and the layout of \
+         the snapshotted guest's memory then moves every VM of the flavour alike: from run to \
+         run, one VM more or less has been seen."
             .to_owned(),
         format!(
             "Steps (VMs: tail of the window, cgroup peak, resident, how long the VM's start \

@@ -11,7 +11,9 @@
 //!    memory.failcnt             how often a charge hit the limit (reclaim ran); 0 resets it
 //!    memory.oom_control         `oom_kill N`: the processes its OOM killer killed
 //!    memory.stat                `total_rss` (anonymous) + `total_shmem`: what cannot be
-//!                               reclaimed without swap (this machine has none)
+//!                               reclaimed without swap (this machine has none);
+//!                               `total_rss_huge`: the anonymous memory in transparent huge
+//!                               pages (QEMU asks for them for guest RAM)
 //! ```
 //! A page stays charged where it was first charged: this kernel no longer moves charges with a
 //! process (v1's `memory.move_charge_at_immigrate` is gone, writing it fails), so a process
@@ -37,6 +39,8 @@ pub struct Charged {
     pub peak: u64,
     /// Anonymous and shared memory now: what reclaim cannot take back without swap.
     pub resident: u64,
+    /// The part of `resident` in transparent huge pages.
+    pub huge: u64,
     /// How often a charge hit the limit since the last reset.
     pub failcnt: u64,
     /// Processes its OOM killer killed since it was made.
@@ -97,6 +101,7 @@ impl MemoryCgroup {
             usage: number("memory.usage_in_bytes")?,
             peak: number("memory.max_usage_in_bytes")?,
             resident: stat_field("total_rss")? + stat_field("total_shmem")?,
+            huge: stat_field("total_rss_huge")?,
             failcnt: number("memory.failcnt")?,
             oom_kills: oom_kills(&oom_control).context("no oom_kill in memory.oom_control")?,
         })
@@ -126,6 +131,7 @@ mod tests {
                     total_rss_huge 0\ntotal_shmem 8192\n";
         assert_eq!(stat_field(stat, "total_rss"), Some(40960));
         assert_eq!(stat_field(stat, "total_shmem"), Some(8192));
+        assert_eq!(stat_field(stat, "total_rss_huge"), Some(0));
         assert_eq!(stat_field(stat, "rss"), Some(4096), "not total_rss, nor rss_huge");
         assert_eq!(stat_field(stat, "swap"), None);
         assert_eq!(oom_kills("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n"), Some(3));
