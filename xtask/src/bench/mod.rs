@@ -4,17 +4,24 @@
 //! Without a subcommand, `full` runs baseline and Nexus side by side under load and prints the
 //! one table that sets the results against the paper's claims and our goals.
 
+mod backend_fleet;
+mod cgroup;
 mod ch;
 mod chain;
 mod cold;
 mod conventional;
+mod density;
+mod density_bench;
+mod density_table;
 mod fabric;
+mod fleet;
 mod full;
 mod full_notes;
 mod full_table;
 mod libvirt;
 mod load;
 pub(crate) mod measure;
+mod memory_cgroup;
 mod node_cpu;
 mod phase;
 mod platform;
@@ -30,7 +37,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use stack::Storage;
 
-/// `cargo xtask bench [fabric|vm|cold|ch|chain|libvirt|conventional] [options of the
+/// `cargo xtask bench [fabric|vm|cold|ch|chain|libvirt|conventional|density] [options of the
 /// side-by-side run]`.
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -64,6 +71,19 @@ pub enum Bench {
     /// The conventional baseline alone: a baseline VM on a tap in a network namespace, invoked
     /// over HTTP, no Nexus device: boot, warm latency, QEMU RSS, snapshot and restore.
     Conventional(Distance),
+    /// Density found, not computed: VMs of each flavour started one by one in a memory cgroup
+    /// with a fixed budget, each loaded at a fixed rate, until the next does not fit or the
+    /// tail latency breaks the SLO.
+    Density(DensityBench),
+}
+
+/// `cargo xtask bench density` options.
+#[derive(Debug, Args)]
+pub struct DensityBench {
+    #[command(flatten)]
+    distance: Distance,
+    #[command(flatten)]
+    search: density::DensityArgs,
 }
 
 /// How far the object store is.
@@ -85,5 +105,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Some(Bench::Chain) => chain::run(),
         Some(Bench::Libvirt) => libvirt::run(),
         Some(Bench::Conventional(distance)) => conventional::run(distance.storage),
+        Some(Bench::Density(density)) => {
+            density_bench::run(density.distance.storage, &density.search)
+        }
     }
 }

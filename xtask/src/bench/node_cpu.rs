@@ -21,11 +21,12 @@
 //! and once the window's busy time nears the capacity the bench's work only displaces it
 //! ([`NodeCpu::saturated`]). [`NodeCpu::usable`] says whether the figure means something.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use super::cgroup::{home_of, Cgroup};
 use super::measure::cpu_time;
 
 /// Where cgroup v1's cpuacct controller is mounted on Debian.
@@ -157,7 +158,7 @@ pub struct NodeMeter {
 
 #[derive(Debug)]
 enum StorageAccount {
-    Cgroup(Cgroup),
+    Cgroup(StorageCgroup),
     /// No cgroup could be made: the server's process alone.
     Process(u32),
 }
@@ -166,7 +167,7 @@ impl NodeMeter {
     /// Starts counting, with the storage server `storage_pid` in a cgroup of its own if one
     /// can be made.
     pub fn start(storage_pid: u32) -> Self {
-        let storage = match Cgroup::create(storage_pid) {
+        let storage = match StorageCgroup::create(storage_pid) {
             Ok(cgroup) => StorageAccount::Cgroup(cgroup),
             Err(e) => {
                 println!("bench: no cgroup for the storage server ({e:#}): its process alone");
@@ -221,20 +222,26 @@ enum Hierarchy {
     V2,
 }
 
-/// A cgroup holding one process, created for it; the process goes back where it came from
-/// when this drops.
+impl Hierarchy {
+    /// The controller whose v1 hierarchy it is; `None` for v2.
+    fn v1_controller(self) -> Option<&'static str> {
+        match self {
+            Hierarchy::V1 => Some("cpuacct"),
+            Hierarchy::V2 => None,
+        }
+    }
+}
+
+/// A cgroup holding the storage server alone, which goes back where it came from when this
+/// drops.
 #[derive(Debug)]
-struct Cgroup {
-    dir: PathBuf,
-    /// The cgroup the process came from.
-    home: PathBuf,
+struct StorageCgroup {
+    cgroup: Cgroup,
     hierarchy: Hierarchy,
 }
 
-impl Cgroup {
+impl StorageCgroup {
     fn create(pid: u32) -> Result<Self> {
-        let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .with_context(|| format!("read /proc/{pid}/cgroup"))?;
         let v2_root = UNIFIED_V2.iter().map(Path::new).find(|r| r.join("cgroup.procs").exists());
         let (root, hierarchy) = if Path::new(CPUACCT_V1).join("cpuacct.usage").exists() {
             (Path::new(CPUACCT_V1), Hierarchy::V1)
@@ -244,16 +251,11 @@ impl Cgroup {
                 Hierarchy::V2,
             )
         };
-        let path = membership_path(&membership, hierarchy)
-            .with_context(|| format!("no {hierarchy:?} line in /proc/{pid}/cgroup"))?;
-        let home = root.join(path.trim_start_matches('/'));
+        let home = home_of(pid, root, hierarchy.v1_controller())?;
         let dir = root.join(format!("nexus-bench-storage-{}", std::process::id()));
-        std::fs::create_dir(&dir).with_context(|| format!("create {}", dir.display()))?;
-        let cgroup = Self { dir, home, hierarchy };
-        let procs = cgroup.dir.join("cgroup.procs");
-        std::fs::write(&procs, pid.to_string())
-            .with_context(|| format!("move process {pid} into {}", procs.display()))?;
-        Ok(cgroup)
+        let cgroup = Cgroup::create(dir, home)?;
+        cgroup.admit(pid)?;
+        Ok(Self { cgroup, hierarchy })
     }
 
     fn describe(&self) -> String {
@@ -272,37 +274,9 @@ impl Cgroup {
             }
             Hierarchy::V2 => ("cpu.stat", v2_usage),
         };
-        let path = self.dir.join(file);
-        let text =
-            std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
-        parse(&text).with_context(|| format!("malformed {}", path.display()))
+        let text = self.cgroup.read(file)?;
+        parse(&text).with_context(|| format!("malformed {file} in {}", self.cgroup.dir().display()))
     }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        let procs = std::fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
-        for pid in procs.split_whitespace() {
-            let _ = std::fs::write(self.home.join("cgroup.procs"), pid);
-        }
-        if let Err(e) = std::fs::remove_dir(&self.dir) {
-            eprintln!("bench: cannot remove {}: {e}", self.dir.display());
-        }
-    }
-}
-
-/// The path of a process's cgroup in `hierarchy`, from its `/proc/PID/cgroup`
-/// (`ID:CONTROLLERS:PATH` lines; v2's is `0::PATH`).
-fn membership_path(membership: &str, hierarchy: Hierarchy) -> Option<&str> {
-    membership.lines().find_map(|line| {
-        let mut fields = line.splitn(3, ':');
-        let (id, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
-        let ours = match hierarchy {
-            Hierarchy::V1 => controllers.split(',').any(|c| c == "cpuacct"),
-            Hierarchy::V2 => id == "0" && controllers.is_empty(),
-        };
-        ours.then_some(path)
-    })
 }
 
 /// `usage_usec` of a cgroup v2 `cpu.stat`.
@@ -388,11 +362,7 @@ mod tests {
     }
 
     #[test]
-    fn cgroup_lines_and_counters() {
-        let v1 = "9:name=systemd:/\n2:cpu,cpuacct:/jobs/a\n1:cpu:/\n0::/user.slice\n";
-        assert_eq!(membership_path(v1, Hierarchy::V1), Some("/jobs/a"));
-        assert_eq!(membership_path(v1, Hierarchy::V2), Some("/user.slice"));
-        assert_eq!(membership_path("1:cpu:/\n", Hierarchy::V1), None);
+    fn v2_counters() {
         let stat = "usage_usec 1500000\nuser_usec 1000000\nsystem_usec 500000\n";
         assert_eq!(v2_usage(stat), Some(Duration::from_millis(1500)));
         assert_eq!(v2_usage("user_usec 1\n"), None);
@@ -417,7 +387,7 @@ mod tests {
         let StorageAccount::Cgroup(cgroup) = &meter.storage else {
             panic!("no cgroup made: {}", meter.storage_accounting());
         };
-        let dir = cgroup.dir.clone();
+        let dir = cgroup.cgroup.dir().to_owned();
         let from = meter.read().unwrap();
         let (cpu_before, started) = (cpu_time(pid).unwrap(), Instant::now());
         // Until the loop has had some CPU on a busy machine.

@@ -21,6 +21,8 @@ use crate::{setup, workspace_root};
 /// The function: `guest/python/examples/bench/handler.py`.
 pub const CODE: &str = "guest/python/examples/bench";
 pub const HANDLER: &str = "handler.py:handler";
+/// The region of its VMs.
+pub const REGION: &str = "size: 32MiB, buffer_size: 1MiB";
 /// Its input object.
 pub const INPUT_KEY: &str = "in/input.txt";
 const INPUT_BYTES: usize = 256 << 10;
@@ -53,8 +55,7 @@ pub fn run(storage: Storage) -> Result<()> {
     let tools = setup::run()?;
     let observe = probes::available();
     let settings = if observe { probes::SETTINGS } else { "" };
-    let stack =
-        Stack::start(&tools, &Flavour::ALL, storage, "size: 32MiB, buffer_size: 1MiB", settings)?;
+    let stack = Stack::start(&tools, &Flavour::ALL, storage, REGION, settings)?;
     seed_input(&stack, &tools.python)?;
     let observe = observe && probes::on(&stack.backend)?;
     let _cost_stats = observe.then(nexus_ebpf::Probes::cost_stats).transpose()?;

@@ -1,0 +1,135 @@
+//! [`Fleet`] of a function deployed on the bench's backend (`stack.rs`): Nexus's VMs, and, until
+//! the conventional platform's own `Fleet` takes its place, the backend-managed baseline flavour
+//! as a stand-in. The function is the compress example (`vm.rs`); its input must be seeded.
+//!
+//! ```text
+//!  start    (outside any cgroup) deploy `density-<flavour>` with max_vms 256, boot one VM with
+//!           an invocation, snapshot it, stop it: every VM added later restores that snapshot,
+//!           as a serverless platform starts its warm VMs
+//!  add      first, admit the backend into the cgroup: the VMMs it forks are born there, and
+//!           what it allocates serving them is charged there too; then n + 1 invocations at
+//!           once on the n VMs: n take the idle VMs, the last finds none idle and starts one
+//!           more (the backend's pool: an idle VM, else a start below max_vms); the new VM is
+//!           the one the backend lists that was not there before
+//!  drop     `DELETE` the function: its VMs stop
+//! ```
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use super::fleet::Fleet;
+use super::memory_cgroup::MemoryCgroup;
+use super::stack::Stack;
+use super::vm;
+use crate::image::Flavour;
+use crate::workspace_root;
+
+/// The function's `max_vms`: the backend's largest, so the search, not the spec, bounds it.
+const MAX_VMS: u32 = 256;
+/// Bursts tried for one added VM (one is enough unless an invocation ends before the last of
+/// the burst arrives).
+const ADD_ATTEMPTS: usize = 3;
+
+/// The VMs of one flavour of the compress function on the bench's backend.
+#[derive(Debug)]
+pub struct BackendFleet<'a> {
+    stack: &'a Stack,
+    name: String,
+    event: Value,
+    pids: Vec<u32>,
+}
+
+impl<'a> BackendFleet<'a> {
+    /// Deploys the function in `flavour` and snapshots a warm VM of it, which then stops; see
+    /// the module doc.
+    pub fn start(stack: &'a Stack, flavour: Flavour) -> Result<Self> {
+        let name = format!("density-{}", flavour.name());
+        let code = workspace_root().join(vm::CODE);
+        stack.deploy(&name, &code, vm::HANDLER, flavour, json!({ "max_vms": MAX_VMS }))?;
+        let fleet =
+            Self { stack, event: vm::event(&format!("out/{name}.gz")), name, pids: Vec::new() };
+        println!("bench: density {}: booting the VM to snapshot", flavour.name());
+        fleet.invoke(&fleet.event)?;
+        let function = format!("/v1/functions/{}", fleet.name);
+        stack.backend.api("POST", &format!("{function}/snapshot"), None)?;
+        stack.backend.api("POST", &format!("{function}/stop"), None)?;
+        Ok(fleet)
+    }
+
+    /// `count` invocations at once.
+    fn burst(&self, count: usize) -> Result<()> {
+        std::thread::scope(|scope| {
+            let calls: Vec<_> =
+                (0..count).map(|_| scope.spawn(|| self.invoke(&self.event))).collect();
+            calls.into_iter().try_for_each(|call| call.join().expect("burst thread").map(drop))
+        })
+    }
+
+    /// The VMMs the backend lists that this fleet has not seen, after checking that none it has
+    /// seen is gone.
+    fn new_pids(&self) -> Result<Vec<u32>> {
+        let listed: Vec<u32> = self.stack.warm_vms(&self.name)?.iter().map(|vm| vm.pid).collect();
+        if let Some(gone) = self.pids.iter().find(|pid| !listed.contains(pid)) {
+            bail!("VM {gone} of {} is gone", self.name);
+        }
+        Ok(listed.into_iter().filter(|pid| !self.pids.contains(pid)).collect())
+    }
+}
+
+impl Fleet for BackendFleet<'_> {
+    fn add(&mut self, cgroup: &MemoryCgroup) -> Result<u32> {
+        if self.pids.is_empty() {
+            cgroup.admit(self.stack.backend.pid().context("the backend is not running")?)?;
+        }
+        for _ in 0..ADD_ATTEMPTS {
+            self.burst(self.pids.len() + 1)?;
+            match self.new_pids()?[..] {
+                [] => continue,
+                [pid] => {
+                    self.pids.push(pid);
+                    return Ok(pid);
+                }
+                ref more => bail!("{} VMs started at once: {more:?}", more.len()),
+            }
+        }
+        bail!("{ADD_ATTEMPTS} bursts of {} invocations started no VM", self.pids.len() + 1)
+    }
+
+    fn invoke(&self, event: &Value) -> Result<Value> {
+        Ok(self.stack.invoke(&self.name, event, &[])?.result)
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.pids.clone()
+    }
+}
+
+impl Drop for BackendFleet<'_> {
+    fn drop(&mut self) {
+        let removed =
+            self.stack.backend.api("DELETE", &format!("/v1/functions/{}", self.name), None);
+        if let Err(e) = removed {
+            eprintln!("bench: cannot remove {}: {e:#}", self.name);
+        }
+    }
+}
+
+/// What the density notes say about these fleets: what the cgroup charges them, and the
+/// baseline's stand-in.
+pub fn notes() -> [String; 2] {
+    [
+        "The backend forks the VMMs: it is moved into the cgroup before the first VM starts and \
+         back out after the search. For Nexus the backend's memory serves the VMs (their \
+         regions, its buffers), and what it allocates while in the cgroup is charged to the \
+         Nexus budget; what it held before (its footprint with no VM) is not: the marginal \
+         memory of the VMs, where the computed row charges the backend's whole RSS. The \
+         baseline's VMs are forked by the same backend and charged the same way, though none of \
+         their I/O goes through it. Each flavour's VMs restore a snapshot of one of its VMs, \
+         booted and invoked once before the search outside the cgroup, as a serverless platform \
+         starts warm VMs; the snapshot file's page cache is charged outside."
+            .to_owned(),
+        "The baseline column is the backend-managed baseline flavour (real boto3 over a virtio \
+         NIC and QEMU's user network), standing in for the conventional platform."
+            .to_owned(),
+    ]
+}
