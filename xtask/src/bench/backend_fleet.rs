@@ -1,9 +1,8 @@
-//! [`Fleet`] of a function deployed on the bench's backend (`stack.rs`): Nexus's VMs, and, until
-//! the conventional platform's own `Fleet` takes its place, the backend-managed baseline flavour
-//! as a stand-in. The function is the compress example (`vm.rs`); its input must be seeded.
+//! [`Fleet`] of a function deployed on the bench's backend (`stack.rs`): Nexus's VMs. The
+//! function is the compress example (`vm.rs`); its input must be seeded.
 //!
 //! ```text
-//!  start    (outside any cgroup) deploy `density-<flavour>` with max_vms 256, boot one VM with
+//!  start    (outside any cgroup) deploy `density-nexus` with max_vms 256, boot one VM with
 //!           an invocation, snapshot it, stop it: every VM added later restores that snapshot,
 //!           as a serverless platform starts its warm VMs
 //!  add      first, admit the backend into the cgroup: the VMMs it forks are born there, and
@@ -30,7 +29,7 @@ const MAX_VMS: u32 = 256;
 /// the burst arrives).
 const ADD_ATTEMPTS: usize = 3;
 
-/// The VMs of one flavour of the compress function on the bench's backend.
+/// Nexus's VMs of the compress function on the bench's backend.
 #[derive(Debug)]
 pub struct BackendFleet<'a> {
     stack: &'a Stack,
@@ -40,15 +39,15 @@ pub struct BackendFleet<'a> {
 }
 
 impl<'a> BackendFleet<'a> {
-    /// Deploys the function in `flavour` and snapshots a warm VM of it, which then stops; see
+    /// Deploys the function and snapshots a warm VM of it, which then stops; see
     /// the module doc.
-    pub fn start(stack: &'a Stack, flavour: Flavour) -> Result<Self> {
-        let name = format!("density-{}", flavour.name());
+    pub fn start(stack: &'a Stack) -> Result<Self> {
+        let (flavour, name) = (Flavour::Nexus, "density-nexus".to_owned());
         let code = workspace_root().join(vm::CODE);
         stack.deploy(&name, &code, vm::HANDLER, flavour, json!({ "max_vms": MAX_VMS }))?;
         let fleet =
             Self { stack, event: vm::event(&format!("out/{name}.gz")), name, pids: Vec::new() };
-        println!("bench: density {}: booting the VM to snapshot", flavour.name());
+        println!("bench: density nexus: booting the VM to snapshot");
         fleet.invoke(&fleet.event)?;
         let function = format!("/v1/functions/{}", fleet.name);
         stack.backend.api("POST", &format!("{function}/snapshot"), None)?;
@@ -116,20 +115,13 @@ impl Drop for BackendFleet<'_> {
 
 /// What the density notes say about these fleets: what the cgroup charges them, and the
 /// baseline's stand-in.
-pub fn notes() -> [String; 2] {
-    [
-        "The backend forks the VMMs: it is moved into the cgroup before the first VM starts and \
-         back out after the search. For Nexus the backend's memory serves the VMs (their \
-         regions, its buffers), and what it allocates while in the cgroup is charged to the \
-         Nexus budget; what it held before (its footprint with no VM) is not: the marginal \
-         memory of the VMs, where the computed row charges the backend's whole RSS. The \
-         baseline's VMs are forked by the same backend and charged the same way, though none of \
-         their I/O goes through it. Each flavour's VMs restore a snapshot of one of its VMs, \
-         booted and invoked once before the search outside the cgroup, as a serverless platform \
-         starts warm VMs; the snapshot file's page cache is charged outside."
-            .to_owned(),
-        "The baseline column is the backend-managed baseline flavour (real boto3 over a virtio \
-         NIC and QEMU's user network), standing in for the conventional platform."
-            .to_owned(),
-    ]
+pub fn note() -> String {
+    "Nexus's VMs are forked by the backend: it is moved into the cgroup before the first VM \
+     starts and back out after the search. Its memory serves the VMs (their regions, its \
+     buffers): what it allocates while in the cgroup is charged to the Nexus budget; what it \
+     held before (its footprint with no VM) is not, so the figure is the VMs' marginal memory. \
+     Each Nexus VM restores a snapshot of a VM booted and invoked once before the search, \
+     outside the cgroup, as a serverless platform starts warm VMs; the snapshot file's page \
+     cache is charged outside."
+        .to_owned()
 }

@@ -7,6 +7,8 @@
 //!  create(dir, home)  mkdir dir                 (home: where its processes go back to)
 //!  admit(pid)         echo PID > dir/cgroup.procs (all the process's threads; its children
 //!                     forked afterwards start in it)
+//!  with_thread(f)     echo TID > dir/tasks, f(), echo TID > home/tasks (v1 only: this thread
+//!                     alone; the threads it starts meanwhile, and their children, stay in)
 //!  drop               echo PID > home/cgroup.procs for each, then rmdir dir (retried while
 //!                     a process forked meanwhile still holds it)
 //! ```
@@ -42,6 +44,21 @@ impl Cgroup {
     pub fn admit(&self, pid: u32) -> Result<()> {
         self.write("cgroup.procs", &pid.to_string())
             .with_context(|| format!("move process {pid} into {}", self.dir.display()))
+    }
+
+    /// Runs `f` with the calling thread alone in the cgroup (cgroup v1 places threads one by
+    /// one): the threads `f` starts are born in it and stay, and so are the processes they
+    /// fork, while the rest of this process stays where it is. The thread goes back home
+    /// afterwards, also when `f` fails.
+    pub fn with_thread<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        // SAFETY: gettid has no preconditions and only returns the caller's thread id.
+        let tid = unsafe { libc::gettid() }.to_string();
+        self.write("tasks", &tid).with_context(|| format!("move thread {tid} in"))?;
+        let result = f();
+        let home = self.home.join("tasks");
+        std::fs::write(&home, &tid)
+            .with_context(|| format!("move thread {tid} back to {}", home.display()))?;
+        result
     }
 
     /// The processes in it.

@@ -1,15 +1,14 @@
 //! `cargo xtask bench density [--storage …] [--density-…]`: the density search alone
-//! (`density.rs`), both flavours of the compress function on the bench's backend
-//! (`backend_fleet.rs`), in a table of its own in `docs/BENCHMARKS.md`.
+//! (`density.rs`), both flavours of the compress function (Nexus's on the bench's backend, the
+//! baseline's on the conventional platform), in a table of its own in `docs/BENCHMARKS.md`.
 
 use std::time::Instant;
 
 use anyhow::Result;
 
-use super::backend_fleet::{self, BackendFleet};
 use super::density::{self, DensityArgs};
 use super::density_table::{notes, rows};
-use super::fleet::Fleet;
+use super::fleet;
 use super::measure::{load_average, machine, today};
 use super::report::Table;
 use super::stack::{accel_note, Stack, Storage};
@@ -23,9 +22,8 @@ pub fn run(storage: Storage, args: &DensityArgs) -> Result<()> {
     let stack = Stack::start(&tools, &Flavour::ALL, storage, vm::REGION, "")?;
     vm::seed_input(&stack, &tools.python)?;
     let (started, load_at_start) = (Instant::now(), load_average());
-    let density = density::run(args, &vm::event("out/density.gz"), &mut |flavour| {
-        Ok(Box::new(BackendFleet::start(&stack, flavour)?) as Box<dyn Fleet>)
-    })?;
+    let density =
+        density::run(args, &vm::event("out/density.gz"), &mut |f| fleet::start(&stack, f))?;
     let elapsed = started.elapsed().as_secs();
     drop(stack);
 
@@ -41,7 +39,7 @@ pub fn run(storage: Storage, args: &DensityArgs) -> Result<()> {
         load_average()
     )];
     all_notes.extend(notes(&density));
-    all_notes.extend(backend_fleet::notes());
+    all_notes.extend(fleet::notes());
     all_notes.push(storage.note());
     all_notes.extend(accel_note(&accel));
     let table = Table {

@@ -12,7 +12,11 @@
 use anyhow::Result;
 use serde_json::Value;
 
+use super::backend_fleet::{self, BackendFleet};
+use super::conventional_fleet::{self, ConventionalFleet};
 use super::memory_cgroup::MemoryCgroup;
+use super::stack::Stack;
+use crate::image::Flavour;
 
 /// The warm VMs of one flavour of one function; see the module doc.
 pub trait Fleet: Sync {
@@ -27,4 +31,18 @@ pub trait Fleet: Sync {
     fn invoke(&self, event: &Value) -> Result<Value>;
     /// The VMMs' pids, in the order added.
     fn pids(&self) -> Vec<u32>;
+}
+
+/// The fleet of `flavour` on `stack`: Nexus's VMs on the backend, the baseline's on the
+/// conventional platform.
+pub fn start(stack: &Stack, flavour: Flavour) -> Result<Box<dyn Fleet + '_>> {
+    Ok(match flavour {
+        Flavour::Nexus => Box::new(BackendFleet::start(stack)?),
+        Flavour::Baseline => Box::new(ConventionalFleet::new(stack)),
+    })
+}
+
+/// What the density notes say about how each flavour's fleet starts and is charged.
+pub fn notes() -> [String; 2] {
+    [conventional_fleet::note(), backend_fleet::note()]
 }

@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: baseline and Nexus side by side, in one run and one table — node CPU per
-//! invocation, memory per VM, density at a memory budget, warm latency under load and cold
-//! starts for each example function, the host-native fabric's key rows, and next to them the
-//! paper's claims and our goals (`full_table.rs`). As root, the backend runs its eBPF probes
+//! invocation, memory per VM, warm latency under load (repeated windows) and cold starts for
+//! each example function, the density found by filling a memory cgroup with each flavour's VMs
+//! (`density.rs`), the host-native fabric's key rows, and next to them the paper's claims and
+//! our goals (`full_table.rs`). As root, the backend runs its eBPF probes
 //! and the table adds what they saw. Writes its section of `docs/BENCHMARKS.md` (and the
 //! fabric's) and plots under `docs/plots/`.
 
@@ -10,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+use super::density::{self, DensityArgs};
 use super::fabric;
+use super::fleet;
 use super::full_table::{table, Run};
 use super::measure::load_average;
 use super::node_cpu::NodeMeter;
@@ -19,6 +22,7 @@ use super::plot::{self, Series};
 use super::probes;
 use super::stack::{Stack, Storage};
 use super::stats::{mean, median};
+use super::vm;
 use super::workload::Function;
 use crate::image::Flavour;
 use crate::{setup, workspace_root};
@@ -68,6 +72,8 @@ pub struct Options {
     /// `local`: on loopback.
     #[arg(long, value_enum, default_value = "remote")]
     pub storage: Storage,
+    #[command(flatten)]
+    pub density: DensityArgs,
     /// The long run: 180 s windows, so that each cell has ≥ 1 000 invocations and shows p99
     /// (about 75 minutes here); overrides --duration and --warm-up.
     #[arg(long)]
@@ -94,7 +100,7 @@ impl Options {
         let functions: Vec<&str> = self.functions.iter().map(|f| f.name()).collect();
         format!(
             "cargo xtask bench --vms {} --rate {} --duration {} --reps {} --warm-up {} \
-             --functions {} --cold-rounds {} --seed {} --idle-floor {} --storage {}",
+             --functions {} --cold-rounds {} --seed {} --idle-floor {} --storage {} {}",
             self.vms,
             self.rate,
             self.duration,
@@ -104,7 +110,8 @@ impl Options {
             self.cold_rounds,
             self.seed,
             self.idle_floor,
-            self.storage.name()
+            self.storage.name(),
+            self.density.command()
         )
     }
 }
@@ -115,6 +122,7 @@ pub fn run(options: &Options) -> Result<()> {
         options.vms > 0 && options.rate > 0.0 && options.idle_floor > 0 && options.reps > 0,
         "--vms, --rate, --reps and --idle-floor must be positive"
     );
+    options.density.check()?;
     let started = Instant::now();
     let load_at_start = load_average();
     let mut functions = options.functions.clone();
@@ -168,6 +176,14 @@ pub fn run(options: &Options) -> Result<()> {
         };
         pairs.push(pair);
     }
+    // Last, with the compress function's input already in place: it fills the memory.
+    if !functions.contains(&Function::Compress) {
+        Function::Compress.seed(&stack, &tools.python)?;
+    }
+    println!("bench: density, found by filling a memory cgroup with each flavour's VMs");
+    let density = density::run(&options.density, &vm::event("out/density.gz"), &mut |flavour| {
+        fleet::start(&stack, flavour)
+    })?;
     let storage_accounting = node.storage_accounting();
     drop(node);
     drop(stack);
@@ -176,6 +192,7 @@ pub fn run(options: &Options) -> Result<()> {
     let run = Run {
         options,
         pairs: &pairs,
+        density: &density,
         fabric: &fabric,
         plots: &plots,
         elapsed: started.elapsed(),

@@ -1,6 +1,8 @@
 //! The notes under the table of `cargo xtask bench`: the machine and its load, how the load
 //! was made, and how each row is measured (and what is computed rather than measured).
 
+use super::density_table;
+use super::fleet;
 use super::full_table::Run;
 use super::measure::{machine, today};
 use super::phase::{Phase, Rep};
@@ -122,7 +124,7 @@ pub fn notes(run: &Run) -> Vec<String> {
          what QEMU holds: guest RAM (the mappings QEMU marks mergeable), TCG's translation cache \
          (its writable and executable anonymous mapping, bounded for both flavours) and the \
          rest of the VMM, each as PSS (shared pages divided among the processes mapping them). \
-         The density rests on guest RAM + the rest of the VMM (+ the backend's whole RSS \
+         The row with the claim is guest RAM + the rest of the VMM (+ the backend's whole RSS \
          divided by the Nexus VMs running, for Nexus): the memory a KVM host would spend on the \
          VM, since the translation cache exists only under TCG; the guest's RAM and the VMM's \
          own memory are otherwise what they are under KVM. The guest's own view is what the \
@@ -139,6 +141,8 @@ pub fn notes(run: &Run) -> Vec<String> {
             options.cold_rounds
         ),
     ];
+    notes.extend(density_table::notes(run.density));
+    notes.extend(fleet::notes());
     notes.extend(probe_note(pairs));
     notes.extend(restarts_note(pairs));
     notes.push(

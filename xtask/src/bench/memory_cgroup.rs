@@ -74,6 +74,12 @@ impl MemoryCgroup {
         self.cgroup.admit(pid)
     }
 
+    /// Runs `f` with the calling thread in the cgroup: the threads it starts meanwhile, and
+    /// every process they fork, are born inside ([`Cgroup::with_thread`]).
+    pub fn with_thread<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.cgroup.with_thread(f)
+    }
+
     /// Sets the limit; raising it always works, lowering it below the usage makes the kernel
     /// reclaim first (and fail if it cannot).
     pub fn set_limit(&self, bytes: u64) -> Result<()> {

@@ -10,6 +10,7 @@ mod ch;
 mod chain;
 mod cold;
 mod conventional;
+mod conventional_fleet;
 mod density;
 mod density_bench;
 mod density_table;

@@ -27,7 +27,7 @@ const RUNTIME_RESTARTED: &str = "nexus-agent: runtime exited";
 /// The VMs of one flavour of one function.
 pub enum Vms<'a> {
     Nexus { stack: &'a Stack, name: String, snapshotted: bool },
-    Baseline { platform: Conventional, saved: Option<Saved>, snapshots: PathBuf },
+    Baseline { platform: Box<Conventional>, saved: Option<Saved>, snapshots: PathBuf },
 }
 
 /// One cold start: restore + first invocation end to end, the VM start alone, seconds, and
@@ -80,7 +80,7 @@ impl<'a> Vms<'a> {
                     platform.add()?;
                 }
                 let snapshots = stack.backend.dir.join("conventional-snapshots").join(&name);
-                Ok(Vms::Baseline { platform, saved: None, snapshots })
+                Ok(Vms::Baseline { platform: Box::new(platform), saved: None, snapshots })
             }
         }
     }
