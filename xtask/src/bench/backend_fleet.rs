@@ -2,9 +2,8 @@
 //! function is the compress example (`vm.rs`); its input must be seeded.
 //!
 //! ```text
-//!  start    (outside any cgroup) deploy `density-nexus` with max_vms 256, boot one VM with
-//!           an invocation, snapshot it, stop it: every VM added later restores that snapshot,
-//!           as a serverless platform starts its warm VMs
+//!  start    deploy `density-nexus` with max_vms 256 (no snapshot: every VM boots, as the
+//!           conventional platform's must, so that both flavours' VMs hold what a boot leaves)
 //!  add      first, admit the backend into the cgroup: the VMMs it forks are born there, and
 //!           what it allocates serving them is charged there too; then n + 1 invocations at
 //!           once on the n VMs: n take the idle VMs, the last finds none idle and starts one
@@ -39,20 +38,12 @@ pub struct BackendFleet<'a> {
 }
 
 impl<'a> BackendFleet<'a> {
-    /// Deploys the function and snapshots a warm VM of it, which then stops; see
-    /// the module doc.
+    /// Deploys the function; see the module doc.
     pub fn start(stack: &'a Stack) -> Result<Self> {
         let (flavour, name) = (Flavour::Nexus, "density-nexus".to_owned());
         let code = workspace_root().join(vm::CODE);
         stack.deploy(&name, &code, vm::HANDLER, flavour, json!({ "max_vms": MAX_VMS }))?;
-        let fleet =
-            Self { stack, event: vm::event(&format!("out/{name}.gz")), name, pids: Vec::new() };
-        println!("bench: density nexus: booting the VM to snapshot");
-        fleet.invoke(&fleet.event)?;
-        let function = format!("/v1/functions/{}", fleet.name);
-        stack.backend.api("POST", &format!("{function}/snapshot"), None)?;
-        stack.backend.api("POST", &format!("{function}/stop"), None)?;
-        Ok(fleet)
+        Ok(Self { stack, event: vm::event(&format!("out/{name}.gz")), name, pids: Vec::new() })
     }
 
     /// `count` invocations at once.
@@ -120,8 +111,8 @@ pub fn note() -> String {
      starts and back out after the search. Its memory serves the VMs (their regions, its \
      buffers): what it allocates while in the cgroup is charged to the Nexus budget; what it \
      held before (its footprint with no VM) is not, so the figure is the VMs' marginal memory. \
-     Each Nexus VM restores a snapshot of a VM booted and invoked once before the search, \
-     outside the cgroup, as a serverless platform starts warm VMs; the snapshot file's page \
-     cache is charged outside."
+     Each Nexus VM boots, as each baseline VM does: a restored VM would hold only its \
+     snapshot's pages, a booted one what the boot touched (guest RAM is in transparent huge \
+     pages, so scattered touches fill it), and the comparison must not mix the two."
         .to_owned()
 }

@@ -65,7 +65,7 @@ pub fn note() -> String {
     "The baseline's VMs run on the conventional platform (virtio NIC on a tap in a network \
      namespace, invocations over HTTP, no Nexus device): its QEMU adapter's spawner thread is \
      started in the cgroup, so every VMM is born there, while the bench process stays outside. \
-     Each added VM boots (≈ 20 s under TCG): a snapshot carries its guest's network address, \
-     which two VMs on one bridge cannot share."
+     Each added VM boots (≈ 20 s under TCG; a snapshot carries its guest's network address, \
+     which two VMs on one bridge cannot share)."
         .to_owned()
 }

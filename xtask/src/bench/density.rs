@@ -34,8 +34,8 @@ use crate::image::Flavour;
 
 /// Invocations a window expects at least: it is longer while few VMs run.
 pub const MIN_SAMPLES: f64 = 20.0;
-/// The start of each step's load, left out: a restored VM's TCG translates its code afresh in
-/// its first invocations (under KVM, warm-up of caches alone).
+/// The start of each step's load, left out: a new VM's TCG translates its code afresh in its
+/// first invocations (under KVM, warm-up of caches alone).
 pub const WARM_UP: Duration = Duration::from_secs(4);
 /// From this many invocations a window's tail is its p99, below it its p95 (the rule).
 const P99_SAMPLES: usize = 1000;

@@ -29,8 +29,7 @@ pub fn run(storage: Storage, args: &DensityArgs) -> Result<()> {
 
     let accel = density.accel.as_str().to_uppercase();
     let mut all_notes = vec![format!(
-        "Machine: {}. One run, {}, {} min {} s for both flavours (the snapshots before each \
-         search included). The machine is shared: other work ran beside this one, load average \
+        "Machine: {}. One run, {}, {} min {} s for both flavours. The machine is shared: other work ran beside this one, load average \
          {load_at_start} at the start and {} at the end.",
         machine(),
         today(),

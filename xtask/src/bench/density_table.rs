@@ -137,10 +137,8 @@ pub fn notes(density: &Density) -> Vec<String> {
          so each flavour's VMMs are born inside. Peak is `memory.max_usage_in_bytes` over the \
          step (from just before its VM started); resident is `total_rss` + `total_shmem` of \
          `memory.stat` after it (there is no swap), of which `total_rss_huge` in transparent \
-         huge pages: QEMU asks for them for guest RAM (`madvise`), so a restored VM's RAM \
-         likely fills a whole 2 MiB page wherever its snapshot has a page, and the layout of \
-         the snapshotted guest's memory then moves every VM of the flavour alike: from run to \
-         run, one VM more or less has been seen."
+         huge pages: QEMU asks for them for guest RAM (`madvise`), so wherever the guest \
+         touched a page, a whole 2 MiB page is resident."
             .to_owned(),
         format!(
             "Steps (VMs: tail of the window, cgroup peak, resident, how long the VM's start \

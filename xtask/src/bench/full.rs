@@ -43,7 +43,7 @@ pub struct Options {
     #[arg(long, default_value_t = 2.0)]
     pub rate: f64,
     /// Seconds of each measured window.
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = 10)]
     pub duration: u64,
     /// Measured windows per flavour and function (the tables show their median and range).
     #[arg(long, default_value_t = 3)]

@@ -99,7 +99,9 @@ pub fn notes(run: &Run) -> Vec<String> {
              from `/proc/stat` (user + nice + system + irq + softirq) over the measured window, \
              so that kernel work done for a VM or the backend outside their processes (softirq \
              packet work, kworkers) counts; less Garage's CPU, counted in {accounting}, and this \
-             process's (the load generator and the link to storage), per invocation \
+             process's (the load generator, the link to storage and, for the baseline, the \
+             platform's HTTP client, as Nexus's client of the backend's API is left out too), \
+             per invocation \
              (baseline / Nexus) {left_out}; less the idle floor: the same figure over {floor} s \
              just before the flavour's VMs were deployed and again once they were removed (one \
              floor between two phases serves both), its mean rate times the window's length. The VMs' idle time in the window is theirs. \
