@@ -24,7 +24,7 @@ use crate::{setup, workspace_root};
 /// distance, and large.
 const INPUT_MIB: [usize; 3] = [1, 16, 64];
 /// Cold starts of each kind and size.
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 9;
 /// Boots from scratch (slow, and only a reference point).
 const BOOT_ROUNDS: usize = 3;
 /// The output of the write-back rows.
