@@ -55,10 +55,9 @@ pub fn notes(run: &Run) -> Vec<String> {
     let (load_start, load_end) = &run.load_averages;
     let mut notes = vec![
         format!(
-            "Machine: {}. One run, {}, {} min {} s in all (fabric included). The machine is \
-             shared: other work (builds of other sessions) ran beside this one, load average \
-             {load_start} at the start and {load_end} at the end; read ratios, not absolute \
-             figures.",
+            "Machine: {}. One run, {}, {} min {} s in all (fabric included). Load average \
+             {load_start} at the start and {load_end} at the end (other work on the machine \
+             shows there); read ratios, not absolute figures.",
             machine(),
             today(),
             elapsed / 60,
@@ -175,8 +174,9 @@ fn probe_note(pairs: &[(Phase, Phase)]) -> Option<String> {
     });
     Some(format!(
         "Probe rows (`probe:`, as root): the backend ran its eBPF probes (`probes.enabled`) and \
-         the bench read its `/metrics` before and after each window: \
-         `nexus_vm_cpu_seconds_total` of the flavour's VMs, kinds `vcpu` + `vmm` (QEMU's \
+         the bench read its `/metrics` before the first window and after the last: \
+         `nexus_vm_cpu_seconds_total` of the Nexus VMs (the baseline's are not the backend's, \
+         so the probes do not attribute them), kinds `vcpu` + `vmm` (QEMU's \
          threads; beside it `/proc`'s figure for the same processes, the cross-check) and \
          `backend` (the backend threads serving their regions; its storage I/O on shared \
          workers is not attributed to a VM). The probe's cost is the kernel's run-time \

@@ -608,7 +608,7 @@ mod tests {
         assert!(markdown.contains(
             "The floors kept thumbnail 35 % then 35 % / 35 % then 35 % of the machine busy"
         ));
-        assert!(markdown.contains("load average 3.5 at the start and 4.0 at the end"));
+        assert!(markdown.contains("Load average 3.5 at the start and 4.0 at the end"));
         assert!(markdown.contains("![plots/x.svg](plots/x.svg)"));
         assert!(!markdown.contains("probe"), "no probe rows without the probes");
         assert!(options
