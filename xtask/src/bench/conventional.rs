@@ -11,7 +11,7 @@ use anyhow::Result;
 use serde_json::json;
 
 use super::measure::{machine, rss_kib};
-use super::stack::{Stack, Storage};
+use super::stack::{ensure_root, Stack, Storage};
 use super::stats::percentile;
 use super::vm::{event, seed_input, CODE, HANDLER};
 use crate::image::Flavour;
@@ -22,6 +22,7 @@ const WARM_UP: usize = 3;
 const ROUNDS: usize = 20;
 
 pub fn run(storage: Storage) -> Result<()> {
+    ensure_root("cargo xtask bench conventional (a network namespace and taps)")?;
     let tools = setup::run()?;
     let stack =
         Stack::start(&tools, &[Flavour::Baseline], storage, "size: 32MiB, buffer_size: 1MiB", "")?;

@@ -11,13 +11,16 @@ use super::density_table::{notes, rows};
 use super::fleet;
 use super::measure::{load_average, machine, today};
 use super::report::Table;
-use super::stack::{accel_note, Stack, Storage};
+use super::stack::{accel_note, ensure_root, Stack, Storage};
 use super::vm;
 use crate::image::Flavour;
 use crate::{setup, workspace_root};
 
 pub fn run(storage: Storage, args: &DensityArgs) -> Result<()> {
     args.check()?;
+    ensure_root(
+        "cargo xtask bench density (memory cgroups, the baseline's network namespace and taps)",
+    )?;
     let tools = setup::run()?;
     let stack = Stack::start(&tools, &Flavour::ALL, storage, vm::REGION, "")?;
     vm::seed_input(&stack, &tools.python)?;

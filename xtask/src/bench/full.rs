@@ -20,7 +20,7 @@ use super::node_cpu::NodeMeter;
 use super::phase::{self, Load, Meters, Phase, Rep};
 use super::plot::{self, Series};
 use super::probes;
-use super::stack::{Stack, Storage};
+use super::stack::{ensure_root, Stack, Storage};
 use super::stats::{mean, median};
 use super::vm;
 use super::workload::Function;
@@ -123,6 +123,10 @@ pub fn run(options: &Options) -> Result<()> {
         "--vms, --rate, --reps and --idle-floor must be positive"
     );
     options.density.check()?;
+    ensure_root(
+        "cargo xtask bench (the baseline's network namespace and taps, the density search's \
+         memory cgroups)",
+    )?;
     let started = Instant::now();
     let load_at_start = load_average();
     let mut functions = options.functions.clone();

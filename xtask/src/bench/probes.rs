@@ -11,7 +11,7 @@ use nexus_ebpf::{ksmd_cpu_time, loaded_sched_cost, procfs, KsmScanning, ProgramC
 use nexus_tests::Backend;
 
 use super::report::seconds;
-use super::stack::WarmVm;
+use super::stack::{is_root, WarmVm};
 
 /// The backend settings that turn the probes on.
 pub const SETTINGS: &str = "probes: { enabled: true }\n";
@@ -24,8 +24,7 @@ const KSM_PATIENCE: Duration = Duration::from_secs(300);
 
 /// Whether the probes can run (they need root).
 pub fn available() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    is_root()
 }
 
 /// Whether the backend's probes are on (`nexus status`); says why not if they are off.

@@ -344,6 +344,18 @@ fn endpoint(garage: &Garage, link: Option<&Link>) -> String {
     link.map_or(garage.endpoint.clone(), |l| format!("http://{}", l.addr))
 }
 
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Fails, saying why, unless this process runs as root: `what` needs it.
+pub fn ensure_root(what: &str) -> Result<()> {
+    ensure!(is_root(), "{what} needs root: run it with sudo (or as root)");
+    Ok(())
+}
+
 /// For a table measured under `accel`: what TCG means for its figures (none under KVM).
 pub fn accel_note(accel: &str) -> Option<String> {
     (accel == "TCG").then(|| {
