@@ -304,11 +304,14 @@ fn function_of(path: &Path) -> Option<String> {
     (path.extension()? == "region" && n.parse::<u64>().is_ok()).then(|| function.to_owned())
 }
 
-/// An answer in CH's error format: a JSON array of messages.
+/// An answer in CH's error format: a JSON array of messages, and a status line without a
+/// reason phrase, as CH's own server writes it: ch-remote reads everything between the code
+/// and the CR as the code (`502 Bad Gateway` fails to parse and hides the message).
 fn ch_error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     let body = json!(["Error from the Nexus proxy", message]).to_string();
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
+    response.extensions_mut().insert(hyper::ext::ReasonPhrase::from_static(b""));
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/json"),
@@ -319,6 +322,14 @@ fn ch_error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_carry_no_reason_phrase_for_ch_remote() {
+        let response = ch_error(StatusCode::BAD_GATEWAY, "no CH");
+        let reason = response.extensions().get::<hyper::ext::ReasonPhrase>();
+        assert_eq!(reason.map(|r| r.as_bytes()), Some(&b""[..]));
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    }
 
     #[test]
     fn reads_the_region_of_a_config_and_its_function() {

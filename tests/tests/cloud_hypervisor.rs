@@ -278,11 +278,12 @@ impl Drop for Spawned {
     }
 }
 
-/// Waits until `path` exists.
+/// Waits until the unix socket at `path` accepts a connection.
 fn wait_for(path: &Path) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !path.exists() {
-        assert!(Instant::now() < deadline, "{} never appeared", path.display());
+    // The file appears at bind(), before listen(): a connection is what says it serves.
+    while std::os::unix::net::UnixStream::connect(path).is_err() {
+        assert!(Instant::now() < deadline, "{} never accepted a connection", path.display());
         std::thread::sleep(Duration::from_millis(10));
     }
 }
