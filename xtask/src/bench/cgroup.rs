@@ -148,8 +148,7 @@ mod tests {
     #[test]
     fn processes_go_home_when_it_drops() {
         let root = Path::new("/sys/fs/cgroup/pids");
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 || !root.join("cgroup.procs").exists() {
+        if !crate::bench::stack::is_root() || !root.join("cgroup.procs").exists() {
             eprintln!("skipped: needs root and cgroup v1's pids controller");
             return;
         }

@@ -27,8 +27,6 @@ use super::workload::Function;
 use crate::image::Flavour;
 use crate::{setup, workspace_root};
 
-/// The region of every function VM.
-const REGION: &str = "size: 32MiB, buffer_size: 1MiB";
 /// Where the plots go, under the workspace.
 const PLOTS: &str = "docs/plots";
 
@@ -138,7 +136,7 @@ pub fn run(options: &Options) -> Result<()> {
     fabric.table.write_section(&file)?;
 
     let settings = if probes::available() { probes::SETTINGS } else { "" };
-    let stack = Stack::start(&tools, &Flavour::ALL, options.storage, REGION, settings)?;
+    let stack = Stack::start(&tools, &Flavour::ALL, options.storage, vm::REGION, settings)?;
     for function in &functions {
         function.seed(&stack, &tools.python)?;
     }

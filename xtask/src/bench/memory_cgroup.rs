@@ -148,8 +148,7 @@ mod tests {
     /// is gone once dropped.
     #[test]
     fn charges_a_child_born_inside() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 || !Path::new(MEMORY_V1).exists() {
+        if !crate::bench::stack::is_root() || !Path::new(MEMORY_V1).exists() {
             eprintln!("skipped: needs root and cgroup v1's memory controller");
             return;
         }

@@ -372,8 +372,7 @@ mod tests {
     /// goes back home when the cgroup is removed.
     #[test]
     fn the_storage_cgroup_counts_its_process() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if !crate::bench::stack::is_root() {
             eprintln!("skipped: creating a cgroup needs root");
             return;
         }

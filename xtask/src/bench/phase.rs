@@ -171,7 +171,7 @@ pub fn run(
     let name = format!("{}-{}", function.name(), flavour.name());
     let say = |what: &str| println!("bench: {} {}: {what}", function.name(), flavour.name());
     say(&format!("starting {} VMs", load.vms));
-    let mut vms = Vms::start(stack, function, flavour, load.vms)?;
+    let mut vms = Vms::start(stack, function, flavour, &name, load.vms)?;
     let invoke = |seq: &str| vms.invoke(&function.event(&name, seq));
     say(&format!("warming up for {} s at {}/s", load.warm_up.as_secs(), load.rate));
     let warm_up = load::plan(load.rate, load.warm_up, load.vms, load.seed.wrapping_add(1));

@@ -40,14 +40,15 @@ pub struct Cold {
 }
 
 impl<'a> Vms<'a> {
-    /// Deploys `function` as `name` in `flavour` and starts `count` warm VMs of it.
+    /// Deploys `function` in `flavour` as `name` and starts `count` warm VMs of it.
     pub fn start(
         stack: &'a Stack,
         function: Function,
         flavour: Flavour,
+        name: &str,
         count: usize,
     ) -> Result<Self> {
-        let name = format!("{}-{}", function.name(), flavour.name());
+        let name = name.to_owned();
         let code = workspace_root().join(function.code());
         match flavour {
             Flavour::Nexus => {
