@@ -1,7 +1,6 @@
 //! The backend: the regions it serves and the services they share.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,6 +16,7 @@ use serde::Serialize;
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
+use crate::arriving::Arriving;
 use crate::cache::ObjectCache;
 use crate::config::{is_function_name, Config};
 use crate::invoke::{InvokeError, Outcome};
@@ -27,7 +27,7 @@ use crate::ops::Context;
 use crate::policy::{Access, Policy};
 use crate::region_dir::{RegionDir, RegionDirError};
 use crate::serve::{serve, Shared};
-use crate::served::{Placed, Prefetched, ServedRegion};
+use crate::served::{Placed, ServedRegion};
 use crate::spool::{Spool, SpoolError};
 use crate::storage::{Storage, StorageError};
 
@@ -356,20 +356,16 @@ impl Backend {
         served.notifier.kick_peer().map_err(|source| BackendError::Region { id: id.into(), source })
     }
 
-    /// Starts fetching the objects `hints` name at once (on other workers, so that they
-    /// arrive while the caller does something else, e.g. starts a VM); the future yields those
-    /// that arrived. Only objects `policy` lets the function read are fetched, each of at most
-    /// its size limit and of what the backend would keep of it (the staging area, or the
-    /// cache's largest object). A hint that is skipped or fails costs only its fetch.
-    pub fn prefetch(
-        self: &Arc<Self>,
-        policy: &Policy,
-        hints: &[ObjectRef],
-    ) -> impl Future<Output = Vec<Prefetched>> {
+    /// Starts fetching the objects `hints` name at once, on other workers, so that they
+    /// arrive while the caller does something else (starts a VM); returns them as they
+    /// arrive. Only objects `policy` lets the function read are fetched, each of at most its
+    /// size limit and of what the backend would keep of it (the staging area, or the cache's
+    /// largest object). A hint that is skipped or fails costs only its fetch.
+    pub fn prefetch(self: &Arc<Self>, policy: &Policy, hints: &[ObjectRef]) -> Vec<Arc<Arriving>> {
         let kept =
             self.config.region.geometry().staging_size.max(self.config.cache.max_object_bytes);
         let max_bytes = policy.max_object_size.min(kept);
-        let tasks: Vec<_> = hints
+        hints
             .iter()
             .filter(|hint| match policy.check(Access::Read, &hint.bucket, &hint.key) {
                 Ok(()) => true,
@@ -379,43 +375,40 @@ impl Backend {
                 }
             })
             .map(|hint| {
-                let (backend, hint) = (self.clone(), hint.clone());
+                let object = Arriving::new(&hint.bucket, &hint.key);
+                let (backend, fetching) = (self.clone(), object.clone());
                 tokio::spawn(async move {
                     let started = std::time::Instant::now();
                     let context = &backend.shared.context;
-                    match ops::get::fetch_whole(context, &hint.bucket, &hint.key, max_bytes).await {
-                        Ok(object) => {
+                    let fetched = ops::get::fetch_into(context, &fetching, max_bytes).await;
+                    let (bucket, key) = (&fetching.bucket, &fetching.key);
+                    match &fetched {
+                        Ok(()) => {
                             let ms = started.elapsed().as_millis() as u64;
-                            let bytes = object.bytes.len();
-                            tracing::info!(bucket = %hint.bucket, key = %hint.key, bytes, ms, "Prefetched");
-                            Some((hint.bucket, hint.key, object))
+                            tracing::info!(%bucket, %key, ms, "Prefetched");
                         }
-                        Err(e) => {
-                            tracing::info!(bucket = %hint.bucket, key = %hint.key, "Prefetch hint not fetched: {}", e.message);
-                            None
-                        }
+                        Err(e) => tracing::info!(%bucket, %key, "Prefetch hint not fetched: {}", e.message),
                     }
-                })
+                    fetching.finish(fetched.map_err(|e| e.message));
+                });
+                object
             })
-            .collect();
-        async move {
-            let fetched = futures::future::join_all(tasks).await;
-            fetched.into_iter().filter_map(|task| task.ok().flatten()).collect()
-        }
+            .collect()
     }
 
-    /// Copies prefetched `objects` into the staging area of `region` before it is served: while
-    /// a VMM that keeps the region's contents restores the VM. Objects with a write waiting in
-    /// the spool are left out, as [`Backend::invoke_region`] does. [`Backend::adopt_staged`]
-    /// publishes them once the region is served.
+    /// Copies those of prefetched `objects` that arrived into the staging area of `region`
+    /// while its VM starts, before its first invocation (see [`Placed`]). Objects with a write
+    /// waiting in the spool are left out, as [`Backend::invoke_region`] does.
+    /// [`Backend::adopt_staged`] publishes them once the region is served.
     pub fn place_staged(
         &self,
         region: &Region,
         policy: &Policy,
-        objects: &[Prefetched],
+        objects: &[Arc<Arriving>],
     ) -> Result<Placed, RegionError> {
         let spool = self.shared.context.spool.as_ref();
-        let fresh = objects.iter().filter(|(b, k, _)| !spool.is_some_and(|s| s.has_pending(b, k)));
+        let fresh =
+            objects.iter().filter(|o| !spool.is_some_and(|s| s.has_pending(&o.bucket, &o.key)));
         Placed::place(region, &self.config.region.geometry(), policy, fresh)
     }
 
@@ -424,6 +417,11 @@ impl Backend {
     pub fn adopt_staged(&self, id: &str, placed: Placed) -> Result<usize, BackendError> {
         let served = self.served(id)?;
         served.adopt(placed).map_err(|source| BackendError::Region { id: id.into(), source })
+    }
+
+    /// The memory of region `id`.
+    pub fn region(&self, id: &str) -> Result<Arc<Region>, BackendError> {
+        Ok(self.served(id)?.region.clone())
     }
 
     /// The policy of region `id`'s function.
@@ -467,13 +465,13 @@ impl Backend {
         id: &str,
         event: &[u8],
         deadline: Duration,
-        mut staged: Vec<Prefetched>,
+        mut staged: Vec<Arc<Arriving>>,
     ) -> Result<Outcome, BackendError> {
         let served = self.served(id)?;
         let region_err = |source| BackendError::Region { id: id.into(), source };
         if !staged.is_empty() {
             if let Some(spool) = &self.shared.context.spool {
-                staged.retain(|(bucket, key, _)| !spool.has_pending(bucket, key));
+                staged.retain(|o| !spool.has_pending(&o.bucket, &o.key));
             }
             let (count, started) = (staged.len(), std::time::Instant::now());
             let in_place = served.stage(staged).map_err(region_err)?;

@@ -5,6 +5,7 @@
 //!                                                          │ one serving thread per region
 //!                                                          ▼
 //!                      serve ── ops (get/put/list/…) ── storage (object_store) · cache
+//!                        │                       │        arriving (prefetched inputs)
 //!                        │                       │        policy · metrics
 //!                        │                       └─ spool (write-back) ── uploaders
 //!                      served (host end of a region: rings, doorbell, streams)
@@ -14,6 +15,7 @@
 //! ```
 
 pub mod api;
+pub mod arriving;
 pub mod backend;
 mod cache;
 pub mod ch_proxy;

@@ -59,6 +59,7 @@ pub struct Metrics {
     bytes: Family<BytesLabels, Counter>,
     rejected: Family<RejectedLabels, Counter>,
     faulted: Family<FunctionLabels, Counter>,
+    prefetch_streamed: Family<FunctionLabels, Counter>,
     regions: Gauge,
     inflight: Gauge,
 }
@@ -84,6 +85,7 @@ impl Metrics {
             bytes: Family::default(),
             rejected: Family::default(),
             faulted: Family::default(),
+            prefetch_streamed: Family::default(),
             regions: Gauge::default(),
             inflight: Gauge::default(),
         };
@@ -113,6 +115,11 @@ impl Metrics {
             "regions_faulted",
             "Regions no longer served because their guest corrupted them",
             metrics.faulted.clone(),
+        );
+        registry.register(
+            "prefetch_streamed",
+            "Gets answered from a prefetched input still arriving, not fetched again",
+            metrics.prefetch_streamed.clone(),
         );
         registry.register("regions", "Regions currently served", metrics.regions.clone());
         registry.register("inflight_calls", "Calls currently in flight", metrics.inflight.clone());
@@ -154,14 +161,25 @@ impl Metrics {
         self.faulted.get_or_create(&FunctionLabels { function: function.to_owned() }).inc();
     }
 
+    /// A `Get` of function `function` streams a prefetched input as it arrives.
+    pub fn prefetch_streamed(&self, function: &str) {
+        let labels = FunctionLabels { function: function.to_owned() };
+        self.prefetch_streamed.get_or_create(&labels).inc();
+    }
+
     /// Number of regions currently served.
     pub fn set_regions(&self, count: i64) {
         self.regions.set(count);
     }
 
-    /// Number of calls currently in flight.
-    pub fn set_inflight(&self, n: i64) {
-        self.inflight.set(n);
+    /// A call started waiting on I/O (one answered inline never is in flight).
+    pub fn call_started(&self) {
+        self.inflight.inc();
+    }
+
+    /// A call [`Metrics::call_started`] counted was answered.
+    pub fn call_answered(&self) {
+        self.inflight.dec();
     }
 
     /// Adds a metric declared elsewhere. `name` gets the `nexus_` prefix; a counter also gets
@@ -205,7 +223,8 @@ mod tests {
         metrics.rejected("thumb", "rate_limited");
         metrics.region_faulted("evil");
         metrics.set_regions(3);
-        metrics.set_inflight(7);
+        (0..8).for_each(|_| metrics.call_started());
+        metrics.call_answered();
         let text = metrics.encode();
         for sample in [
             "nexus_calls_total{function=\"thumb\",op=\"get\",status=\"OK\"} 2\n",

@@ -137,9 +137,11 @@ fn drain(
         let (served, shared) = (served.clone(), shared.clone());
         shared.runtime.clone().spawn(async move {
             let _global = shared.inflight.acquire().await;
+            shared.context.metrics.call_started();
             let result = ops::run(&shared.context, &served, &envelope, call).await;
             let answer = account(&served, &shared, &envelope, result, started);
             publish(&served, &shared, envelope.tag, envelope.buffer, answer).await;
+            shared.context.metrics.call_answered();
             drop(permit);
         });
     }

@@ -15,7 +15,7 @@ use nexus_channel::staging::{self, Stager};
 use nexus_channel::wire::Status;
 use nexus_channel::{CompletionDesc, Geometry, Notifier, Producer, Region};
 
-use crate::cache::Cached;
+use crate::arriving::Arriving;
 use crate::invoke::{Invocations, InvokeError, Outcome};
 use crate::ops::get::object_meta;
 use crate::policy::{Access, Policy, RateLimiter};
@@ -32,15 +32,12 @@ pub struct Answer {
     pub stream: u64,
 }
 
-/// A prefetched object: bucket, key and the object.
-pub type Prefetched = (String, String, Cached);
-
 /// Objects staged for the invocation about to run.
 #[derive(Debug, Default)]
 struct Staged {
     /// Every staged object, for the calls that still come (a `Head`, a range, one that did
-    /// not fit the staging area).
-    in_memory: HashMap<(String, String), Cached>,
+    /// not fit the staging area, one still arriving).
+    in_memory: HashMap<(String, String), Arc<Arriving>>,
     /// Those published in the region's staging area, which the guest reads without a call.
     in_region: HashSet<(String, String)>,
     /// Whether the staging area was ever written: it is written once per region.
@@ -48,9 +45,10 @@ struct Staged {
 }
 
 /// Prefetched objects copied into a region's staging area, not yet published. The backend
-/// places them while it serves the region ([`ServedRegion::stage`]) or, when the VMM keeps the
-/// region's contents across a restore (Cloud Hypervisor), before it serves it: while the VMM
-/// restores the VM ([`ServedRegion::adopt`] publishes them then).
+/// places them while it serves the region ([`ServedRegion::stage`]), or while its VM starts:
+/// beside the restore when the VMM keeps the region's contents across one (Cloud
+/// Hypervisor), else beside the boot or the restored guest's wake-up, before the first
+/// invocation ([`ServedRegion::adopt`] publishes them then).
 #[derive(Debug)]
 pub struct Placed {
     stager: Stager,
@@ -58,16 +56,18 @@ pub struct Placed {
 }
 
 impl Placed {
-    /// Copies those of `objects` that `policy` lets the function read, and that fit, into the
-    /// staging area of `region`.
+    /// Copies those of `objects` that arrived whole, that `policy` lets the function read,
+    /// and that fit, into the staging area of `region`.
     pub fn place<'a>(
         region: &Region,
         geometry: &Geometry,
         policy: &Policy,
-        objects: impl IntoIterator<Item = &'a Prefetched>,
+        objects: impl IntoIterator<Item = &'a Arc<Arriving>>,
     ) -> Result<Placed, RegionError> {
         let mut placed = Placed { stager: Stager::new(geometry), names: HashSet::new() };
-        for (bucket, key, object) in objects {
+        for arriving in objects {
+            let (bucket, key) = (&arriving.bucket, &arriving.key);
+            let Some(object) = arriving.whole() else { continue };
             if policy.check(Access::Read, bucket, key).is_err() {
                 continue;
             }
@@ -161,19 +161,20 @@ impl ServedRegion {
         self.invocations.send(event, deadline, || Ok(self.notifier.notify_peer()?)).await
     }
 
-    /// Stages prefetched `objects` for the invocation about to run. The first time, those the
-    /// function may read and that fit are copied into the region's staging area, where the
-    /// guest reads them without a call; all are kept in memory until [`ServedRegion::unstage`]
-    /// so that `Get`/`Head` calls of them need no storage. Returns how many the guest can read
-    /// in place.
-    pub fn stage(&self, objects: Vec<Prefetched>) -> Result<usize, RegionError> {
+    /// Stages prefetched `objects` for the invocation about to run. The first time, those that
+    /// arrived whole, that the function may read and that fit are copied into the region's
+    /// staging area, where the guest reads them without a call; all are kept until
+    /// [`ServedRegion::unstage`] so that `Get`/`Head` calls of them need no storage (a `Get`
+    /// of one still arriving streams it as it comes). Returns how many the guest can read in
+    /// place.
+    pub fn stage(&self, objects: Vec<Arc<Arriving>>) -> Result<usize, RegionError> {
         let mut staged = self.staged.lock().unwrap_or_else(|e| e.into_inner());
         let mut published = 0;
         if !staged.area_used && self.geometry.staging_size > 0 {
             let placed = Placed::place(&self.region, &self.geometry, &self.policy, &objects)?;
             published = self.publish(&mut staged, placed)?;
         }
-        let in_memory = objects.into_iter().map(|(bucket, key, object)| ((bucket, key), object));
+        let in_memory = objects.into_iter().map(|o| ((o.bucket.clone(), o.key.clone()), o));
         staged.in_memory.extend(in_memory);
         Ok(published)
     }
@@ -226,8 +227,8 @@ impl ServedRegion {
         }
     }
 
-    /// A staged object, if `bucket/key` is one.
-    pub fn staged(&self, bucket: &str, key: &str) -> Option<Cached> {
+    /// A staged object, whole or still arriving, if `bucket/key` is one.
+    pub fn staged(&self, bucket: &str, key: &str) -> Option<Arc<Arriving>> {
         let staged = self.staged.lock().unwrap_or_else(|e| e.into_inner());
         staged.in_memory.get(&(bucket.to_owned(), key.to_owned())).cloned()
     }
@@ -313,9 +314,12 @@ mod tests {
         )
     }
 
-    fn object(bucket: &str, key: &str, body: &'static [u8]) -> Prefetched {
-        let info = ObjectInfo { size: body.len() as u64, ..ObjectInfo::default() };
-        (bucket.into(), key.into(), Cached { info, bytes: Bytes::from_static(body) })
+    fn object(bucket: &str, key: &str, body: &'static [u8]) -> Arc<Arriving> {
+        let object = Arriving::new(bucket, key);
+        object.begin(ObjectInfo { size: body.len() as u64, ..ObjectInfo::default() });
+        object.push(Bytes::from_static(body));
+        object.finish(Ok(()));
+        object
     }
 
     fn in_place(served: &ServedRegion, bucket: &str, key: &str) -> Option<Vec<u8>> {

@@ -78,6 +78,8 @@ pub struct Link {
     pub addr: SocketAddr,
     pub profile: LinkProfile,
     stop: Arc<AtomicBool>,
+    /// While set, answers wait before their next chunk ([`Link::hold`]).
+    held: Arc<AtomicBool>,
     /// The listening socket, shut down to wake the accept loop.
     listener: TcpListener,
     open: Connections,
@@ -107,9 +109,9 @@ impl Link {
         seed: u64,
     ) -> Result<Link, HarnessError> {
         let addr = listener.local_addr().map_err(HarnessError::io("read the link's address"))?;
-        let stop = Arc::new(AtomicBool::new(false));
+        let (stop, held) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
         let open = Connections::default();
-        let (accepting, registry) = (stop.clone(), open.clone());
+        let (accepting, registry, holding) = (stop.clone(), open.clone(), held.clone());
         let incoming = listener.try_clone().map_err(HarnessError::io("share the link's socket"))?;
         thread::Builder::new()
             .name("link-accept".into())
@@ -120,15 +122,38 @@ impl Link {
                     }
                     let Ok(client) = client else { continue };
                     let seed = seed.wrapping_add(n as u64);
-                    if let Err(e) = Connection::spawn(client, server, profile, seed, n, &registry) {
+                    let answers = Answers { profile, seed, held: holding.clone() };
+                    if let Err(e) = Connection::spawn(client, server, answers, n, &registry) {
                         eprintln!("link: cannot reach {server}: {e}");
                     }
                 }
             })
             .map_err(HarnessError::io("start the link"))?;
-        Ok(Link { addr, profile, stop, listener, open })
+        Ok(Link { addr, profile, stop, held, listener, open })
+    }
+
+    /// Holds every answer back, from its next chunk on, until [`Link::release`]: storage that
+    /// stalls, so that a test can see what waits for it.
+    pub fn hold(&self) {
+        self.held.store(true, Ordering::Release);
+    }
+
+    /// Lets held answers go on.
+    pub fn release(&self) {
+        self.held.store(false, Ordering::Release);
     }
 }
+
+/// How answers go on one connection: the link's profile, the connection's seed for its draws,
+/// and whether the link holds them.
+struct Answers {
+    profile: LinkProfile,
+    seed: u64,
+    held: Arc<AtomicBool>,
+}
+
+/// How often a held answer looks whether it was released.
+const HOLD_POLL: Duration = Duration::from_millis(5);
 
 impl Drop for Link {
     fn drop(&mut self) {
@@ -149,11 +174,11 @@ impl Connection {
     fn spawn(
         client: TcpStream,
         server: SocketAddr,
-        profile: LinkProfile,
-        seed: u64,
+        answers: Answers,
         number: usize,
         open: &Connections,
     ) -> io::Result<()> {
+        let Answers { profile, seed, held } = answers;
         let upstream = TcpStream::connect(server)?;
         for stream in [&client, &upstream] {
             stream.set_nodelay(true)?;
@@ -184,6 +209,9 @@ impl Connection {
                 upstream,
                 client,
                 |pace: &mut Pacer| {
+                    while held.load(Ordering::Acquire) {
+                        thread::sleep(HOLD_POLL);
+                    }
                     let now = requests.load(Ordering::Acquire);
                     if now == answered {
                         return None;
@@ -330,6 +358,22 @@ mod tests {
         drop(link);
         client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         assert_eq!(client.read(&mut answer).unwrap(), 0, "cut: end of stream");
+    }
+
+    #[test]
+    fn a_held_link_answers_only_once_released() {
+        let link = Link::start(server(2), LinkProfile::DIRECT, 1).unwrap();
+        let mut client = TcpStream::connect(link.addr).unwrap();
+        link.hold();
+        client.write_all(b"h").unwrap();
+        client.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        let mut answer = [0; 2];
+        let held = client.read(&mut answer).unwrap_err();
+        assert_eq!(held.kind(), io::ErrorKind::WouldBlock, "nothing comes while held");
+        link.release();
+        client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        client.read_exact(&mut answer).unwrap();
+        assert_eq!(&answer, b"hh");
     }
 
     #[test]

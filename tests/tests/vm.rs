@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use nexus_backend::api::{COLD_START, FUNCTION_ERROR};
 use nexus_backend::client::exchange;
-use nexus_tests::{nexus_binary, Backend, Garage};
+use nexus_tests::{nexus_binary, Backend, Garage, Link, LinkProfile};
 use object_store::ObjectStoreExt;
 use serde_json::{json, Value};
 
@@ -30,11 +30,11 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
 }
 
-fn settings(garage: &Garage, images: &Path) -> String {
+/// The backend's settings, with `storage` as the `storage:` section.
+fn settings_with(storage: &str, images: &Path) -> String {
     format!(
-        "{}default_policy: {{ grants: [{{ bucket: vmtest, access: [read, write] }}] }}\n\
+        "{storage}default_policy: {{ grants: [{{ bucket: vmtest, access: [read, write] }}] }}\n\
          vm: {{ images: {}, state_dir: \"{{dir}}/vms\", boot_timeout_secs: 240 }}\n",
-        garage.storage_settings(),
         images.display()
     )
 }
@@ -89,17 +89,22 @@ fn qemu_processes(dir: &Path) -> usize {
 /// Garage with `input` at `vmtest/in/data.txt`, and a backend on it with the compress example
 /// deployed (Nexus flavour) as `compress`; also returns the example's code directory.
 fn with_compress(input: &[u8]) -> (Garage, Backend, PathBuf) {
-    let images = images();
     let garage = Garage::start().unwrap();
     garage.create_bucket("vmtest").unwrap();
     seed(&garage, "in/data.txt", input);
-    let backend = Backend::start(&nexus_binary(), &settings(&garage, &images), &[]).unwrap();
+    let backend = compress_backend(&garage.storage_settings());
+    (garage, backend, workspace().join("guest/python/examples/compress"))
+}
+
+/// A backend with the compress example deployed, reaching storage as `storage` says.
+fn compress_backend(storage: &str) -> Backend {
+    let backend = Backend::start(&nexus_binary(), &settings_with(storage, &images()), &[]).unwrap();
     let compress = workspace().join("guest/python/examples/compress");
     deploy(
         &backend,
         json!({ "name": "compress", "code": compress, "handler": "handler.py:handler" }),
     );
-    (garage, backend, compress)
+    backend
 }
 
 #[test]
@@ -204,10 +209,19 @@ fn a_cold_start_restores_the_snapshot_with_its_input_prefetched() {
     use nexus_backend::api::{COLD_START_FROM, PREFETCH, PREFETCHED};
     let input: Vec<u8> =
         (0..40_000u32).flat_map(|i| format!("record {i}\n").into_bytes()).collect();
-    let (garage, mut backend, _) = with_compress(&input);
+    let garage = Garage::start().unwrap();
+    garage.create_bucket("vmtest").unwrap();
+    seed(&garage, "in/data.txt", &input);
+    // Storage behind a link the test can stall, to catch a prefetch still in flight.
+    let server = garage.endpoint.trim_start_matches("http://").parse().unwrap();
+    let link = Link::start(server, LinkProfile::DIRECT, 1).unwrap();
+    let mut backend =
+        compress_backend(&garage.storage_settings_at(&format!("http://{}", link.addr)));
 
     // Warm the function, snapshot it, and stop its VM: the next invocation is cold.
-    let event = |out: &str| json!({ "bucket": "vmtest", "key": "in/data.txt", "output_key": out });
+    let event_for =
+        |key: &str, out: &str| json!({ "bucket": "vmtest", "key": key, "output_key": out });
+    let event = |out: &str| event_for("in/data.txt", out);
     let (_, error, cold) = invoke(&backend, "compress", &event("out/boot.gz"));
     assert_eq!((error, cold.is_some()), (None, true));
     let snapshot = backend.api("POST", "/v1/functions/compress/snapshot", None).unwrap();
@@ -216,9 +230,9 @@ fn a_cold_start_restores_the_snapshot_with_its_input_prefetched() {
 
     // Cold start from the snapshot, its input fetched while the VM restores.
     let hints = json!([{ "bucket": "vmtest", "key": "in/data.txt" }]).to_string();
-    let invoke_hinted = |out: &str, hints: &str| {
+    let invoke_hinted_with = |key: &str, out: &str, hints: &str| {
         let path = "/v1/functions/compress/invoke";
-        let body = event(out).to_string();
+        let body = event_for(key, out).to_string();
         nexus_backend::client::exchange_with(
             &backend.socket,
             "POST",
@@ -228,6 +242,7 @@ fn a_cold_start_restores_the_snapshot_with_its_input_prefetched() {
         )
         .unwrap_or_else(|e| panic!("invoke: {e}\n{}", backend.log_tail()))
     };
+    let invoke_hinted = |out: &str, hints: &str| invoke_hinted_with("in/data.txt", out, hints);
     // The staged input is read in place from the region: the guest makes no Get call.
     let gets = || backend.metric("nexus_calls_total", &["function=\"compress\"", "op=\"get\""]);
     let gets_before = gets().unwrap();
@@ -257,13 +272,55 @@ fn a_cold_start_restores_the_snapshot_with_its_input_prefetched() {
     assert_eq!(serde_json::from_str::<Value>(&answer.body).unwrap()["input_bytes"], input.len());
     assert_eq!(gets().unwrap(), gets_before + 1.0, "without a right hint the input is a call");
 
+    // An input still arriving when the VM takes the invocation is streamed to the handler's
+    // Get as it arrives, not fetched again: storage stalls until the Get waits for it. (A
+    // copy of the input under a key no Get has read yet: the backend's cache has the other.)
+    seed(&garage, "in/copy.txt", &input);
+    let hints = json!([{ "bucket": "vmtest", "key": "in/copy.txt" }]).to_string();
+    backend.api("POST", "/v1/functions/compress/stop", None).unwrap();
+    let streamed =
+        || backend.metric("nexus_prefetch_streamed_total", &["function=\"compress\""]).ok();
+    link.hold();
+    let answer = std::thread::scope(|s| {
+        let invoking = s.spawn(|| invoke_hinted_with("in/copy.txt", "out/streamed.gz", &hints));
+        let waiting = wait_until(Duration::from_secs(120), || {
+            backend.metric("nexus_inflight_calls", &[]).ok() == Some(1.0)
+        });
+        link.release();
+        assert!(waiting, "the handler's Get never waited:\n{}", backend.log_tail());
+        invoking.join().unwrap()
+    });
+    assert_eq!(
+        (answer.header(COLD_START_FROM), answer.header(PREFETCHED)),
+        (Some("restore"), Some("1"))
+    );
+    let result: Value = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(result["input_bytes"], input.len(), "{result}");
+    assert_eq!(gets().unwrap(), gets_before + 2.0, "the input still arriving is one Get call");
+    assert_eq!(streamed(), Some(1.0), "that Get streamed the prefetch");
+    backend.wait_uploaded(Duration::from_secs(60)).unwrap();
+    assert_eq!(read(&garage, "out/streamed.gz"), read(&garage, "out/boot.gz"));
+
     // Staging lasts one invocation: the next, warm, reads its input with a call.
     let (_, error, cold) = invoke(&backend, "compress", &event("out/warm.gz"));
     assert_eq!((error, cold), (None, None));
-    assert_eq!(gets().unwrap(), gets_before + 2.0);
+    assert_eq!(gets().unwrap(), gets_before + 3.0);
+    assert_eq!(streamed(), Some(1.0), "a warm Get is not a prefetch's");
     assert!(qemu_processes(&backend.dir) > 0, "the restored VM runs");
     assert!(backend.stop(), "{}", backend.log_tail());
     assert_eq!(qemu_processes(&backend.dir), 0, "no VM outlives the backend");
+}
+
+/// Polls `condition` until it holds (true) or `timeout` passes (false).
+fn wait_until(timeout: Duration, condition: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while !condition() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
 }
 
 /// The function's VMs as `nexus fn ls` lists them.

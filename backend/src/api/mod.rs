@@ -231,7 +231,9 @@ async fn invoke_region(
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("The event is not JSON: {e}")))?;
     let deadline = query.deadline()?;
     let hints = prefetch_hints(&headers)?;
-    let staged = api.backend.prefetch(&api.backend.region_policy(&id)?, &hints).await;
+    let mut staged = api.backend.prefetch(&api.backend.region_policy(&id)?, &hints);
+    futures::future::join_all(staged.iter().map(|object| object.ended())).await;
+    staged.retain(|object| object.whole().is_some());
     let prefetched = staged.len();
     let outcome = api.backend.invoke_region(&id, &event, deadline, staged).await?;
     let mut response = outcome_response(outcome);

@@ -33,7 +33,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
 use nexus_channel::wire::ObjectRef;
 use nexus_plugin::cloud_hypervisor::{ChOptions, CloudHypervisor, MemoryRestoreMode};
 use nexus_plugin::libvirt::Libvirt;
@@ -124,7 +123,8 @@ pub struct FunctionInfo {
 pub struct Invoked {
     pub outcome: Outcome,
     pub cold_start: Option<ColdStart>,
-    /// Objects prefetched while the VM started (a cold start with hints).
+    /// Objects prefetched for a cold start with hints: fetched whole by the end of the
+    /// invocation.
     pub prefetched: usize,
 }
 
@@ -244,26 +244,19 @@ impl Functions {
         let (lease, cold_start, staged) = match self.acquire(&deployed).await? {
             Acquired::Warm(lease) => (lease, None, Vec::new()),
             Acquired::Start => {
-                let fetching = self.backend.prefetch(&policy, hints).shared();
-                // A VMM that keeps the region across a restore gets the inputs written into it
-                // while it restores (`warm::start`); others have them staged afterwards.
-                let runtime = tokio::runtime::Handle::current();
-                let stage = |region: &nexus_channel::Region| {
-                    let objects = runtime.block_on(fetching.clone());
-                    self.backend
-                        .place_staged(region, &policy, &objects)
-                        .inspect_err(|e| tracing::warn!("Cannot stage during the restore: {e}"))
-                        .ok()
-                };
-                let stage = (!hints.is_empty()).then_some(&stage as warm::StageDuringRestore<'_>);
+                let objects = self.backend.prefetch(&policy, hints);
+                let stage =
+                    warm::Stage { backend: &self.backend, policy: &policy, objects: &objects };
+                let stage = (!objects.is_empty()).then_some(&stage);
                 let (lease, cold_start) = self.start_leased(&deployed, stage).await?;
-                (lease, Some(cold_start), fetching.await)
+                (lease, Some(cold_start), objects)
             }
         };
         let timeout = Duration::from_secs(deployed.spec.timeout_secs);
         let deadline = timeout + Duration::from_secs(config.vm.timeout_grace_secs);
-        let prefetched = staged.len();
-        let outcome = self.backend.invoke_region(&lease.vm.region, event, deadline, staged).await;
+        let outcome =
+            self.backend.invoke_region(&lease.vm.region, event, deadline, staged.clone()).await;
+        let prefetched = staged.iter().filter(|object| object.whole().is_some()).count();
         if let Err(BackendError::Invoke { source: InvokeError::Timeout(_), .. }) = &outcome {
             tracing::warn!(
                 function = name,
@@ -301,7 +294,7 @@ impl Functions {
     async fn start_leased(
         &self,
         deployed: &Deployed,
-        stage: Option<warm::StageDuringRestore<'_>>,
+        stage: Option<&warm::Stage<'_>>,
     ) -> Result<(Lease<Warm>, ColdStart), FunctionError> {
         let snapshot = lock(&deployed.snapshot).clone();
         let warm = match self.start(deployed, snapshot.as_ref(), stage) {
@@ -330,7 +323,7 @@ impl Functions {
         &self,
         deployed: &Deployed,
         snapshot: Option<&Snapshot>,
-        stage: Option<warm::StageDuringRestore<'_>>,
+        stage: Option<&warm::Stage<'_>>,
     ) -> Result<Warm, FunctionError> {
         let instance = self.instances.fetch_add(1, Ordering::Relaxed);
         let from = snapshot.map_or(Start::Boot, Start::Restore);

@@ -13,7 +13,8 @@
 //! and kicks it, as after a restore of the function's own snapshot.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use nexus_channel::notify::Kick;
@@ -27,8 +28,10 @@ use serde::Serialize;
 use super::pool::Vital;
 use super::spec::{Flavour, FunctionSpec};
 use super::FunctionError;
+use crate::arriving::Arriving;
 use crate::backend::{Backend, BackendError};
 use crate::config::VmConfig;
+use crate::policy::Policy;
 use crate::served::Placed;
 use crate::storage::error_chain;
 
@@ -121,13 +124,57 @@ pub enum Start<'a> {
     Restore(&'a Snapshot),
 }
 
-/// Fills a region's staging area while its VM restores (see [`start`]); what it placed.
-pub type StageDuringRestore<'a> = &'a (dyn Fn(&Region) -> Option<Placed> + Sync);
+/// The inputs a cold start prefetches, to copy into its region's staging area while the VM
+/// starts: those that are in by then; a `Get` of one still arriving streams it instead.
+pub struct Stage<'a> {
+    pub backend: &'a Backend,
+    pub policy: &'a Policy,
+    pub objects: &'a [Arc<Arriving>],
+}
+
+impl Stage<'_> {
+    /// Runs `work` while another thread waits until every object is in (or `work` is done),
+    /// then copies those that are in into `region`; returns both outcomes.
+    fn alongside<T>(&self, region: &Region, work: impl FnOnce() -> T) -> (T, Option<Placed>) {
+        let done = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let placing = s.spawn(|| {
+                while !done.load(Ordering::Acquire) && !self.objects.iter().all(|o| o.is_in()) {
+                    std::thread::sleep(STAGE_POLL);
+                }
+                let placed = self.backend.place_staged(region, self.policy, self.objects);
+                placed.inspect_err(|e| tracing::warn!("Cannot stage the prefetched inputs: {e}"))
+            });
+            let outcome = {
+                let _done = SetOnDrop(&done); // even if `work` panics, the wait ends
+                work()
+            };
+            let placed = placing.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (outcome, placed.ok())
+        })
+    }
+}
+
+/// Sets its flag when dropped.
+struct SetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// How often a starting VM's runtime is checked for its ready (a restored one is ready tens
+/// of milliseconds after it resumes: a coarser poll would add to every cold start).
+const READY_POLL: Duration = Duration::from_millis(2);
+/// How often staging looks whether the prefetched inputs are in.
+const STAGE_POLL: Duration = Duration::from_millis(2);
 
 /// Starts a VM for `spec`, with `code` as its code disk, and waits until its runtime is ready.
-/// When a VMM that keeps the region's contents restores a snapshot, `stage` runs meanwhile on
-/// this thread and writes prefetched inputs straight into the region; they are published as
-/// soon as the region is served, before the VM resumes.
+/// With `stage`, the prefetched inputs that are in are copied into the staging area while the
+/// VM starts, and published before it takes an invocation: beside the restore when the VMM
+/// keeps the region's contents across one (nothing else writes the region then), else beside
+/// the boot or the restored guest's wake-up, once the region is served.
 pub fn start(
     backend: &Backend,
     vmm: &dyn Vmm,
@@ -135,7 +182,7 @@ pub fn start(
     code: &Path,
     instance: u64,
     from: Start<'_>,
-    stage: Option<StageDuringRestore<'_>>,
+    stage: Option<&Stage<'_>>,
 ) -> Result<Warm, FunctionError> {
     let started = Instant::now();
     let config = &backend.config().vm;
@@ -150,7 +197,7 @@ pub fn start(
     std::fs::create_dir_all(&work).map_err(|e| FunctionError::Io(work.clone(), e))?;
     let policy = spec.policy_in(backend.config());
     let region_size = backend.config().region.size;
-    let (mut created, mut placed) = (None, None);
+    let (mut created, mut placed, mut stage_later) = (None, None, stage);
     let region =
         backend.create_region_with(&spec.name, policy, |region| -> Result<Kick, VmmError> {
             let mut vm = VmSpec::new(format!("{}-{instance}", spec.name), &kernel, &work);
@@ -172,11 +219,10 @@ pub fn start(
                 (Start::Restore(snapshot), Some(stage))
                     if vmm.region_on_restore() == RegionOnRestore::Kept =>
                 {
-                    std::thread::scope(|s| {
-                        let restoring = s.spawn(|| vmm.restore(&vm, snapshot));
-                        placed = stage(region);
-                        restoring.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                    })?
+                    stage_later = None;
+                    let (restored, during) = stage.alongside(region, || vmm.restore(&vm, snapshot));
+                    placed = during;
+                    restored?
                 }
                 (Start::Restore(snapshot), _) => vmm.restore(&vm, snapshot)?,
             };
@@ -200,19 +246,24 @@ pub fn start(
         });
     };
     if let Some(placed) = placed {
-        match backend.adopt_staged(&region.id, placed) {
-            Ok(in_place) => {
-                tracing::info!(region = %region.id, in_place, "Staged during the restore")
-            }
-            Err(e) => tracing::warn!(region = %region.id, "Cannot publish the staged objects: {e}"),
-        }
+        adopt(backend, &region.id, placed, "the restore");
     }
     if let Some(pid) = vm.info().pid {
         backend.vm_started(&region.id, pid);
     }
     let mut warm =
         Warm { region: region.id, vm: Mutex::new(vm), booted_in: Duration::ZERO, operator: None };
-    match run(backend, &warm, config, from) {
+    let ran = match (stage_later, backend.region(&warm.region)) {
+        (Some(stage), Ok(memory)) => {
+            let (ran, placed) = stage.alongside(&memory, || run(backend, &warm, config, from));
+            if let Some(placed) = placed {
+                adopt(backend, &warm.region, placed, "the start");
+            }
+            ran
+        }
+        _ => run(backend, &warm, config, from),
+    };
+    match ran {
         Ok(()) => {
             warm.booted_in = started.elapsed();
             let ms = warm.booted_in.as_millis() as u64;
@@ -225,6 +276,14 @@ pub fn start(
             warm.stop(backend);
             Err(FunctionError::Boot { name: spec.name.clone(), reason, serial })
         }
+    }
+}
+
+/// Publishes the inputs placed in region `id` during `when`.
+fn adopt(backend: &Backend, id: &str, placed: Placed, when: &str) {
+    match backend.adopt_staged(id, placed) {
+        Ok(in_place) => tracing::info!(region = id, in_place, "Staged during {when}"),
+        Err(e) => tracing::warn!(region = id, "Cannot publish the staged objects: {e}"),
     }
 }
 
@@ -275,7 +334,7 @@ pub fn wait_ready(backend: &Backend, warm: &Warm, config: &VmConfig) -> Result<(
         if Instant::now() > deadline {
             return Err(format!("the runtime was not ready after {} s", config.boot_timeout_secs));
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(READY_POLL);
     }
 }
 

@@ -13,6 +13,7 @@ use object_store::{Attribute, GetOptions, GetRange, GetResult, ObjectStoreExt};
 use serde_json::{json, Map, Value};
 
 use super::{no_stream, Context, OpError, Out};
+use crate::arriving::Arriving;
 use crate::cache::{Cached, ObjectInfo};
 use crate::policy::{Access, Denied};
 use crate::served::{Answer, ServedRegion};
@@ -75,6 +76,11 @@ pub async fn get(
         let download = Download { source: Source::Memory(bytes), remaining: 0, fill: None };
         return respond(ctx, served, download, &info, selected, range, out).await;
     }
+    if let Some((info, source)) = still_arriving(ctx, served, object, range).await {
+        ctx.metrics.prefetch_streamed(&served.function);
+        let download = Download { source, remaining: 0, fill: None };
+        return respond(ctx, served, download, &info, (0, info.size), None, out).await;
+    }
     let (attributes, selected, source, fill) = fetch(ctx, object, range).await?;
     respond(ctx, served, Download { source, remaining: 0, fill }, &attributes, selected, range, out)
         .await
@@ -102,32 +108,60 @@ pub fn get_cached(
     Some(in_memory(answer))
 }
 
-/// The copy of `object` in memory — prefetched for this region's invocation, or cached —
-/// unless the spool holds a newer state of it.
+/// The whole copy of `object` in memory — prefetched for this region's invocation, or
+/// cached — unless the spool holds a newer state of it.
 fn cached(ctx: &Context, served: &ServedRegion, object: &ObjectRef) -> Option<Cached> {
     if ctx.spool.as_ref().is_some_and(|spool| spool.has_pending(&object.bucket, &object.key)) {
         return None;
     }
     served
         .staged(&object.bucket, &object.key)
+        .and_then(|arriving| arriving.whole())
         .or_else(|| ctx.cache.get(&object.bucket, &object.key, Instant::now()))
 }
 
-/// Reads a whole object of at most `max_bytes` from storage into memory (to stage it before an
-/// invocation needs it).
-pub async fn fetch_whole(
-    ctx: &Context,
-    bucket: &str,
-    key: &str,
-    max_bytes: u64,
-) -> Result<Cached, OpError> {
-    let store = ctx.storage.bucket(bucket)?;
-    let result = store.get_opts(&key_path(key)?, GetOptions::default()).await?;
+/// Fetches a whole object of at most `max_bytes` from storage into `object` as its bytes
+/// arrive (a prefetch: see [`Arriving`]); the caller ends it with the result.
+pub async fn fetch_into(ctx: &Context, object: &Arriving, max_bytes: u64) -> Result<(), OpError> {
+    let store = ctx.storage.bucket(&object.bucket)?;
+    let result = store.get_opts(&key_path(&object.key)?, GetOptions::default()).await?;
     if result.meta.size > max_bytes {
         return Err(Denied::TooLarge { size: result.meta.size, max: max_bytes }.into());
     }
-    let info = attributes(&result);
-    Ok(Cached { info, bytes: result.bytes().await? })
+    object.begin(attributes(&result));
+    let mut body = result.into_stream();
+    while let Some(chunk) = body.next().await {
+        object.push(chunk?);
+    }
+    Ok(())
+}
+
+/// A whole-object `Get` of an object prefetched for this invocation and still arriving: its
+/// attributes (once storage answered) and its body as it arrives, so that it is not fetched
+/// twice. `None` for anything else, and for a prefetch that failed.
+async fn still_arriving(
+    ctx: &Context,
+    served: &ServedRegion,
+    object: &ObjectRef,
+    range: Option<ByteRange>,
+) -> Option<(ObjectInfo, Source)> {
+    if range.is_some()
+        || ctx.spool.as_ref().is_some_and(|s| s.has_pending(&object.bucket, &object.key))
+    {
+        return None;
+    }
+    let arriving = served.staged(&object.bucket, &object.key)?;
+    let info = arriving.attributes().await?;
+    let stream = arriving
+        .body()
+        .map(|chunk| {
+            chunk.map_err(|e| object_store::Error::Generic {
+                store: "prefetch",
+                source: Box::new(e),
+            })
+        })
+        .boxed();
+    Some((info, Source::Remote { stream, pending: Bytes::new() }))
 }
 
 /// `object` as the write-back spool holds it: its attributes and bytes, or NoSuchKey for a

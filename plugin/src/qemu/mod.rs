@@ -4,8 +4,8 @@
 //!  create(spec)   spawn qemu … -S ──► wait for WORK/qmp.sock, greeting, qmp_capabilities: Created
 //!  boot()         cont                                                                  Running
 //!  pause/resume   stop / cont                                                   Paused / Running
-//!  snapshot(dir)  migrate "exec:cat > DIR/memory", poll query-migrate; snapshot.json   Paused
-//!  restore(…)     spawn qemu … -S -incoming defer, migrate-incoming, poll query-migrate Paused
+//!  snapshot(dir)  getfd DIR/memory, migrate fd:, poll query-migrate; snapshot.json     Paused
+//!  restore(…)     spawn qemu … -S -incoming defer, getfd, migrate-incoming fd:, poll   Paused
 //!  stop()         quit, wait ≤ 5 s, else SIGKILL; reap                                  Stopped
 //! ```
 //!

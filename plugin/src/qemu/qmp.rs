@@ -14,6 +14,7 @@
 //! with that id, so a reply that arrives after its command timed out is skipped as well.
 
 use std::io::{self, BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -89,6 +90,25 @@ impl Qmp {
 
     /// Runs `command` and returns its `return` value.
     pub fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value, QmpError> {
+        self.exchange(command, arguments, None)
+    }
+
+    /// Runs `command` with `fd` passed along (SCM_RIGHTS), as `getfd` and `add-fd` take one.
+    pub fn execute_with_fd(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+        fd: BorrowedFd<'_>,
+    ) -> Result<Value, QmpError> {
+        self.exchange(command, arguments, Some(fd))
+    }
+
+    fn exchange(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+        fd: Option<BorrowedFd<'_>>,
+    ) -> Result<Value, QmpError> {
         let id = self.next_id;
         self.next_id += 1;
         let mut request = json!({ "execute": command, "id": id });
@@ -97,7 +117,10 @@ impl Qmp {
         }
         let mut line = request.to_string();
         line.push('\n');
-        self.writer.write_all(line.as_bytes())?;
+        match fd {
+            Some(fd) => send_with_fd(&self.writer, line.as_bytes(), fd)?,
+            None => self.writer.write_all(line.as_bytes())?,
+        }
 
         let deadline = Instant::now() + self.timeout;
         loop {
@@ -147,12 +170,91 @@ impl Qmp {
     }
 }
 
+/// Sends `bytes` on `socket` in one message carrying `fd` as SCM_RIGHTS ancillary data (QEMU
+/// takes the descriptor with the first byte of the command); the rest, if the message was
+/// cut short, goes as plain bytes.
+fn send_with_fd(mut socket: &UnixStream, bytes: &[u8], fd: BorrowedFd<'_>) -> io::Result<()> {
+    let raw = fd.as_raw_fd();
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of_val(&raw) as u32) } as usize;
+    // u64 words keep the control buffer aligned for cmsghdr.
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut iov =
+        libc::iovec { iov_base: bytes.as_ptr() as *mut libc::c_void, iov_len: bytes.len() };
+    // SAFETY: an all-zero msghdr is a valid empty message; every pointer set below outlives
+    // the sendmsg call.
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_iov = &mut iov;
+    message.msg_iovlen = 1;
+    message.msg_control = control.as_mut_ptr().cast();
+    message.msg_controllen = space as _;
+    // SAFETY: CMSG_FIRSTHDR reads only the message's control fields, set above.
+    let header = unsafe { libc::CMSG_FIRSTHDR(&message) };
+    // SAFETY: msg_control points at `space` zeroed bytes, room for one header and one int, so
+    // the first header is non-null and lies inside `control`.
+    let header = unsafe { &mut *header };
+    header.cmsg_level = libc::SOL_SOCKET;
+    header.cmsg_type = libc::SCM_RIGHTS;
+    // SAFETY: CMSG_LEN only computes a size.
+    header.cmsg_len = unsafe { libc::CMSG_LEN(std::mem::size_of_val(&raw) as u32) } as _;
+    // SAFETY: the header's data is inside `control`, with room for one int.
+    let data = unsafe { libc::CMSG_DATA(header) }.cast::<libc::c_int>();
+    // SAFETY: `data` points at an int's room in `control` (maybe unaligned).
+    unsafe { std::ptr::write_unaligned(data, raw) };
+    // SAFETY: sendmsg on our socket, with a message whose pointers are all live.
+    let sent = unsafe { libc::sendmsg(socket.as_raw_fd(), &message, libc::MSG_NOSIGNAL) };
+    let sent = usize::try_from(sent).map_err(|_| io::Error::last_os_error())?;
+    socket.write_all(&bytes[sent.min(bytes.len())..])
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::net::UnixListener;
     use std::thread;
 
     use super::*;
+
+    #[test]
+    fn a_descriptor_travels_with_the_command() {
+        use std::io::Read;
+        use std::os::fd::{AsFd, FromRawFd};
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("memory"), b"the stream").unwrap();
+        let file = std::fs::File::open(dir.path().join("memory")).unwrap();
+        let (sender, receiver) = UnixStream::pair().unwrap();
+        let command = br#"{"execute": "getfd"}"#;
+        send_with_fd(&sender, command, file.as_fd()).unwrap();
+
+        let mut bytes = [0u8; 64];
+        let mut control = [0u64; 8];
+        let mut iov = libc::iovec { iov_base: bytes.as_mut_ptr().cast(), iov_len: bytes.len() };
+        // SAFETY: an all-zero msghdr is a valid empty message; the buffers it points at
+        // outlive recvmsg.
+        let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+        message.msg_iov = &mut iov;
+        message.msg_iovlen = 1;
+        message.msg_control = control.as_mut_ptr().cast();
+        message.msg_controllen = std::mem::size_of_val(&control) as _;
+        // SAFETY: recvmsg into the buffers above, on a socket this test owns.
+        let received = unsafe { libc::recvmsg(receiver.as_raw_fd(), &mut message, 0) };
+        assert_eq!(&bytes[..usize::try_from(received).unwrap()], command);
+        // SAFETY: the kernel filled the control buffer; CMSG_FIRSTHDR checks its length.
+        let header = unsafe { libc::CMSG_FIRSTHDR(&message) };
+        assert!(!header.is_null(), "no descriptor came");
+        // SAFETY: a non-null header lies inside the control buffer.
+        let header = unsafe { &*header };
+        assert_eq!((header.cmsg_level, header.cmsg_type), (libc::SOL_SOCKET, libc::SCM_RIGHTS));
+        // SAFETY: an SCM_RIGHTS header's data is inside the control buffer, one int here.
+        let data = unsafe { libc::CMSG_DATA(header) }.cast::<libc::c_int>();
+        // SAFETY: `data` points at that int (maybe unaligned).
+        let fd = unsafe { std::ptr::read_unaligned(data) };
+        // SAFETY: SCM_RIGHTS gave this process a new descriptor, owned by nobody else.
+        let mut passed = unsafe { std::fs::File::from_raw_fd(fd) };
+        let mut content = String::new();
+        passed.read_to_string(&mut content).unwrap();
+        assert_eq!(content, "the stream", "the receiver reads the sender's file");
+    }
 
     const GREETING: &str = r#"{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}}, "capabilities": ["oob"]}}"#;
 

@@ -3,10 +3,15 @@
 //!
 //! ```text
 //!  take (VM paused)                     DIR/             restore (new QEMU, -S -incoming defer)
-//!  migrate "exec:cat > DIR/memory"  ──► memory        ──► migrate-incoming "exec:cat DIR/memory"
+//!  getfd DIR/memory (created)           memory        ──► getfd DIR/memory (opened)
+//!  migrate "fd:snapshot"            ──►               ──► migrate-incoming "fd:snapshot"
 //!  query-migrate until completed        snapshot.json ──► its shape checked against the spec
 //!  (the VM stays paused)                                  query-migrate until completed: paused
 //! ```
+//!
+//! **QEMU reads and writes the file itself**: the open file goes over the QMP socket
+//! (SCM_RIGHTS, `getfd`), so no shell or `cat` runs and no pipe sits in between, which would
+//! cost a copy of the whole stream and a wake-up across cores for every 64 KiB of it.
 //!
 //! **The region travels in the stream.** QEMU migrates an ivshmem device only with `master=on`,
 //! and then saves the region's bytes with guest RAM and, on restore, writes them back into the
@@ -14,7 +19,8 @@
 //! with its contents at snapshot time. Data prefetched for a cold start must be copied into the
 //! region after [`load`] returns, before the VM resumes.
 
-use std::fs;
+use std::fs::{self, File};
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -32,6 +38,9 @@ use crate::vm::Snapshot;
 
 /// The migration stream's file name in a snapshot directory.
 const MEMORY_FILE: &str = "memory";
+/// The name QEMU knows the stream's file by, and the migration URI that names it.
+const FD_NAME: &str = "snapshot";
+const MIGRATION_URI: &str = "fd:snapshot";
 /// The longest a migration may take, either way (256 MiB take ~0.7 s under TCG).
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(120);
 const MIGRATION_POLL: Duration = Duration::from_millis(10);
@@ -99,8 +108,11 @@ impl Shape {
 /// Saves the paused VM behind `qmp` into `dir`; the VM stays paused.
 pub fn take(qmp: &mut Qmp, vm: &str, shape: &Shape, dir: &Path) -> Result<Snapshot, VmmError> {
     fs::create_dir_all(dir).map_err(VmmError::io(format!("create {}", dir.display())))?;
-    let uri = format!("exec:cat > {}", shell_quote(&dir.join(MEMORY_FILE), dir)?);
-    qmp.execute("migrate", Some(json!({ "uri": uri }))).map_err(refused(vm, "migrate"))?;
+    let path = dir.join(MEMORY_FILE);
+    let file = File::create(&path).map_err(VmmError::io(format!("create {}", path.display())))?;
+    pass_file(qmp, vm, &file)?;
+    let uri = json!({ "uri": MIGRATION_URI });
+    qmp.execute("migrate", Some(uri)).map_err(refused(vm, "migrate"))?;
     wait_for_migration(qmp, vm, "snapshot")?;
 
     let manifest = Manifest {
@@ -128,9 +140,11 @@ pub fn check(snapshot: &Snapshot, shape: &Shape) -> Result<Manifest, VmmError> {
 /// Streams `snapshot` into the QEMU behind `qmp`, started with `-incoming defer`; it is left
 /// paused, the region holding what it held at snapshot time.
 pub fn load(qmp: &mut Qmp, vm: &str, snapshot: &Snapshot) -> Result<(), VmmError> {
-    let uri = format!("exec:cat {}", shell_quote(&snapshot.dir.join(MEMORY_FILE), &snapshot.dir)?);
-    let arguments = json!({ "uri": uri });
-    qmp.execute("migrate-incoming", Some(arguments)).map_err(refused(vm, "migrate-incoming"))?;
+    let path = snapshot.dir.join(MEMORY_FILE);
+    let file = File::open(&path).map_err(VmmError::io(format!("open {}", path.display())))?;
+    pass_file(qmp, vm, &file)?;
+    let uri = json!({ "uri": MIGRATION_URI });
+    qmp.execute("migrate-incoming", Some(uri)).map_err(refused(vm, "migrate-incoming"))?;
     wait_for_migration(qmp, vm, "restore")
 }
 
@@ -164,14 +178,12 @@ fn wait_for_migration(qmp: &mut Qmp, vm: &str, what: &str) -> Result<(), VmmErro
     }
 }
 
-/// `path` as one word for `sh -c` (QEMU runs `exec:` URIs through the shell). `dir` names the
-/// snapshot in the error for a path that JSON cannot carry.
-fn shell_quote(path: &Path, dir: &Path) -> Result<String, VmmError> {
-    let path = path.to_str().ok_or_else(|| VmmError::BadSnapshot {
-        dir: dir.to_owned(),
-        reason: "its path is not valid UTF-8".into(),
-    })?;
-    Ok(format!("'{}'", path.replace('\'', r"'\''")))
+/// Hands `file` to QEMU under [`FD_NAME`], for the next migration's [`MIGRATION_URI`]
+/// (QEMU takes the descriptor over when the migration starts).
+fn pass_file(qmp: &mut Qmp, vm: &str, file: &File) -> Result<(), VmmError> {
+    let name = json!({ "fdname": FD_NAME });
+    qmp.execute_with_fd("getfd", Some(name), file.as_fd()).map_err(refused(vm, "getfd"))?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -222,11 +234,5 @@ mod tests {
 
         fs::write(dir.path().join("memory"), b"QEVM").unwrap();
         assert_eq!(check(&snapshot, &shape).unwrap().qemu_version, "7.2.22");
-    }
-
-    #[test]
-    fn quotes_paths_for_the_shell() {
-        let quoted = shell_quote(Path::new("/s/it's here/memory"), Path::new("/s")).unwrap();
-        assert_eq!(quoted, r"'/s/it'\''s here/memory'");
     }
 }

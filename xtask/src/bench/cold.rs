@@ -1,8 +1,8 @@
 //! `cargo xtask bench cold [--storage remote|local]`: cold starts of a Nexus function whose
-//! input is a 1, 16 or 64 MiB object: (a) booted from scratch, (b) restored from a snapshot,
-//! then fetching its input, (c) restored with the input prefetched while the VM restores. The
-//! overlap in (c) can hide at most the shorter of the restore and the fetch, so each size also
-//! reports both alone and how much of that hideable time (c) hid:
+//! input is a 1, 16, 32 or 64 MiB object: (a) booted from scratch, (b) restored from a
+//! snapshot, then fetching its input, (c) restored with the input prefetched while the VM
+//! restores. The overlap in (c) can hide at most the shorter of the restore and the fetch, so
+//! each size also reports both alone and how much of that hideable time (c) hid:
 //! `((b) − (c)) / min(restore, fetch)`. Medians of a few rounds each, one run; (b) and (c) take
 //! turns so that they share the machine's noise.
 
@@ -20,9 +20,9 @@ use super::stats::median;
 use crate::image::Flavour;
 use crate::{setup, workspace_root};
 
-/// Input sizes, MiB: small, the size where restore and fetch take about as long at cloud
-/// distance, and large.
-const INPUT_MIB: [usize; 3] = [1, 16, 64];
+/// Input sizes, MiB: from a fetch much shorter than a restore to one much longer (at cloud
+/// distance, 32 MiB takes about as long as a restore).
+const INPUT_MIB: [usize; 4] = [1, 16, 32, 64];
 /// Cold starts of each kind and size.
 const ROUNDS: usize = 9;
 /// Boots from scratch (slow, and only a reference point).
@@ -88,8 +88,10 @@ pub fn run(storage: Storage) -> Result<()> {
         nexus: booted.describe(),
         ..Row::default()
     }];
+    // The size whose fetch takes about as long as its restore, where the overlap gains most.
+    let balanced = sizes.iter().map(Size::imbalance).min_by(f64::total_cmp).unwrap_or_default();
     for size in &sizes {
-        rows.extend(size.rows(&accel));
+        rows.extend(size.rows(&accel, size.imbalance() == balanced));
     }
     rows.push(Row {
         metric: format!("warm invocation writing {OUTPUT_MIB} MiB: strict vs write-back [{accel}]"),
@@ -102,7 +104,7 @@ pub fn run(storage: Storage) -> Result<()> {
     let command = format!("cargo xtask bench cold --storage {}", storage.name());
     let table = Table {
         name: "cold",
-        title: format!("Cold starts with a 1, 16 and 64 MiB input, {accel}"),
+        title: format!("Cold starts with a 1, 16, 32 and 64 MiB input, {accel}"),
         command,
         rows,
         notes: vec![
@@ -113,8 +115,9 @@ pub fn run(storage: Storage) -> Result<()> {
                  drained between rounds). The function (`guest/python/examples/bench/io.py`) reads \
                  its input from a Garage S3 server through the backend (its cache off) and computes \
                  its CRC-32; \"input read\" is its own timing of `get_object(...)[\"Body\"].read()`. \
-                 In (c) the input is staged in the region's staging area and read in place, without \
-                 a call.",
+                 In (c) an input that is in before the VM takes the invocation is copied into the \
+                 region's staging area meanwhile and read in place, without a call; one still \
+                 arriving is streamed to the handler's `Get` as it arrives, not fetched again.",
                 machine()
             ),
             "Restore is (b)'s time until the restored VM was ready (the backend's \
@@ -177,12 +180,18 @@ struct Size {
 }
 
 impl Size {
+    /// How far apart restore and fetch are: |ln(restore / fetch)|.
+    fn imbalance(&self) -> f64 {
+        (self.sequential.start / self.fetch).ln().abs()
+    }
+
     /// The share of the hideable time that the overlap hid.
     fn hidden(&self) -> f64 {
         (self.sequential.total - self.overlapped.total) / self.sequential.start.min(self.fetch)
     }
 
-    fn rows(&self, accel: &str) -> [Row; 2] {
+    /// The size's rows; `balanced` when its restore and fetch take about as long.
+    fn rows(&self, accel: &str, balanced: bool) -> [Row; 2] {
         let (b, c, mib) = (&self.sequential, &self.overlapped, self.mib);
         [
             Row {
@@ -197,14 +206,18 @@ impl Size {
             },
             Row {
                 metric: format!(
-                    "{mib} MiB: (c) restore with the input prefetched, read in place; hidden {:.0} % \
-                     of min(restore, fetch) [{accel}]",
+                    "{mib} MiB: (c) restore with the input prefetched; hidden {:.0} % of \
+                     min(restore, fetch) [{accel}]",
                     self.hidden() * 100.0
                 ),
                 baseline: seconds(b.total),
                 nexus: c.describe(),
                 ratio: ratio(c.total, b.total),
-                target: "hidden ≥ 80 %; (c) ≥ 25 % faster where restore ≈ fetch".into(),
+                target: match balanced {
+                    true => "hidden ≥ 80 %; ≥ 25 % faster (restore ≈ fetch here)",
+                    false => "hidden ≥ 80 %",
+                }
+                .into(),
                 ..Row::default()
             },
         ]

@@ -1,0 +1,314 @@
+//! An object fetched ahead of an invocation (a prefetch hint), shared while its bytes arrive.
+//!
+//! ```text
+//!  prefetch task                     Arriving                      readers
+//!  GET answered ── begin(info) ───►  info                     ◄── attributes (Head, Get meta)
+//!  each chunk  ─── push(chunk) ───►  chunks [c0][c1][c2]…     ◄── body(): a stream from byte 0
+//!  body ended ──── finish(…) ─────►  end: Whole(object)       ◄── whole(): the object, once in
+//!                                         | Failed(reason)
+//! ```
+//!
+//! A cold start begins these before its VM. What is in by the time the VM can take it is
+//! copied into the region's staging area; a `Get` of an object still arriving streams what
+//! has arrived and waits for the rest (on [`Arriving::body`]) rather than fetching it again,
+//! so the fetch overlaps the VM's start even when it outlasts it. Chunks only ever grow until
+//! the end, when they are joined into one buffer; a reader keeps its byte offset across that.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::{Bytes, BytesMut};
+use futures::stream::BoxStream;
+use tokio::sync::Notify;
+
+use crate::cache::{Cached, ObjectInfo};
+
+/// One prefetched object: its name and what has arrived of it.
+#[derive(Debug)]
+pub struct Arriving {
+    pub bucket: String,
+    pub key: String,
+    state: Mutex<State>,
+    /// Woken on every change of `state`.
+    changed: Notify,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    info: Option<ObjectInfo>,
+    chunks: Vec<Bytes>,
+    end: Option<End>,
+}
+
+#[derive(Debug)]
+enum End {
+    Whole(Cached),
+    Failed(String),
+}
+
+/// Why a body stream stopped early.
+#[derive(Debug, thiserror::Error)]
+#[error("prefetch of {bucket}/{key} failed: {reason}")]
+pub struct ArrivingError {
+    bucket: String,
+    key: String,
+    reason: String,
+}
+
+impl Arriving {
+    /// An object about to be fetched.
+    pub fn new(bucket: &str, key: &str) -> Arc<Self> {
+        Arc::new(Self {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            state: Mutex::default(),
+            changed: Notify::new(),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn change(&self, update: impl FnOnce(&mut State)) {
+        update(&mut self.state());
+        self.changed.notify_waiters();
+    }
+
+    /// Storage answered with the object's attributes; its body follows.
+    pub fn begin(&self, info: ObjectInfo) {
+        self.change(|state| state.info = Some(info));
+    }
+
+    /// The body's next bytes.
+    pub fn push(&self, chunk: Bytes) {
+        if !chunk.is_empty() {
+            self.change(|state| state.chunks.push(chunk));
+        }
+    }
+
+    /// The fetch ended: with the whole body (its chunks joined), or failed with `reason`.
+    pub fn finish(&self, result: Result<(), String>) {
+        self.change(|state| {
+            let chunks = std::mem::take(&mut state.chunks);
+            state.end = Some(match (result, state.info.clone()) {
+                (Ok(()), Some(info)) => {
+                    let bytes = join(chunks);
+                    match bytes.len() as u64 == info.size {
+                        true => End::Whole(Cached { info, bytes }),
+                        false => End::Failed(format!("{} of {} bytes", bytes.len(), info.size)),
+                    }
+                }
+                (Ok(()), None) => End::Failed("no answer".into()),
+                (Err(reason), _) => End::Failed(reason),
+            });
+        });
+    }
+
+    /// Whether the fetch ended, whole or failed.
+    pub fn is_in(&self) -> bool {
+        self.state().end.is_some()
+    }
+
+    /// The whole object, once it arrived.
+    pub fn whole(&self) -> Option<Cached> {
+        match &self.state().end {
+            Some(End::Whole(object)) => Some(object.clone()),
+            _ => None,
+        }
+    }
+
+    /// Waits until the fetch ended.
+    pub async fn ended(&self) {
+        loop {
+            let changed = self.changed.notified();
+            if self.is_in() {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// Waits for storage's answer: the object's attributes, or `None` if the fetch failed
+    /// before its body began.
+    pub async fn attributes(&self) -> Option<ObjectInfo> {
+        loop {
+            let changed = self.changed.notified();
+            {
+                let state = self.state();
+                match (&state.info, &state.end) {
+                    (Some(info), None | Some(End::Whole(_))) => return Some(info.clone()),
+                    (_, Some(End::Failed(_))) => return None,
+                    (None, _) => {}
+                }
+            }
+            changed.await;
+        }
+    }
+
+    /// The body from its first byte, as it arrives: each item waits for bytes not yet in; a
+    /// failed fetch ends it with an error.
+    pub fn body(self: &Arc<Self>) -> BoxStream<'static, Result<Bytes, ArrivingError>> {
+        let reader = Reader { object: self.clone(), offset: 0, chunk: 0 };
+        Box::pin(futures::stream::unfold(Some(reader), |reader| async move {
+            let mut reader = reader?;
+            match reader.next().await? {
+                Ok(bytes) => Some((Ok(bytes), Some(reader))),
+                Err(e) => Some((Err(e), None)),
+            }
+        }))
+    }
+}
+
+/// A position in an [`Arriving`] body.
+struct Reader {
+    object: Arc<Arriving>,
+    /// Bytes handed out so far.
+    offset: usize,
+    /// The next chunk to hand out while the body is still arriving.
+    chunk: usize,
+}
+
+impl Reader {
+    /// The next bytes, waiting for them; `None` at the end of the body.
+    async fn next(&mut self) -> Option<Result<Bytes, ArrivingError>> {
+        loop {
+            let changed = self.object.changed.notified();
+            {
+                let state = self.object.state();
+                match &state.end {
+                    Some(End::Whole(object)) => {
+                        let rest = object.bytes.slice(self.offset.min(object.bytes.len())..);
+                        self.offset += rest.len();
+                        return (!rest.is_empty()).then_some(Ok(rest));
+                    }
+                    Some(End::Failed(reason)) => {
+                        return Some(Err(ArrivingError {
+                            bucket: self.object.bucket.clone(),
+                            key: self.object.key.clone(),
+                            reason: reason.clone(),
+                        }))
+                    }
+                    None => {
+                        if let Some(chunk) = state.chunks.get(self.chunk) {
+                            self.chunk += 1;
+                            self.offset += chunk.len();
+                            return Some(Ok(chunk.clone()));
+                        }
+                    }
+                }
+            }
+            changed.await;
+        }
+    }
+}
+
+/// The chunks as one buffer (copied only when there are several).
+fn join(mut chunks: Vec<Bytes>) -> Bytes {
+    if chunks.len() == 1 {
+        return chunks.pop().unwrap_or_default();
+    }
+    let mut joined = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
+    chunks.iter().for_each(|chunk| joined.extend_from_slice(chunk));
+    joined.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures::StreamExt;
+
+    use super::*;
+
+    fn info(size: u64) -> ObjectInfo {
+        ObjectInfo { size, ..ObjectInfo::default() }
+    }
+
+    #[tokio::test]
+    async fn a_reader_gets_what_arrived_then_waits_for_the_rest() {
+        let object = Arriving::new("b", "k");
+        object.begin(info(6));
+        object.push(Bytes::from_static(b"abc"));
+        let mut body = object.body();
+        assert_eq!(body.next().await.unwrap().unwrap(), &b"abc"[..]);
+        let waiting = tokio::spawn(async move {
+            let rest: Vec<_> = body.map(|chunk| chunk.unwrap()).collect().await;
+            rest.concat()
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "the reader waits for bytes not yet in");
+        object.push(Bytes::from_static(b"de"));
+        object.push(Bytes::from_static(b"f"));
+        object.finish(Ok(()));
+        assert_eq!(waiting.await.unwrap(), b"def");
+        assert!(object.is_in());
+        assert_eq!(object.whole().unwrap().bytes, &b"abcdef"[..]);
+    }
+
+    #[tokio::test]
+    async fn a_reader_keeps_its_place_when_the_chunks_are_joined() {
+        let object = Arriving::new("b", "k");
+        object.begin(info(4));
+        object.push(Bytes::from_static(b"ab"));
+        let mut body = object.body();
+        assert_eq!(body.next().await.unwrap().unwrap(), &b"ab"[..]);
+        object.push(Bytes::from_static(b"cd"));
+        object.finish(Ok(()));
+        assert_eq!(body.next().await.unwrap().unwrap(), &b"cd"[..]);
+        assert!(body.next().await.is_none());
+        let fresh: Vec<_> = object.body().map(|c| c.unwrap()).collect().await;
+        assert_eq!(fresh.concat(), b"abcd", "a new reader starts at byte 0");
+    }
+
+    #[tokio::test]
+    async fn a_failed_or_short_fetch_ends_readers_with_an_error_and_is_never_whole() {
+        let object = Arriving::new("b", "k");
+        let waiting = tokio::spawn({
+            let object = object.clone();
+            async move { object.attributes().await }
+        });
+        object.finish(Err("NoSuchKey".into()));
+        assert_eq!(waiting.await.unwrap(), None, "no attributes come");
+        let error = object.body().next().await.unwrap().unwrap_err();
+        assert!(error.to_string().contains("NoSuchKey"), "{error}");
+        assert!(object.is_in() && object.whole().is_none());
+
+        let short = Arriving::new("b", "k");
+        short.begin(info(10));
+        short.push(Bytes::from_static(b"abc"));
+        short.finish(Ok(()));
+        assert!(short.whole().is_none(), "3 of 10 bytes is not the object");
+        let items: Vec<_> = short.body().collect().await;
+        assert!(items.last().unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn attributes_come_before_the_body() {
+        let object = Arriving::new("b", "k");
+        let waiting = tokio::spawn({
+            let object = object.clone();
+            async move { object.attributes().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished());
+        object.begin(info(3));
+        assert_eq!(waiting.await.unwrap().map(|i| i.size), Some(3));
+        object.finish(Ok(()));
+        assert!(object.whole().is_none(), "no bytes arrived for a 3-byte object");
+    }
+
+    #[tokio::test]
+    async fn ended_waits_for_the_end() {
+        let object = Arriving::new("b", "k");
+        let waiting = tokio::spawn({
+            let object = object.clone();
+            async move { object.ended().await }
+        });
+        object.begin(info(0));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished());
+        object.finish(Ok(()));
+        waiting.await.unwrap();
+        assert_eq!(object.whole().unwrap().bytes.len(), 0, "an empty object arrives whole");
+    }
+}
