@@ -224,11 +224,17 @@ mod tests {
         ObjectInfo { size, ..ObjectInfo::default() }
     }
 
+    /// An object of `size` bytes whose first bytes, `first`, arrived.
+    fn begun(size: u64, first: &'static [u8]) -> Arc<Arriving> {
+        let object = Arriving::new("b", "k");
+        object.begin(info(size));
+        object.push(Bytes::from_static(first));
+        object
+    }
+
     #[tokio::test]
     async fn a_reader_gets_what_arrived_then_waits_for_the_rest() {
-        let object = Arriving::new("b", "k");
-        object.begin(info(6));
-        object.push(Bytes::from_static(b"abc"));
+        let object = begun(6, b"abc");
         let mut body = object.body();
         assert_eq!(body.next().await.unwrap().unwrap(), &b"abc"[..]);
         let waiting = tokio::spawn(async move {
@@ -247,9 +253,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_reader_keeps_its_place_when_the_chunks_are_joined() {
-        let object = Arriving::new("b", "k");
-        object.begin(info(4));
-        object.push(Bytes::from_static(b"ab"));
+        let object = begun(4, b"ab");
         let mut body = object.body();
         assert_eq!(body.next().await.unwrap().unwrap(), &b"ab"[..]);
         object.push(Bytes::from_static(b"cd"));
@@ -273,9 +277,7 @@ mod tests {
         assert!(error.to_string().contains("NoSuchKey"), "{error}");
         assert!(object.is_in() && object.whole().is_none());
 
-        let short = Arriving::new("b", "k");
-        short.begin(info(10));
-        short.push(Bytes::from_static(b"abc"));
+        let short = begun(10, b"abc");
         short.finish(Ok(()));
         assert!(short.whole().is_none(), "3 of 10 bytes is not the object");
         let items: Vec<_> = short.body().collect().await;

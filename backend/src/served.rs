@@ -47,8 +47,8 @@ struct Staged {
 /// Prefetched objects copied into a region's staging area, not yet published. The backend
 /// places them while it serves the region ([`ServedRegion::stage`]), or while its VM starts:
 /// beside the restore when the VMM keeps the region's contents across one (Cloud
-/// Hypervisor), else beside the boot or the restored guest's wake-up, before the first
-/// invocation ([`ServedRegion::adopt`] publishes them then).
+/// Hypervisor), right after it when the restore rewrites the region (QEMU), beside the boot
+/// otherwise; [`ServedRegion::adopt`] publishes them before the first invocation.
 #[derive(Debug)]
 pub struct Placed {
     stager: Stager,

@@ -133,6 +133,12 @@ pub struct Stage<'a> {
 }
 
 impl Stage<'_> {
+    /// Copies the objects that are in into `region`.
+    fn place(&self, region: &Region) -> Option<Placed> {
+        let placed = self.backend.place_staged(region, self.policy, self.objects);
+        placed.inspect_err(|e| tracing::warn!("Cannot stage the prefetched inputs: {e}")).ok()
+    }
+
     /// Runs `work` while another thread waits until every object is in (or `work` is done),
     /// then copies those that are in into `region`; returns both outcomes.
     fn alongside<T>(&self, region: &Region, work: impl FnOnce() -> T) -> (T, Option<Placed>) {
@@ -142,15 +148,14 @@ impl Stage<'_> {
                 while !done.load(Ordering::Acquire) && !self.objects.iter().all(|o| o.is_in()) {
                     std::thread::sleep(STAGE_POLL);
                 }
-                let placed = self.backend.place_staged(region, self.policy, self.objects);
-                placed.inspect_err(|e| tracing::warn!("Cannot stage the prefetched inputs: {e}"))
+                self.place(region)
             });
             let outcome = {
                 let _done = SetOnDrop(&done); // even if `work` panics, the wait ends
                 work()
             };
             let placed = placing.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            (outcome, placed.ok())
+            (outcome, placed)
         })
     }
 }
@@ -173,8 +178,8 @@ const STAGE_POLL: Duration = Duration::from_millis(2);
 /// Starts a VM for `spec`, with `code` as its code disk, and waits until its runtime is ready.
 /// With `stage`, the prefetched inputs that are in are copied into the staging area while the
 /// VM starts, and published before it takes an invocation: beside the restore when the VMM
-/// keeps the region's contents across one (nothing else writes the region then), else beside
-/// the boot or the restored guest's wake-up, once the region is served.
+/// keeps the region's contents across one (nothing else writes the region then), right after
+/// it when the restore rewrites the region (QEMU), beside the boot otherwise.
 pub fn start(
     backend: &Backend,
     vmm: &dyn Vmm,
@@ -216,15 +221,22 @@ pub fn start(
             vm.accel = accel(config);
             let mut vm = match (from, stage) {
                 (Start::Boot, _) => vmm.create(&vm)?,
-                (Start::Restore(snapshot), Some(stage))
-                    if vmm.region_on_restore() == RegionOnRestore::Kept =>
-                {
+                (Start::Restore(snapshot), Some(stage)) => {
                     stage_later = None;
-                    let (restored, during) = stage.alongside(region, || vmm.restore(&vm, snapshot));
-                    placed = during;
-                    restored?
+                    if vmm.region_on_restore() == RegionOnRestore::Kept {
+                        let restoring = || vmm.restore(&vm, snapshot);
+                        let (restored, during) = stage.alongside(region, restoring);
+                        placed = during;
+                        restored?
+                    } else {
+                        // The restore rewrote the region: what is in now goes in after it, into
+                        // pages the restore already wrote, before the region is served.
+                        let restored = vmm.restore(&vm, snapshot)?;
+                        placed = stage.place(region);
+                        restored
+                    }
                 }
-                (Start::Restore(snapshot), _) => vmm.restore(&vm, snapshot)?,
+                (Start::Restore(snapshot), None) => vmm.restore(&vm, snapshot)?,
             };
             let stream = vm.doorbell()?;
             created = Some(vm);
