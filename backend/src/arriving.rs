@@ -224,6 +224,12 @@ mod tests {
         ObjectInfo { size, ..ObjectInfo::default() }
     }
 
+    /// A task waiting for `object`'s attributes.
+    fn attributes_later(object: &Arc<Arriving>) -> tokio::task::JoinHandle<Option<ObjectInfo>> {
+        let object = object.clone();
+        tokio::spawn(async move { object.attributes().await })
+    }
+
     /// An object of `size` bytes whose first bytes, `first`, arrived.
     fn begun(size: u64, first: &'static [u8]) -> Arc<Arriving> {
         let object = Arriving::new("b", "k");
@@ -267,10 +273,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_or_short_fetch_ends_readers_with_an_error_and_is_never_whole() {
         let object = Arriving::new("b", "k");
-        let waiting = tokio::spawn({
-            let object = object.clone();
-            async move { object.attributes().await }
-        });
+        let waiting = attributes_later(&object);
         object.finish(Err("NoSuchKey".into()));
         assert_eq!(waiting.await.unwrap(), None, "no attributes come");
         let error = object.body().next().await.unwrap().unwrap_err();
@@ -287,10 +290,7 @@ mod tests {
     #[tokio::test]
     async fn attributes_come_before_the_body() {
         let object = Arriving::new("b", "k");
-        let waiting = tokio::spawn({
-            let object = object.clone();
-            async move { object.attributes().await }
-        });
+        let waiting = attributes_later(&object);
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiting.is_finished());
         object.begin(info(3));
