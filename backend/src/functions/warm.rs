@@ -202,7 +202,7 @@ pub fn start(
     std::fs::create_dir_all(&work).map_err(|e| FunctionError::Io(work.clone(), e))?;
     let policy = spec.policy_in(backend.config());
     let region_size = backend.config().region.size;
-    let (mut created, mut placed, mut stage_later) = (None, None, stage);
+    let (mut created, mut placed) = (None, None);
     let region =
         backend.create_region_with(&spec.name, policy, |region| -> Result<Kick, VmmError> {
             let mut vm = VmSpec::new(format!("{}-{instance}", spec.name), &kernel, &work);
@@ -222,7 +222,6 @@ pub fn start(
             let mut vm = match (from, stage) {
                 (Start::Boot, _) => vmm.create(&vm)?,
                 (Start::Restore(snapshot), Some(stage)) => {
-                    stage_later = None;
                     if vmm.region_on_restore() == RegionOnRestore::Kept {
                         let restoring = || vmm.restore(&vm, snapshot);
                         let (restored, during) = stage.alongside(region, restoring);
@@ -265,11 +264,12 @@ pub fn start(
     }
     let mut warm =
         Warm { region: region.id, vm: Mutex::new(vm), booted_in: Duration::ZERO, operator: None };
-    let ran = match (stage_later, backend.region(&warm.region)) {
+    let boot_stage = stage.filter(|_| matches!(from, Start::Boot));
+    let ran = match (boot_stage, backend.region(&warm.region)) {
         (Some(stage), Ok(memory)) => {
             let (ran, placed) = stage.alongside(&memory, || run(backend, &warm, config, from));
             if let Some(placed) = placed {
-                adopt(backend, &warm.region, placed, "the start");
+                adopt(backend, &warm.region, placed, "the boot");
             }
             ran
         }
