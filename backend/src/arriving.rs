@@ -117,32 +117,32 @@ impl Arriving {
         }
     }
 
-    /// Waits until the fetch ended.
-    pub async fn ended(&self) {
+    /// Waits until `ready` gives a value for the state, looking again after every change.
+    async fn wait_for<T>(&self, mut ready: impl FnMut(&State) -> Option<T>) -> T {
         loop {
+            // Made before looking, so that a change between the look and the wait wakes it.
             let changed = self.changed.notified();
-            if self.is_in() {
-                return;
+            if let Some(value) = ready(&self.state()) {
+                return value;
             }
             changed.await;
         }
     }
 
+    /// Waits until the fetch ended.
+    pub async fn ended(&self) {
+        self.wait_for(|state| state.end.as_ref().map(|_| ())).await
+    }
+
     /// Waits for storage's answer: the object's attributes, or `None` if the fetch failed
     /// before its body began.
     pub async fn attributes(&self) -> Option<ObjectInfo> {
-        loop {
-            let changed = self.changed.notified();
-            {
-                let state = self.state();
-                match (&state.info, &state.end) {
-                    (Some(info), None | Some(End::Whole(_))) => return Some(info.clone()),
-                    (_, Some(End::Failed(_))) => return None,
-                    (None, _) => {}
-                }
-            }
-            changed.await;
-        }
+        self.wait_for(|state| match (&state.info, &state.end) {
+            (Some(info), None | Some(End::Whole(_))) => Some(Some(info.clone())),
+            (_, Some(End::Failed(_))) => Some(None),
+            (None, _) => None,
+        })
+        .await
     }
 
     /// The body from its first byte, as it arrives: each item waits for bytes not yet in; a
@@ -171,34 +171,26 @@ struct Reader {
 impl Reader {
     /// The next bytes, waiting for them; `None` at the end of the body.
     async fn next(&mut self) -> Option<Result<Bytes, ArrivingError>> {
-        loop {
-            let changed = self.object.changed.notified();
-            {
-                let state = self.object.state();
-                match &state.end {
-                    Some(End::Whole(object)) => {
-                        let rest = object.bytes.slice(self.offset.min(object.bytes.len())..);
-                        self.offset += rest.len();
-                        return (!rest.is_empty()).then_some(Ok(rest));
-                    }
-                    Some(End::Failed(reason)) => {
-                        return Some(Err(ArrivingError {
-                            bucket: self.object.bucket.clone(),
-                            key: self.object.key.clone(),
-                            reason: reason.clone(),
-                        }))
-                    }
-                    None => {
-                        if let Some(chunk) = state.chunks.get(self.chunk) {
-                            self.chunk += 1;
-                            self.offset += chunk.len();
-                            return Some(Ok(chunk.clone()));
-                        }
-                    }
+        let object = self.object.clone();
+        object
+            .wait_for(|state| match &state.end {
+                Some(End::Whole(whole)) => {
+                    let rest = whole.bytes.slice(self.offset.min(whole.bytes.len())..);
+                    self.offset += rest.len();
+                    Some((!rest.is_empty()).then_some(Ok(rest)))
                 }
-            }
-            changed.await;
-        }
+                Some(End::Failed(reason)) => Some(Some(Err(ArrivingError {
+                    bucket: object.bucket.clone(),
+                    key: object.key.clone(),
+                    reason: reason.clone(),
+                }))),
+                None => state.chunks.get(self.chunk).map(|chunk| {
+                    self.chunk += 1;
+                    self.offset += chunk.len();
+                    Some(Ok(chunk.clone()))
+                }),
+            })
+            .await
     }
 }
 

@@ -111,13 +111,18 @@ pub fn get_cached(
 /// The whole copy of `object` in memory — prefetched for this region's invocation, or
 /// cached — unless the spool holds a newer state of it.
 fn cached(ctx: &Context, served: &ServedRegion, object: &ObjectRef) -> Option<Cached> {
-    if ctx.spool.as_ref().is_some_and(|spool| spool.has_pending(&object.bucket, &object.key)) {
+    if spool_has_newer(ctx, object) {
         return None;
     }
     served
         .staged(&object.bucket, &object.key)
         .and_then(|arriving| arriving.whole())
         .or_else(|| ctx.cache.get(&object.bucket, &object.key, Instant::now()))
+}
+
+/// Whether a write or delete of `object` waits in the spool: it is newer than any copy.
+fn spool_has_newer(ctx: &Context, object: &ObjectRef) -> bool {
+    ctx.spool.as_ref().is_some_and(|spool| spool.has_pending(&object.bucket, &object.key))
 }
 
 /// Fetches a whole object of at most `max_bytes` from storage into `object` as its bytes
@@ -145,9 +150,7 @@ async fn still_arriving(
     object: &ObjectRef,
     range: Option<ByteRange>,
 ) -> Option<(ObjectInfo, Source)> {
-    if range.is_some()
-        || ctx.spool.as_ref().is_some_and(|s| s.has_pending(&object.bucket, &object.key))
-    {
+    if range.is_some() || spool_has_newer(ctx, object) {
         return None;
     }
     let arriving = served.staged(&object.bucket, &object.key)?;
