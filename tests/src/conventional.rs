@@ -9,6 +9,7 @@
 //!   (the storage link's model:     br0 10.200.0.1 ── tapN ── VM 10.200.0.N+2 │
 //!    latency, pacing, or DIRECT)   QEMU started in here       runtime :8080 ─┘
 //!  Conventional::invoke ───────── POST /invoke (HTTP/1.1, a connection per invocation) ──►
+//!  LambdaFront 127.0.0.1 ◄─ Link ◄─ 10.200.0.1:PORT2 ◄── boto3 lambda.invoke (Platform::lambda)
 //! ```
 //!
 //! A VM is started like the backend starts one (the backend's code disk and kernel command
@@ -43,6 +44,10 @@ const FUNCTION_ERROR: &str = "x-amz-function-error";
 const READY_POLL: Duration = Duration::from_millis(50);
 /// How long a connection to a runtime may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one readiness check may take, connection included: a SYN sent before the guest's
+/// NIC is up is lost, and waiting for the kernel's retransmission (1 s, then 3 s) would add
+/// seconds to the boot the platform reports.
+const READY_TIMEOUT: Duration = Duration::from_millis(250);
 /// How long an answer may take beyond the function's timeout.
 const ANSWER_GRACE: Duration = Duration::from_secs(30);
 /// Console lines an error carries.
@@ -93,6 +98,9 @@ pub struct Platform {
     /// storage on loopback.
     pub link: LinkProfile,
     pub link_seed: u64,
+    /// A Lambda Invoke endpoint on the host ([`crate::LambdaFront`]) that the VMs' boto3 reaches
+    /// through a listener in the namespace, for calls to other functions; `None`: no calls.
+    pub lambda: Option<SocketAddr>,
     /// How long a VM may take to boot until its runtime answers.
     pub boot_timeout: Duration,
 }
@@ -125,6 +133,7 @@ pub struct Conventional {
     idle: Mutex<VecDeque<usize>>,
     released: Condvar,
     _link: Link,
+    _lambda_link: Option<Link>,
     netns: NetNs,
 }
 
@@ -143,12 +152,25 @@ impl Conventional {
         std::fs::create_dir_all(&platform.work_dir)
             .map_err(HarnessError::io(format!("create {}", platform.work_dir.display())))?;
         let netns = NetNs::for_this_run(&platform.netns_prefix)?;
-        let listener = netns.run(|| TcpListener::bind((GATEWAY, 0)))?.map_err(HarnessError::io(
-            format!("bind the storage link in namespace {}", netns.name()),
-        ))?;
-        // Made here, in the host namespace: the link's connections to the store start here.
+        let listen = |what: &str| -> Result<TcpListener, ConventionalError> {
+            let bound = netns.run(|| TcpListener::bind((GATEWAY, 0)))?;
+            let failed = HarnessError::io(format!("bind {what} in namespace {}", netns.name()));
+            Ok(bound.map_err(failed)?)
+        };
+        // Made here, in the host namespace: the links' connections to the host start here.
+        let listener = listen("the storage link")?;
         let link = Link::start_on(listener, platform.storage, platform.link, platform.link_seed)?;
         spec.environment.insert("AWS_ENDPOINT_URL".into(), format!("http://{}", link.addr));
+        let lambda_link = match platform.lambda {
+            Some(front) => {
+                let listener = listen("the Lambda endpoint's link")?;
+                let link = Link::start_on(listener, front, LinkProfile::DIRECT, 0)?;
+                let endpoint = format!("http://{}", link.addr);
+                spec.environment.insert("AWS_ENDPOINT_URL_LAMBDA".into(), endpoint);
+                Some(link)
+            }
+            None => None,
+        };
         let code =
             code_disk::build(&spec, &platform.work_dir, &platform.work_dir.join("packages"))?;
         // The adapter's spawner thread starts inside the namespace: every QEMU is forked there.
@@ -162,6 +184,7 @@ impl Conventional {
             idle: Mutex::default(),
             released: Condvar::new(),
             _link: link,
+            _lambda_link: lambda_link,
             netns,
         })
     }
@@ -280,7 +303,7 @@ impl Conventional {
         let addr = SocketAddr::from((tap.guest, RUNTIME_PORT));
         let deadline = Instant::now() + self.platform.boot_timeout;
         loop {
-            match self.exchange(addr, "GET", "/ready", b"", Duration::ZERO, CONNECT_TIMEOUT) {
+            match self.exchange(addr, "GET", "/ready", b"", Duration::ZERO, READY_TIMEOUT) {
                 Ok(answer) if answer.status == 200 => break,
                 Ok(_) | Err(_) if Instant::now() < deadline => thread::sleep(READY_POLL),
                 Ok(answer) => {
@@ -296,7 +319,8 @@ impl Conventional {
     }
 
     /// One HTTP/1.1 request on a connection of its own, opened inside the namespace; a refused
-    /// connection is tried again for up to `patience`; the answer may take `timeout`.
+    /// connection is tried again for up to `patience`; the answer may take `timeout` (and the
+    /// connection up to `timeout` or [`CONNECT_TIMEOUT`], the shorter).
     fn exchange(
         &self,
         addr: SocketAddr,
@@ -309,7 +333,7 @@ impl Conventional {
         let failed = |e: io::Error| ConventionalError::Exchange { addr, reason: e.to_string() };
         let deadline = Instant::now() + patience;
         let connect = || loop {
-            match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+            match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT.min(timeout)) {
                 Err(e)
                     if e.kind() == io::ErrorKind::ConnectionRefused
                         && Instant::now() < deadline =>

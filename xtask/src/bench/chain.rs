@@ -1,15 +1,24 @@
 //! `cargo xtask bench chain`: a chain of three functions (a → b → c, each waiting for the
-//! next) in Nexus VMs, whose `lambda.invoke` goes through the channel and the backend (no NIC),
-//! against the same chain in baseline VMs, whose real boto3 invokes over HTTP through the VM's
-//! NIC and QEMU's user network to the backend's Lambda Invoke route on `api.listen`. The
-//! handler is `guest/python/examples/chain/handler.py` in both.
+//! next), written for real boto3 (`guest/python/examples/chain/handler.py`), on each flavour:
+//!
+//! ```text
+//!  nexus     backend ─ channel ─► a ── lambda.invoke: a channel call ─► backend ─ channel ─► b …
+//!            (no NIC in any guest)
+//!  baseline  HTTP ─ tap ─► a ── boto3 lambda.invoke: HTTP over a's tap ─► the platform's Lambda
+//!            endpoint (LambdaFront) ─ HTTP over b's tap ─► b …   (conventional platforms, one
+//!            per function, each in its own network namespace, no Nexus device)
+//! ```
 
-use anyhow::{Context, Result};
-use serde_json::json;
+use std::sync::Arc;
+use std::time::Instant;
 
-use super::measure::machine;
+use anyhow::{ensure, Result};
+use nexus_tests::LambdaFront;
+use serde_json::{json, Value};
+
+use super::measure::{accel_of, machine};
 use super::report::{ratio, seconds, Row, Table};
-use super::stack::{accel_note, Stack, Storage};
+use super::stack::{accel_note, ensure_root, Stack, Storage};
 use super::stats::percentile;
 use crate::image::Flavour;
 use crate::{setup, workspace_root};
@@ -27,18 +36,13 @@ struct Measured {
 }
 
 pub fn run() -> Result<()> {
+    ensure_root("cargo xtask bench chain (the baseline's network namespaces and taps)")?;
     let tools = setup::run()?;
-    let port = free_port()?;
-    let api = format!(
-        "api: {{ socket: \"{{dir}}/nexus.sock\", listen: \"127.0.0.1:{port}\", \
-         token_file: \"{{dir}}/api.token\", code_root: {} }}\n",
-        workspace_root().join(CODE).display()
-    );
     // The chain makes no storage calls: the store stays on loopback.
     let region = "size: 32MiB, buffer_size: 1MiB";
-    let stack = Stack::start(&tools, &Flavour::ALL, Storage::Local, region, &api)?;
-    let baseline = measure(&stack, Flavour::Baseline, port)?;
-    let nexus = measure(&stack, Flavour::Nexus, port)?;
+    let stack = Stack::start(&tools, &Flavour::ALL, Storage::Local, region, "")?;
+    let baseline = measure_baseline(&stack)?;
+    let nexus = measure_nexus(&stack)?;
     let table = chain_table(&baseline, &nexus);
     print!("\n{}", table.text());
     let file = workspace_root().join("docs/BENCHMARKS.md");
@@ -47,41 +51,70 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-/// A loopback port nothing listens on now.
-fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("find a free port")?;
-    Ok(listener.local_addr()?.port())
+/// The chain's functions in `flavour`, head first.
+fn names(flavour: Flavour) -> [String; 3] {
+    ["a", "b", "c"].map(|n| format!("chain-{}-{n}", flavour.name()))
 }
 
-/// Deploys the chain in `flavour`, invokes it cold (three VMs start), warms it up and times
-/// `ROUNDS` warm invocations of its head.
-fn measure(stack: &Stack, flavour: Flavour, port: u16) -> Result<Measured> {
-    let names = ["a", "b", "c"].map(|n| format!("chain-{}-{n}", flavour.name()));
+/// The event that runs the whole chain from its head, and the answer it must give.
+fn chain_event(names: &[String; 3]) -> (Value, Value) {
+    (json!({ "next": &names[1..] }), json!({ "path": names }))
+}
+
+/// One conventional platform per function, all behind one Lambda endpoint; the cold chain is
+/// the three VMs' boots, one after the other as the chain would reach them, then its first
+/// invocation.
+fn measure_baseline(stack: &Stack) -> Result<Measured> {
+    let names = names(Flavour::Baseline);
+    let front = LambdaFront::start()?;
+    let code = workspace_root().join(CODE);
+    println!("bench: chain (baseline): cold invocation (boots three VMs)");
+    let started = Instant::now();
+    let mut pid = None;
+    for name in &names {
+        let mut platform =
+            stack.conventional_calling(name, &code, HANDLER, json!({}), Some(front.addr))?;
+        pid = pid.or(Some(platform.add()?));
+        front.serve(name, Arc::new(platform));
+    }
+    let head = front.platform(&names[0]).expect("the head was served above");
+    let (event, expected) = chain_event(&names);
+    let invoke = || -> Result<f64> {
+        let started = Instant::now();
+        let answer = head.invoke(&event)?;
+        ensure!(answer == expected, "the chain answered {answer}");
+        Ok(started.elapsed().as_secs_f64())
+    };
+    invoke()?;
+    let cold_s = started.elapsed().as_secs_f64();
+    let warm = warm_rounds("baseline", invoke)?;
+    Ok(Measured { accel: accel_of(pid.unwrap_or_default()), cold_s, warm })
+}
+
+/// The chain deployed on the backend, each function allowed to invoke the next; the cold chain
+/// starts the three VMs on the way.
+fn measure_nexus(stack: &Stack) -> Result<Measured> {
+    let names = names(Flavour::Nexus);
     for (i, name) in names.iter().enumerate() {
         let callees: Vec<&String> = names.get(i + 1).into_iter().collect();
-        let mut extra = json!({ "policy": { "invoke": callees } });
-        if flavour == Flavour::Baseline {
-            // The real boto3 signs its Lambda calls with the API token as its secret key; the
-            // chain makes no storage calls, so the store's keys are not needed.
-            extra["environment"] = json!({
-                "AWS_ENDPOINT_URL": stack.storage_endpoint().replace("127.0.0.1", "10.0.2.2"),
-                "AWS_ENDPOINT_URL_LAMBDA": format!("http://10.0.2.2:{port}"),
-                "AWS_ACCESS_KEY_ID": "nexus", "AWS_SECRET_ACCESS_KEY": stack.backend.token,
-                "AWS_DEFAULT_REGION": stack.garage.region, "AWS_EC2_METADATA_DISABLED": "true",
-            });
-        }
-        stack.deploy(name, &workspace_root().join(CODE), HANDLER, flavour, extra)?;
+        let extra = json!({ "policy": { "invoke": callees } });
+        stack.deploy(name, &workspace_root().join(CODE), HANDLER, Flavour::Nexus, extra)?;
     }
-    let event = json!({ "next": &names[1..] });
-    let expected = json!({ "path": names });
+    let (event, expected) = chain_event(&names);
     let invoke = || -> Result<f64> {
         let invocation = stack.invoke(&names[0], &event, &[])?;
-        anyhow::ensure!(invocation.result == expected, "the chain answered {}", invocation.result);
+        ensure!(invocation.result == expected, "the chain answered {}", invocation.result);
         Ok(invocation.seconds)
     };
-    println!("bench: chain ({}): cold invocation (starts three VMs)", flavour.name());
+    println!("bench: chain (nexus): cold invocation (starts three VMs)");
     let cold_s = invoke()?;
-    println!("bench: chain ({}): {ROUNDS} warm invocations", flavour.name());
+    let warm = warm_rounds("nexus", invoke)?;
+    Ok(Measured { accel: stack.warm_vm(&names[0])?.accel, cold_s, warm })
+}
+
+/// `WARM_UP` + `ROUNDS` invocations of the chain's head; the latencies of the last `ROUNDS`.
+fn warm_rounds(flavour: &str, invoke: impl Fn() -> Result<f64>) -> Result<Vec<f64>> {
+    println!("bench: chain ({flavour}): {ROUNDS} warm invocations");
     let mut warm = Vec::new();
     for round in 0..WARM_UP + ROUNDS {
         let seconds = invoke()?;
@@ -89,7 +122,7 @@ fn measure(stack: &Stack, flavour: Flavour, port: u16) -> Result<Measured> {
             warm.push(seconds);
         }
     }
-    Ok(Measured { accel: stack.warm_vm(&names[0])?.accel, cold_s, warm })
+    Ok(warm)
 }
 
 fn chain_table(baseline: &Measured, nexus: &Measured) -> Table {
@@ -109,12 +142,16 @@ fn chain_table(baseline: &Measured, nexus: &Measured) -> Table {
     ];
     let mut notes = vec![format!(
         "Machine: {}. One run: {ROUNDS} warm invocations of the chain's head per flavour after \
-         {WARM_UP} warm-up ones. Each function passes the event to the next and returns its \
-         result (`guest/python/examples/chain`). Nexus: `lambda.invoke` is a channel call the \
-         backend serves (no NIC in any guest). Baseline: the real boto3 in each VM invokes over \
-         HTTP (SigV4-signed, through the VM's virtio NIC and QEMU's user network) to the \
-         backend's Lambda Invoke route on loopback TCP, which checks the signature and runs the \
-         same deployed functions.",
+         {WARM_UP} warm-up ones, timed where the caller sees them. Each function passes the \
+         event to the next and returns its result (`guest/python/examples/chain`). Nexus: the \
+         head is invoked at the backend's API; `lambda.invoke` is a channel call the backend \
+         serves (no NIC in any guest). Baseline: each function runs on a conventional platform \
+         of its own (`nexus_tests::Conventional`: a VM on a tap in a network namespace, no \
+         Nexus device), invoked over HTTP; the real boto3 in each VM invokes the next function \
+         over HTTP through its NIC at the platforms' Lambda endpoint \
+         (`nexus_tests::LambdaFront`), which invokes that function's VM over its tap. The \
+         baseline's cold chain is its three VMs' boots one after the other, then the first \
+         invocation; Nexus's backend starts each VM when the chain reaches its function.",
         machine()
     )];
     notes.extend(accel_note(accel));

@@ -196,6 +196,16 @@ pub fn today() -> String {
     output.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default()
 }
 
+/// The accelerator QEMU `pid` runs on, from its command line (`-accel kvm|tcg[,…]`), upper
+/// case as the tables show it.
+pub fn accel_of(pid: u32) -> String {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let mut args = cmdline.split(|&b| b == 0).map(String::from_utf8_lossy);
+    args.find(|a| a == "-accel")
+        .and(args.next())
+        .map_or("?".into(), |a| a.split(',').next().unwrap_or("?").to_uppercase())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

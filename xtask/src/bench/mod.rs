@@ -9,7 +9,6 @@ mod cgroup;
 mod ch;
 mod chain;
 mod cold;
-mod conventional;
 mod conventional_fleet;
 mod density;
 mod density_bench;
@@ -38,7 +37,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use stack::Storage;
 
-/// `cargo xtask bench [fabric|vm|cold|ch|chain|libvirt|conventional|density] [options of the
+/// `cargo xtask bench [fabric|vm|cold|ch|chain|libvirt|density] [options of the
 /// side-by-side run]`.
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -54,10 +53,10 @@ pub enum Bench {
     /// The communication fabric, host-native: channel round trip and throughput, and a Python
     /// function through real boto3 vs the shim.
     Fabric,
-    /// The same function in a baseline VM and a Nexus VM: memory, VMM RSS, warm and cold
-    /// latency.
+    /// The same function in a conventional baseline VM (tap NIC, HTTP, boto3) and a Nexus VM:
+    /// memory, VMM RSS and CPU, warm latency, boot and first invocation.
     Vm(Distance),
-    /// Cold starts with 1, 16 and 64 MiB inputs: boot, restore then fetch, restore with
+    /// Cold starts with 1, 16, 32 and 64 MiB inputs: boot, restore then fetch, restore with
     /// prefetch, and how much of the hideable time the prefetch hid.
     Cold(Distance),
     /// Cloud Hypervisor next to QEMU with the test guest: boot, snapshot, restore (Copy vs
@@ -69,9 +68,6 @@ pub enum Bench {
     /// The same function through the QEMU adapter and the libvirt adapter: cold start,
     /// snapshot and restore, warm p50, and the memory libvirt's daemons add per VM.
     Libvirt,
-    /// The conventional baseline alone: a baseline VM on a tap in a network namespace, invoked
-    /// over HTTP, no Nexus device: boot, warm latency, QEMU RSS, snapshot and restore.
-    Conventional(Distance),
     /// Density found, not computed: VMs of each flavour started one by one in a memory cgroup
     /// with a fixed budget, each loaded at a fixed rate, until the next does not fit or the
     /// tail latency breaks the SLO.
@@ -105,7 +101,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Some(Bench::Ch) => ch::run(),
         Some(Bench::Chain) => chain::run(),
         Some(Bench::Libvirt) => libvirt::run(),
-        Some(Bench::Conventional(distance)) => conventional::run(distance.storage),
         Some(Bench::Density(density)) => {
             density_bench::run(density.distance.storage, &density.search)
         }

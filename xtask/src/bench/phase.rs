@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use super::load;
-use super::measure::{cpu_time, rss_kib, VmmMemory};
+use super::measure::{accel_of, cpu_time, rss_kib, VmmMemory};
 use super::node_cpu::{NodeCpu, NodeMeter, Span};
 use super::platform::Vms;
 use super::probes::{self, CpuReading, Seen};
@@ -248,14 +248,4 @@ pub fn run(
         phase.cold_runtime_restarts += usize::from(cold.runtime_restarted);
     }
     Ok(phase)
-}
-
-/// The accelerator QEMU `pid` runs on, from its command line (`-accel kvm|tcg[,…]`), upper
-/// case as the tables show it.
-fn accel_of(pid: u32) -> String {
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let mut args = cmdline.split(|&b| b == 0).map(String::from_utf8_lossy);
-    args.find(|a| a == "-accel")
-        .and(args.next())
-        .map_or("?".into(), |a| a.split(',').next().unwrap_or("?").to_uppercase())
 }

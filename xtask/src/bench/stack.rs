@@ -5,6 +5,7 @@
 //! VM's process; and the conventional platform (`nexus_tests::Conventional`) for a function,
 //! its baseline VMs on taps reaching the same server through the same link model.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -222,6 +223,19 @@ impl Stack {
         handler: &str,
         extra: Value,
     ) -> Result<Conventional> {
+        self.conventional_calling(name, code, handler, extra, None)
+    }
+
+    /// [`Stack::conventional`], whose VMs call other functions through the Lambda endpoint
+    /// `lambda` (a [`nexus_tests::LambdaFront`]'s address) when given.
+    pub fn conventional_calling(
+        &self,
+        name: &str,
+        code: &Path,
+        handler: &str,
+        extra: Value,
+        lambda: Option<SocketAddr>,
+    ) -> Result<Conventional> {
         let images = image::ensure(Flavour::Baseline, false)?;
         let environment = Some(self.storage_environment(None));
         let spec = function_spec(name, code, handler, Flavour::Baseline, environment, extra);
@@ -237,6 +251,7 @@ impl Stack {
             storage: self.garage.endpoint.trim_start_matches("http://").parse()?,
             link: self.link.as_ref().map_or(LinkProfile::DIRECT, |link| link.profile),
             link_seed: LINK_SEED,
+            lambda,
             boot_timeout: Duration::from_secs(BOOT_TIMEOUT_SECS),
         };
         Ok(Conventional::start(spec, platform)?)
