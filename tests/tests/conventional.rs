@@ -49,6 +49,14 @@ fn baseline_image() -> Result<[PathBuf; 3], String> {
     }
 }
 
+/// A Garage with the test's bucket, once the baseline image is known to be there.
+fn garage_or_why_not() -> Result<Garage, String> {
+    baseline_image()?;
+    let garage = Garage::start().unwrap();
+    garage.create_bucket(BUCKET).unwrap();
+    Ok(garage)
+}
+
 /// A conventional platform for `handler` of `code` as `name`, its work under `work`, reaching
 /// `garage` through the S3 link model, and the Lambda endpoint `lambda` if given.
 fn start_platform(
@@ -87,11 +95,10 @@ fn start_platform(
 
 #[test]
 fn a_baseline_vm_on_a_tap_serves_over_http_and_reads_garage_with_boto3() {
-    if let Err(why) = baseline_image() {
-        return eprintln!("skipped: {why}");
-    }
-    let garage = Garage::start().unwrap();
-    garage.create_bucket(BUCKET).unwrap();
+    let garage = match garage_or_why_not() {
+        Ok(garage) => garage,
+        Err(why) => return eprintln!("skipped: {why}"),
+    };
     let input = b"conventional input ".repeat(1000);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let store = garage.client(BUCKET);
@@ -154,11 +161,10 @@ fn a_baseline_vm_on_a_tap_serves_over_http_and_reads_garage_with_boto3() {
 
 #[test]
 fn functions_call_each_other_through_the_platforms_lambda_endpoint() {
-    if let Err(why) = baseline_image() {
-        return eprintln!("skipped: {why}");
-    }
-    let garage = Garage::start().unwrap();
-    garage.create_bucket(BUCKET).unwrap();
+    let garage = match garage_or_why_not() {
+        Ok(garage) => garage,
+        Err(why) => return eprintln!("skipped: {why}"),
+    };
     let dir = tempfile::tempdir().unwrap();
     let code = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../guest/python/examples/chain");
     let front = LambdaFront::start().unwrap();
