@@ -73,7 +73,7 @@ pub struct Options {
     #[command(flatten)]
     pub density: DensityArgs,
     /// The long run: 180 s windows, so that each cell has ≥ 1 000 invocations and shows p99
-    /// (≈ 85 minutes here, estimated from the default run); overrides --duration and --warm-up.
+    /// (85 minutes here); overrides --duration and --warm-up.
     #[arg(long)]
     pub full: bool,
 }
