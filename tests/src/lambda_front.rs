@@ -151,7 +151,9 @@ fn dispatch(invoke: Invoke, functions: &Functions) -> Reply {
 
 impl Reply {
     fn error(status: u16, kind: &'static str, message: &str) -> Reply {
-        let body = json!({ "Type": "User", "message": message }).to_string();
+        // Lambda's error body says whose fault it was: the caller's (4xx) or the service's.
+        let fault = if status >= 500 { "Service" } else { "User" };
+        let body = json!({ "Type": fault, "message": message }).to_string();
         Reply { status, header: Some(("x-amzn-ErrorType", kind)), body }
     }
 }

@@ -204,8 +204,6 @@ fn vm_table(
     let accel = &nexus.accel;
     let mark = format!(" [{accel}]");
     let kib = |k: f64| mib(k * 1024.0);
-    let invocations = (WARM_UP + ROUNDS) as f64;
-    let per_call = |s: f64| seconds(s / invocations);
     let row = |metric: &str, b: f64, n: f64, show: &dyn Fn(f64) -> String, target: &str| Row {
         metric: format!("{metric}{mark}"),
         baseline: show(b),
@@ -315,14 +313,12 @@ fn vm_table(
 /// The rows of what the probes saw of the Nexus VM over its warm invocations: its CPU, the
 /// backend's for it, and the probe's own cost (node-wide, over the same span).
 fn probe_rows(probed: &CpuUse, mark: &str) -> Vec<Row> {
-    let invocations = (WARM_UP + ROUNDS) as f64;
     let row = |metric: &str, baseline: &str, nexus: String| Row {
         metric: format!("{metric}{mark}"),
         baseline: baseline.into(),
         nexus,
         ..Row::default()
     };
-    let per_call = |s: f64| seconds(s / invocations);
     let not_ours = "— (not the backend's VM)";
     let nexus_rounds = "— (measured over Nexus's rounds)";
     vec![
@@ -347,4 +343,9 @@ fn probe_rows(probed: &CpuUse, mark: &str) -> Vec<Row> {
             format!("{:.3} %", probed.cpu_share() * 100.0),
         ),
     ]
+}
+
+/// Seconds spent over the warm-up and warm invocations, per invocation.
+fn per_call(total_s: f64) -> String {
+    seconds(total_s / (WARM_UP + ROUNDS) as f64)
 }
