@@ -3,7 +3,7 @@
 
 use super::density_table;
 use super::fleet;
-use super::full_table::Run;
+use super::full_table::{drifted, Run, REFERENCE_TOLERANCE};
 use super::measure::{machine, today};
 use super::phase::{Phase, Rep};
 use super::report::{mib, seconds};
@@ -142,6 +142,7 @@ pub fn notes(run: &Run) -> Vec<String> {
             options.cold_rounds
         ),
     ];
+    notes.push(reference_note(pairs));
     notes.extend(density_table::notes(run.density));
     notes.extend(fleet::notes());
     notes.extend(probe_note(pairs));
@@ -154,6 +155,30 @@ pub fn notes(run: &Run) -> Vec<String> {
     notes.extend(accel_note(run.accel()));
     notes.extend(run.plots.iter().map(|p| format!("![{p}]({p})")));
     notes
+}
+
+/// How the machine reference is measured, and which pairs it flagged.
+fn reference_note(pairs: &[(Phase, Phase)]) -> String {
+    let flagged: Vec<&str> =
+        pairs.iter().filter(|(b, n)| drifted(b, n)).map(|(b, _)| b.function.name()).collect();
+    let verdict = if flagged.is_empty() {
+        "No pair drifted that far in this run.".to_owned()
+    } else {
+        format!(
+            "Flagged in this run: {}. The flavours of a function run one after the other, so \
+             their ratios there carry the machine's drift as well as the flavours' difference.",
+            flagged.join(", ")
+        )
+    };
+    format!(
+        "Machine reference: this machine shares its physical CPUs, and its speed drifts (the \
+         same work takes 1× to 2× as long from one second to the next, and can stay slow for \
+         minutes). While each window runs, a thread of this process sorts the same 2^17 \
+         numbers once a second and times it in its own CPU time, so that waiting for a CPU does \
+         not count; the row shows the median per window. A pair whose two medians differ by \
+         more than {:.0} % is flagged. {verdict}",
+        REFERENCE_TOLERANCE * 100.0
+    )
 }
 
 /// How the probe rows were measured, if the probes ran.

@@ -233,7 +233,36 @@ fn cpu_rows(b: &Phase, n: &Phase, row: &MakeRow) -> Vec<Row> {
         }
         rows.extend([vmm, serving]);
     }
+    rows.push(reference_row(b, n, row));
     rows
+}
+
+/// How far the two flavours' machine references may differ before a pair is flagged.
+pub const REFERENCE_TOLERANCE: f64 = 0.10;
+
+/// Whether the machine ran at another speed during Nexus's windows than during the
+/// baseline's, by more than the tolerance (`reference.rs`).
+pub fn drifted(b: &Phase, n: &Phase) -> bool {
+    let reference = |p: &Phase| Spread::of(&p.per_rep(|r| r.reference)).median;
+    (reference(n) / reference(b) - 1.0).abs() > REFERENCE_TOLERANCE
+}
+
+/// The machine's own speed over each flavour's windows; a flagged pair's other ratios carry
+/// the machine's drift as well as the flavours' difference.
+fn reference_row(b: &Phase, n: &Phase, row: &MakeRow) -> Row {
+    let f = b.function.name();
+    let reference = |p: &Phase| p.per_rep(|r| r.reference);
+    let mut reference_row = row(
+        format!("machine reference, {f}: CPU time of a fixed host work during the windows"),
+        &reference(b),
+        &reference(n),
+        &seconds,
+        None,
+    );
+    if drifted(b, n) {
+        reference_row.ratio += ", the machine drifted: this function's ratios carry it";
+    }
+    reference_row
 }
 
 /// Memory per VM after each window: the claim's figure, then its parts, the guest's own
@@ -429,6 +458,7 @@ mod tests {
             qemu_memory: vec![memory; 2],
             guest_used_kib: vec![50.0 * 1024.0; 2],
             backend_rss_kib: 40.0 * 1024.0,
+            reference: 0.008,
         };
         Phase {
             function: Function::Thumbnail,
@@ -550,6 +580,28 @@ mod tests {
         assert_eq!(b.invocations(), 300);
         assert_eq!(tail(b.invocations()), 95.0);
         assert_eq!(tail(1000), 99.0);
+    }
+
+    #[test]
+    fn a_pair_whose_machine_reference_differs_is_flagged() {
+        let b = phase(Flavour::Baseline, 30.0, 300.0, 80.0);
+        let mut n = phase(Flavour::Nexus, 20.0, 200.0, 50.0);
+        assert!(!drifted(&b, &n));
+        let make = |metric, b: &[f64], n: &[f64], show: Show, _| Row {
+            metric,
+            baseline: Spread::of(b).show(show),
+            nexus: Spread::of(n).show(show),
+            ratio: ratio(Spread::of(n).median, Spread::of(b).median),
+            ..Row::default()
+        };
+        assert_eq!(reference_row(&b, &n, &make).ratio, "1.00×");
+        // Nexus's windows ran while the machine was a fifth slower.
+        for rep in &mut n.reps {
+            rep.reference *= 1.2;
+        }
+        assert!(drifted(&b, &n));
+        let flagged = reference_row(&b, &n, &make);
+        assert!(flagged.ratio.starts_with("1.20×, the machine drifted"), "{}", flagged.ratio);
     }
 
     #[test]

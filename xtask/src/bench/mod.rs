@@ -27,6 +27,7 @@ mod phase;
 mod platform;
 mod plot;
 mod probes;
+mod reference;
 pub(crate) mod report;
 pub(crate) mod stack;
 pub(crate) mod stats;

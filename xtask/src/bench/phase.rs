@@ -20,6 +20,7 @@ use super::measure::{accel_of, cpu_time, rss_kib, VmmMemory};
 use super::node_cpu::{NodeCpu, NodeMeter, Span};
 use super::platform::Vms;
 use super::probes::{self, CpuReading, Seen};
+use super::reference::Reference;
 use super::stack::Stack;
 use super::stats::mean;
 use super::workload::Function;
@@ -58,6 +59,9 @@ pub struct Rep {
     pub guest_used_kib: Vec<f64>,
     /// The backend's RSS with these VMs running, after the window.
     pub backend_rss_kib: f64,
+    /// The machine's speed over the window: CPU seconds of the reference work
+    /// (`reference.rs`).
+    pub reference: f64,
 }
 
 /// What one flavour of one function measured.
@@ -201,9 +205,11 @@ pub fn run(
             load.duration.as_secs()
         ));
         let before = (cpu(&qemu)?, cpu(&[backend])?, meters.node.read()?);
+        let reference = Reference::start();
         let done = load::run(&plan, load.vms, |p| invoke(&format!("r{rep}-{}", p.seq)))?;
         vms.settle()?;
         let window = meters.node.since(&before.2)?;
+        let reference = reference.stop()?;
         let after = (cpu(&qemu)?, cpu(&[backend])?);
         // The last invocations' reports, one per VM when the load spread them evenly.
         let guest_used_kib = done
@@ -221,6 +227,7 @@ pub fn run(
             qemu_memory: qemu.iter().map(|&pid| VmmMemory::of(pid)).collect::<Result<_>>()?,
             guest_used_kib,
             backend_rss_kib: rss_kib(backend)?,
+            reference,
         });
     }
     let probe_cpu = probed.map(|from| Ok::<_, anyhow::Error>(from.until(&probe()?))).transpose()?;
