@@ -11,7 +11,8 @@
 //!                     whose config.json names it: CH restores from the copy and the guest
 //!                     finds a fresh region at a new epoch
 //!  PUT vm.delete,     forwarded; once CH accepted it, the region is released
-//!      vmm.shutdown
+//!      vmm.shutdown   (CH may exit before its answer to vmm.shutdown is out: a connection
+//!                     closed without one, then a socket nobody listens on, is its 204)
 //!  anything else      forwarded untouched; CH's answer, errors included, comes back untouched
 //! ```
 //! The proxy's own refusals use CH's error format, a JSON array of messages. One proxy fronts
@@ -36,6 +37,9 @@ use crate::storage::error_chain;
 /// How long a quiesce waits for the invocations in flight.
 const QUIESCE_TIMEOUT: Duration = Duration::from_secs(30);
 const QUIESCE_POLL: Duration = Duration::from_millis(20);
+/// How long a `vmm.shutdown` that got no answer waits for CH's socket to go quiet.
+const EXIT_WAIT: Duration = Duration::from_secs(2);
+const EXIT_POLL: Duration = Duration::from_millis(20);
 
 /// Errors that stop the proxy.
 #[derive(Debug, thiserror::Error)]
@@ -131,7 +135,20 @@ impl ChProxy {
             },
             _ => {}
         }
-        let response = self.forward(&parts, body).await;
+        let response = match self.forward(&parts, body).await {
+            Ok(response) => response,
+            Err(_) if endpoint == "vmm.shutdown" && self.ch_exited().await => {
+                tracing::info!("Cloud Hypervisor exited before its answer to vmm.shutdown");
+                let mut done = Response::new(Full::new(Bytes::new()));
+                *done.status_mut() = StatusCode::NO_CONTENT;
+                done
+            }
+            Err(e) => {
+                let message =
+                    format!("Cannot reach Cloud Hypervisor at {}: {e}", self.ch_socket.display());
+                ch_error(StatusCode::BAD_GATEWAY, &message)
+            }
+        };
         let accepted = response.status().is_success();
         match endpoint.as_str() {
             "vm.delete" | "vmm.shutdown" if accepted => self.release().await,
@@ -146,34 +163,39 @@ impl ChProxy {
         &self,
         parts: &hyper::http::request::Parts,
         body: Bytes,
-    ) -> Response<Full<Bytes>> {
-        let exchange = async {
-            let stream = UnixStream::connect(&self.ch_socket).await.map_err(|e| e.to_string())?;
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(|e| e.to_string())?;
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
-            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-            let mut request = Request::builder().method(parts.method.clone()).uri(path);
-            for (name, value) in &parts.headers {
-                if name != hyper::header::CONTENT_LENGTH {
-                    request = request.header(name, value);
-                }
+    ) -> Result<Response<Full<Bytes>>, String> {
+        let stream = UnixStream::connect(&self.ch_socket).await.map_err(|e| e.to_string())?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut request = Request::builder().method(parts.method.clone()).uri(path);
+        for (name, value) in &parts.headers {
+            if name != hyper::header::CONTENT_LENGTH {
+                request = request.header(name, value);
             }
-            let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
-            let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
-            let (parts, body) = response.into_parts();
-            let bytes = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
-            Ok::<_, String>(Response::from_parts(parts, Full::new(bytes)))
-        };
-        exchange.await.unwrap_or_else(|e| {
-            let message =
-                format!("Cannot reach Cloud Hypervisor at {}: {e}", self.ch_socket.display());
-            ch_error(StatusCode::BAD_GATEWAY, &message)
-        })
+        }
+        let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
+        let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok(Response::from_parts(parts, Full::new(bytes)))
+    }
+
+    /// Whether CH's API socket stops taking connections within [`EXIT_WAIT`]: its process is
+    /// gone.
+    async fn ch_exited(&self) -> bool {
+        let deadline = Instant::now() + EXIT_WAIT;
+        while Instant::now() < deadline {
+            if UnixStream::connect(&self.ch_socket).await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(EXIT_POLL).await;
+        }
+        false
     }
 
     /// Notes the region a `vm.create` body's `ivshmem.path` names, if the backend serves it.
@@ -321,7 +343,55 @@ fn ch_error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use super::*;
+
+    /// A CH that reads one request and closes the connection without answering; with
+    /// `exits`, it stops listening too (its process ends), else it keeps its socket open.
+    /// Returns the proxy's status line for `vmm.shutdown`.
+    async fn shutdown_through_the_proxy(exits: bool) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let (ch_socket, listen) = (dir.path().join("ch.sock"), dir.path().join("proxy.sock"));
+        let ch = UnixListener::bind(&ch_socket).unwrap();
+        let ch_task = tokio::spawn(async move {
+            let (mut stream, _) = ch.accept().await.unwrap();
+            let _ = stream.read(&mut [0; 4096]).await.unwrap();
+            drop(stream);
+            if exits {
+                drop(ch);
+                None
+            } else {
+                Some(ch)
+            }
+        });
+        let (backend, work) = (dir.path().join("no-backend.sock"), dir.path().join("work"));
+        let (l, c) = (listen.clone(), ch_socket.clone());
+        tokio::spawn(async move { run(&l, &c, &backend, &work).await });
+        let mut client = loop {
+            match UnixStream::connect(&listen).await {
+                Ok(stream) => break stream,
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        };
+        let request = "PUT /api/v1/vmm.shutdown HTTP/1.1\r\nHost: localhost\r\n\
+                       Content-Length: 0\r\nConnection: close\r\n\r\n";
+        client.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.unwrap();
+        let _still_listening = ch_task.await.unwrap();
+        answer.lines().next().unwrap_or_default().to_owned()
+    }
+
+    #[tokio::test]
+    async fn a_ch_that_exits_before_answering_vmm_shutdown_has_shut_down() {
+        assert_eq!(shutdown_through_the_proxy(true).await, "HTTP/1.1 204 No Content");
+    }
+
+    #[tokio::test]
+    async fn a_ch_that_drops_the_answer_but_still_listens_is_an_error() {
+        assert_eq!(shutdown_through_the_proxy(false).await.trim_end(), "HTTP/1.1 502");
+    }
 
     #[test]
     fn errors_carry_no_reason_phrase_for_ch_remote() {
