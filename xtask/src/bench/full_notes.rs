@@ -173,10 +173,10 @@ fn reference_note(pairs: &[(Phase, Phase)]) -> String {
     format!(
         "Machine reference: this machine shares its physical CPUs, and its speed drifts (the \
          same work takes 1× to 2× as long from one second to the next, and can stay slow for \
-         minutes). While each window runs, a thread of this process sorts the same 2^17 \
-         numbers once a second and times it in its own CPU time, so that waiting for a CPU does \
-         not count; the row shows the median per window. A pair whose two medians differ by \
-         more than {:.0} % is flagged. {verdict}",
+         minutes). While each window runs, a thread of this process sorts the same 2^11 \
+         numbers four times a second and times it in its own CPU time, so that waiting for a \
+         CPU does not count; a window's figure is the mean, the row shows the median of the \
+         windows. A pair whose two medians differ by more than {:.0} % is flagged. {verdict}",
         REFERENCE_TOLERANCE * 100.0
     )
 }

@@ -8,7 +8,7 @@
 //!
 //! ```text
 //!  floor │ deploy, boot N │ warm-up │ rep 1 │ rep 2 │ … rep R │ KSM │ cold × C │ remove │ floor
-//!                                     └ CPU, latencies, memory per rep ┘
+//!                                     └ CPU, latencies, memory, machine reference per rep ┘
 //! ```
 
 use std::time::Duration;
@@ -59,7 +59,7 @@ pub struct Rep {
     pub guest_used_kib: Vec<f64>,
     /// The backend's RSS with these VMs running, after the window.
     pub backend_rss_kib: f64,
-    /// The machine's speed over the window: CPU seconds of the reference work
+    /// The machine's speed over the window: mean CPU seconds of the reference work
     /// (`reference.rs`).
     pub reference: f64,
 }
