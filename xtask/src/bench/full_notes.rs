@@ -166,7 +166,9 @@ fn reference_note(pairs: &[(Phase, Phase)]) -> String {
     } else {
         format!(
             "Flagged in this run: {}. The flavours of a function run one after the other, so \
-             their ratios there carry the machine's drift as well as the flavours' difference.",
+             the machine's drift can fall between them; the flavour's own load can also slow the \
+             reference (the CPUs and their caches are shared), so a flag says the two ratios \
+             came from different machine conditions, not which side they favour.",
             flagged.join(", ")
         )
     };

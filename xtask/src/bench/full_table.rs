@@ -260,7 +260,8 @@ fn reference_row(b: &Phase, n: &Phase, row: &MakeRow) -> Row {
         None,
     );
     if drifted(b, n) {
-        reference_row.ratio += ", the machine drifted: this function's ratios carry it";
+        reference_row.ratio +=
+            ", the machine ran at another speed: read this function's ratios with care";
     }
     reference_row
 }
@@ -601,7 +602,11 @@ mod tests {
         }
         assert!(drifted(&b, &n));
         let flagged = reference_row(&b, &n, &make);
-        assert!(flagged.ratio.starts_with("1.20×, the machine drifted"), "{}", flagged.ratio);
+        assert!(
+            flagged.ratio.starts_with("1.20×, the machine ran at another"),
+            "{}",
+            flagged.ratio
+        );
     }
 
     #[test]
