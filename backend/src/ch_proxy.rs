@@ -158,7 +158,8 @@ impl ChProxy {
         Ok(response)
     }
 
-    /// Sends the request to CH as it came and returns CH's answer as it is.
+    /// Sends the request to CH as it came and returns CH's answer as it is, or why no answer
+    /// came (the caller decides what that means for the request).
     async fn forward(
         &self,
         parts: &hyper::http::request::Parts,
