@@ -135,7 +135,7 @@ impl ChProxy {
             },
             _ => {}
         }
-        let response = match self.forward(&parts, body).await {
+        let mut response = match self.forward(&parts, body).await {
             Ok(response) => response,
             Err(_) if endpoint == "vmm.shutdown" && self.ch_exited().await => {
                 tracing::info!("Cloud Hypervisor exited before its answer to vmm.shutdown");
@@ -155,6 +155,8 @@ impl ChProxy {
             "vm.restore" if !accepted => self.release().await,
             _ => {}
         }
+        tracing::debug!(endpoint, status = response.status().as_u16(), "Answered");
+        without_reason_phrase(&mut response);
         Ok(response)
     }
 
@@ -327,14 +329,18 @@ fn function_of(path: &Path) -> Option<String> {
     (path.extension()? == "region" && n.parse::<u64>().is_ok()).then(|| function.to_owned())
 }
 
-/// An answer in CH's error format: a JSON array of messages, and a status line without a
-/// reason phrase, as CH's own server writes it: ch-remote reads everything between the code
-/// and the CR as the code (`502 Bad Gateway` fails to parse and hides the message).
+/// Makes `response`'s status line carry no reason phrase, as CH's own server writes it:
+/// ch-remote reads everything between the code and the CR as the code (`502 Bad Gateway`,
+/// or hyper's default `204 No Content`, fails to parse and hides the answer).
+fn without_reason_phrase(response: &mut Response<Full<Bytes>>) {
+    response.extensions_mut().insert(hyper::ext::ReasonPhrase::from_static(b""));
+}
+
+/// An answer in CH's error format: a JSON array of messages.
 fn ch_error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     let body = json!(["Error from the Nexus proxy", message]).to_string();
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response.extensions_mut().insert(hyper::ext::ReasonPhrase::from_static(b""));
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/json"),
@@ -348,23 +354,34 @@ mod tests {
 
     use super::*;
 
-    /// A CH that reads one request and closes the connection without answering; with
-    /// `exits`, it stops listening too (its process ends), else it keeps its socket open.
-    /// Returns the proxy's status line for `vmm.shutdown`.
-    async fn shutdown_through_the_proxy(exits: bool) -> String {
+    /// What the fake CH of [`through_the_proxy`] does with the one request it reads.
+    enum FakeCh {
+        /// Writes this answer.
+        Answers(&'static str),
+        /// Closes the connection without an answer and stops listening (its process ends).
+        Exits,
+        /// Closes the connection without an answer, still listening.
+        DropsTheAnswer,
+    }
+
+    /// The proxy's status line for `PUT /api/v1/<endpoint>` sent to a fake CH.
+    async fn through_the_proxy(endpoint: &str, ch: FakeCh) -> String {
         let dir = tempfile::tempdir().unwrap();
         let (ch_socket, listen) = (dir.path().join("ch.sock"), dir.path().join("proxy.sock"));
-        let ch = UnixListener::bind(&ch_socket).unwrap();
+        let listener = UnixListener::bind(&ch_socket).unwrap();
         let ch_task = tokio::spawn(async move {
-            let (mut stream, _) = ch.accept().await.unwrap();
+            let (mut stream, _) = listener.accept().await.unwrap();
             let _ = stream.read(&mut [0; 4096]).await.unwrap();
-            drop(stream);
-            if exits {
-                drop(ch);
-                None
-            } else {
-                Some(ch)
+            match ch {
+                FakeCh::Answers(answer) => stream.write_all(answer.as_bytes()).await.unwrap(),
+                FakeCh::Exits => {
+                    drop(listener);
+                    return None;
+                }
+                FakeCh::DropsTheAnswer => {}
             }
+            drop(stream);
+            Some(listener)
         });
         let (backend, work) = (dir.path().join("no-backend.sock"), dir.path().join("work"));
         let (l, c) = (listen.clone(), ch_socket.clone());
@@ -375,8 +392,10 @@ mod tests {
                 Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
             }
         };
-        let request = "PUT /api/v1/vmm.shutdown HTTP/1.1\r\nHost: localhost\r\n\
-                       Content-Length: 0\r\nConnection: close\r\n\r\n";
+        let request = format!(
+            "PUT /api/v1/{endpoint} HTTP/1.1\r\nHost: localhost\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n"
+        );
         client.write_all(request.as_bytes()).await.unwrap();
         let mut answer = String::new();
         client.read_to_string(&mut answer).await.unwrap();
@@ -386,20 +405,20 @@ mod tests {
 
     #[tokio::test]
     async fn a_ch_that_exits_before_answering_vmm_shutdown_has_shut_down() {
-        assert_eq!(shutdown_through_the_proxy(true).await, "HTTP/1.1 204 No Content");
+        // No reason phrase (hyper's default is "No Content"): ch-remote parses the code.
+        assert_eq!(through_the_proxy("vmm.shutdown", FakeCh::Exits).await, "HTTP/1.1 204 ");
     }
 
     #[tokio::test]
     async fn a_ch_that_drops_the_answer_but_still_listens_is_an_error() {
-        assert_eq!(shutdown_through_the_proxy(false).await.trim_end(), "HTTP/1.1 502");
+        let status = through_the_proxy("vmm.shutdown", FakeCh::DropsTheAnswer).await;
+        assert_eq!(status, "HTTP/1.1 502 ", "an error without a reason phrase, as CH writes it");
     }
 
-    #[test]
-    fn errors_carry_no_reason_phrase_for_ch_remote() {
-        let response = ch_error(StatusCode::BAD_GATEWAY, "no CH");
-        let reason = response.extensions().get::<hyper::ext::ReasonPhrase>();
-        assert_eq!(reason.map(|r| r.as_bytes()), Some(&b""[..]));
-        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    #[tokio::test]
+    async fn answers_reach_ch_remote_without_a_reason_phrase() {
+        let ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+        assert_eq!(through_the_proxy("vmm.ping", FakeCh::Answers(ok)).await, "HTTP/1.1 200 ");
     }
 
     #[test]

@@ -304,6 +304,7 @@ fn vmm_behind_a_proxy(ch: &Path, backend: &Backend, dir: &Path) -> (Spawned, Spa
     wait_for(&api);
     let log = std::fs::File::create(dir.join("proxy.log")).unwrap();
     let proxied = std::process::Command::new(nexus_binary())
+        .env("NEXUS_LOG", "debug")
         .arg("--socket")
         .arg(&backend.socket)
         .arg("ch-proxy")
@@ -320,7 +321,8 @@ fn vmm_behind_a_proxy(ch: &Path, backend: &Backend, dir: &Path) -> (Spawned, Spa
     (vmm, proxied, proxy)
 }
 
-/// Runs `ch-remote --api-socket <socket> <args>`; its exit status and output.
+/// Runs `ch-remote --api-socket <socket> <args>`; its exit status and output, followed on a
+/// failure by the logs of the VMM and proxy beside the socket.
 fn ch_remote(binary: &Path, socket: &Path, args: &[&str]) -> (bool, String) {
     let output = std::process::Command::new(binary)
         .arg("--api-socket")
@@ -328,8 +330,14 @@ fn ch_remote(binary: &Path, socket: &Path, args: &[&str]) -> (bool, String) {
         .args(args)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned()
         + &String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        for log in ["ch.log", "proxy.log"].map(|name| socket.with_file_name(name)) {
+            let content = std::fs::read_to_string(&log).unwrap_or_default();
+            text += &format!("\n--- {}:\n{content}", log.display());
+        }
+    }
     (output.status.success(), text)
 }
 

@@ -1,5 +1,5 @@
 //! The functions' metrics: `nexus_function_vms{function,state}`, how many VMs each function has
-//! idle, busy and starting, refreshed before every scrape (a removed function's series go).
+//! idle, busy, starting and stopping, refreshed before every scrape (a removed function's series go).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
@@ -14,7 +14,7 @@ struct VmLabels {
     state: &'static str,
 }
 
-/// `nexus_function_vms{function,state="idle|busy|starting"}`.
+/// `nexus_function_vms{function,state="idle|busy|starting|stopping"}`.
 #[derive(Debug, Clone, Default)]
 pub struct FunctionMetrics {
     vms: Family<VmLabels, Gauge>,
@@ -26,7 +26,7 @@ impl FunctionMetrics {
         let functions = Self::default();
         metrics.register(
             "function_vms",
-            "Warm VMs of each function, by state (idle, busy, starting)",
+            "Warm VMs of each function, by state (idle, busy, starting, stopping)",
             functions.vms.clone(),
         );
         functions
@@ -36,8 +36,9 @@ impl FunctionMetrics {
     pub fn set<'a>(&self, counts: impl IntoIterator<Item = (&'a str, Counts)>) {
         self.vms.clear();
         for (function, counts) in counts {
+            let Counts { idle, busy, starting, stopping } = counts;
             for (state, n) in
-                [("idle", counts.idle), ("busy", counts.busy), ("starting", counts.starting)]
+                [("idle", idle), ("busy", busy), ("starting", starting), ("stopping", stopping)]
             {
                 let labels = VmLabels { function: function.to_owned(), state };
                 self.vms.get_or_create(&labels).set(i64::from(n));

@@ -45,7 +45,7 @@ use crate::config::VmmKind;
 use crate::invoke::{InvokeError, Outcome};
 use metrics::FunctionMetrics;
 pub use operator::DomainAttached;
-use pool::{Acquired, Lease, Pool, Refused, Vital};
+use pool::{Acquired, Lease, Leaving, Pool, Refused, Use, Vital};
 pub use spec::{Flavour, FunctionSpec, SpecError};
 pub use warm::{cmdline, WarmInfo};
 use warm::{Start, Warm};
@@ -444,11 +444,11 @@ impl Functions {
     }
 
     /// Keeps a VM that left the pool because virsh saved it, else stops it.
-    fn set_aside(&self, deployed: &Deployed, warm: Arc<Warm>) {
+    fn set_aside(&self, deployed: &Deployed, warm: Leaving<'_, Warm>) {
         match warm.state() {
             VmState::Saved | VmState::Restored => {
                 tracing::info!(region = %warm.region, "virsh saved a VM: its region waits for its restore");
-                lock(&deployed.saved).push(warm);
+                lock(&deployed.saved).push(Arc::clone(&warm));
             }
             state => {
                 tracing::info!(region = %warm.region, %state, "A VM ended outside Nexus: releasing its region");
@@ -492,9 +492,10 @@ impl Functions {
     /// included.
     fn stop_all(&self, deployed: &Deployed, close: bool) {
         let saved = std::mem::take(&mut *lock(&deployed.saved));
-        for warm in deployed.vms.take_all(close).into_iter().chain(saved) {
+        for warm in deployed.vms.take_all(close) {
             self.stop_vm(&warm);
         }
+        saved.iter().for_each(|warm| self.stop_vm(warm));
         if close {
             // Operators' VMs whose guests are not ready yet are in no pool.
             let name = &deployed.spec.name;
@@ -529,8 +530,8 @@ impl Functions {
 
 impl Deployed {
     fn info(&self) -> FunctionInfo {
-        let pooled = self.vms.vms().into_iter().map(|(warm, busy)| warm.info(busy));
-        let saved = lock(&self.saved).iter().map(|warm| warm.info(false)).collect::<Vec<_>>();
+        let pooled = self.vms.vms().into_iter().map(|(warm, now)| warm.info(now));
+        let saved = lock(&self.saved).iter().map(|warm| warm.info(Use::Idle)).collect::<Vec<_>>();
         FunctionInfo {
             spec: self.spec.clone(),
             code_disk: self.code_disk.clone(),

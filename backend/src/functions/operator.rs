@@ -115,10 +115,11 @@ impl Functions {
     /// one.
     pub fn release_domain(&self, name: &str) -> bool {
         let Some((function, warm)) = lock(&self.domains).remove(name) else { return false };
-        if let Ok(deployed) = self.get(&function) {
-            deployed.vms.remove(&warm);
-        }
+        let deployed = self.get(&function).ok();
+        // Listed as stopping until its region is gone.
+        let leaving = deployed.as_ref().and_then(|deployed| deployed.vms.remove(&warm));
         warm.stop(&self.backend);
+        drop(leaving);
         tracing::info!(domain = name, region = %warm.region, "An operator's domain stopped: region released");
         true
     }

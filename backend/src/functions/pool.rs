@@ -9,21 +9,27 @@
 //!                 ▼                                                    └─ failed: start_failed()
 //!         wait for a release (bounded) and look again
 //!
-//!  release(lease) ──► idle again (a waiter wakes)      retire(lease) ──► gone (a waiter wakes)
-//!  take_all() (fn stop / rm / shutdown): every VM, idle or busy, out of the pool at once;
-//!            a busy VM's invocation then fails, and its release finds it gone. (fn stop
-//!            leaves the VMs that are not the pool's to dispose of: an operator's.)
+//!  release(lease) ──► idle again (a waiter wakes)      retire(lease) ──► leaving (a waiter wakes)
+//!  take_all() (fn stop / rm / shutdown): every VM, idle or busy, leaving at once; a busy
+//!            VM's invocation then fails, and its release finds it gone. (fn stop leaves the
+//!            VMs that are not the pool's to dispose of: an operator's.)
 //!  take_idle_since(t): the idle VMs unused since t (keep-alive; not an operator's), and those
 //!            that died or left (an operator's `virsh destroy` or `virsh save`, a crashed
-//!            VMM), so that their regions go at once.
+//!            VMM), leaving, so that their regions go at once.
 //!  adopt(vm): a VM started elsewhere joins as idle (an operator's, or one restored by virsh);
-//!  remove(vm): it leaves again (its domain stopped).
+//!  remove(vm): it is leaving (its domain stopped).
+//!
+//!  leaving ──► listed as stopping ──(the caller stopped it or set it aside: Leaving dropped)──► gone
 //! ```
 //!
 //! The pool only counts and hands out; starting and stopping VMs (seconds of blocking work)
-//! happens outside its lock.
+//! happens outside its lock. A VM being stopped stays listed (`vms`, `counts`) until its
+//! [`Leaving`] is dropped, so that whoever reads the list, the metrics and the processes finds
+//! them agreeing: a VM leaves the list only once its VMM and region are gone. It no longer
+//! counts towards `max_vms`.
 
 use std::collections::BTreeMap;
+use std::ops::Deref;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -65,10 +71,47 @@ pub struct Lease<V> {
     number: u64,
 }
 
+/// A VM out of service, listed as stopping until this is dropped: once the caller stopped
+/// it, or set it aside.
+#[derive(Debug)]
+pub struct Leaving<'a, V> {
+    pool: &'a Pool<V>,
+    vm: Arc<V>,
+}
+
+impl<V> Deref for Leaving<'_, V> {
+    type Target = Arc<V>;
+
+    fn deref(&self) -> &Arc<V> {
+        &self.vm
+    }
+}
+
+impl<V> Drop for Leaving<'_, V> {
+    fn drop(&mut self) {
+        let mut state = self.pool.lock();
+        if let Some(at) = state.stopping.iter().position(|vm| Arc::ptr_eq(vm, &self.vm)) {
+            state.stopping.swap_remove(at);
+        }
+    }
+}
+
+/// What a VM of the pool is doing, as [`Pool::vms`] lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    Idle,
+    /// Serving an invocation (or being snapshotted).
+    Busy,
+    /// Out of service, its VMM and region being stopped.
+    Stopping,
+}
+
 #[derive(Debug)]
 struct State<V> {
     idle: Vec<(Arc<V>, Instant)>,
     busy: BTreeMap<u64, Arc<V>>,
+    /// Listed only: see [`Leaving`].
+    stopping: Vec<Arc<V>>,
     starting: u32,
     next_number: u64,
     closed: bool,
@@ -79,6 +122,7 @@ impl<V> Default for State<V> {
         State {
             idle: Vec::new(),
             busy: BTreeMap::new(),
+            stopping: Vec::new(),
             starting: 0,
             next_number: 0,
             closed: false,
@@ -104,6 +148,7 @@ pub struct Counts {
     pub idle: u32,
     pub busy: u32,
     pub starting: u32,
+    pub stopping: u32,
 }
 
 /// The VMs of one function.
@@ -123,11 +168,11 @@ impl<V> Default for Pool<V> {
 impl<V: Vital> Pool<V> {
     /// Leases an idle VM, or reserves a start if fewer than `max_vms` exist, else waits up to
     /// `wait` for either. Idle VMs that died are handed back for stopping through `dead`.
-    pub async fn acquire(
-        &self,
+    pub async fn acquire<'a>(
+        &'a self,
         max_vms: u32,
         wait: Duration,
-        dead: &mut Vec<Arc<V>>,
+        dead: &mut Vec<Leaving<'a, V>>,
     ) -> Result<Acquired<V>, Refused> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -144,7 +189,7 @@ impl<V: Vital> Pool<V> {
                     if vm.alive() {
                         return Ok(Acquired::Warm(state.lease(vm)));
                     }
-                    dead.push(vm);
+                    dead.push(self.leave(&mut state, vm));
                 }
                 if state.total() < max_vms {
                     state.starting += 1;
@@ -187,16 +232,18 @@ impl<V: Vital> Pool<V> {
         true
     }
 
-    /// Takes the leased VM out of the pool (the caller stops it); `None` if it already left.
-    pub fn retire(&self, lease: Lease<V>) -> Option<Arc<V>> {
-        let vm = self.lock().busy.remove(&lease.number);
+    /// Takes the leased VM out of service (the caller stops it); `None` if it already left.
+    pub fn retire(&self, lease: Lease<V>) -> Option<Leaving<'_, V>> {
+        let mut state = self.lock();
+        let leaving = state.busy.remove(&lease.number).map(|vm| self.leave(&mut state, vm));
+        drop(state);
         self.changed.notify_one();
-        vm
+        leaving
     }
 
     /// Every VM, idle and busy, for stopping; with `close`, the pool refuses every later
     /// acquire (the function is gone), else the VMs that are not disposable stay.
-    pub fn take_all(&self, close: bool) -> Vec<Arc<V>> {
+    pub fn take_all(&self, close: bool) -> Vec<Leaving<'_, V>> {
         let mut state = self.lock();
         state.closed |= close;
         let taken = |vm: &Arc<V>| close || vm.disposable();
@@ -206,11 +253,11 @@ impl<V: Vital> Pool<V> {
         let (busy, kept) =
             std::mem::take(&mut state.busy).into_iter().partition(|(_, vm)| taken(vm));
         state.busy = kept;
-        let mut all: Vec<Arc<V>> = all.drain(..).map(|(vm, _)| vm).collect();
-        all.extend(busy.into_values());
+        let all = all.drain(..).map(|(vm, _)| vm).chain(busy.into_values());
+        let leaving = all.map(|vm| self.leave(&mut state, vm)).collect();
         drop(state);
         self.changed.notify_waiters();
-        all
+        leaving
     }
 
     /// A VM started outside [`Pool::acquire`], idle from now on; handed back if the pool was
@@ -226,37 +273,41 @@ impl<V: Vital> Pool<V> {
         Ok(())
     }
 
-    /// Takes `vm` out of the pool, idle or busy (a busy VM's release then finds it gone);
-    /// whether it was there.
-    pub fn remove(&self, vm: &Arc<V>) -> bool {
+    /// Takes `vm` out of service, idle or busy (a busy VM's release then finds it gone);
+    /// `None` if it was not there.
+    pub fn remove(&self, vm: &Arc<V>) -> Option<Leaving<'_, V>> {
         let mut state = self.lock();
         let before = state.idle.len() + state.busy.len();
         state.idle.retain(|(held, _)| !Arc::ptr_eq(held, vm));
         state.busy.retain(|_, held| !Arc::ptr_eq(held, vm));
         let removed = state.idle.len() + state.busy.len() < before;
+        let leaving = removed.then(|| self.leave(&mut state, vm.clone()));
         drop(state);
         self.changed.notify_one();
-        removed
+        leaving
     }
 
     /// The idle VMs last released before `since` (disposable ones), and the idle VMs that
     /// are not alive, for stopping.
-    pub fn take_idle_since(&self, since: Instant) -> Vec<Arc<V>> {
+    pub fn take_idle_since(&self, since: Instant) -> Vec<Leaving<'_, V>> {
         let mut state = self.lock();
-        let (old, fresh) = std::mem::take(&mut state.idle)
+        let (old, fresh): (Vec<_>, Vec<_>) = std::mem::take(&mut state.idle)
             .into_iter()
             .partition(|(vm, at)| (*at < since && vm.disposable()) || !vm.alive());
         state.idle = fresh;
+        let leaving = old.into_iter().map(|(vm, _)| self.leave(&mut state, vm)).collect();
         drop(state);
         self.changed.notify_one();
-        old.into_iter().map(|(vm, _)| vm).collect()
+        leaving
     }
 
-    /// Every VM with whether it is busy.
-    pub fn vms(&self) -> Vec<(Arc<V>, bool)> {
+    /// Every VM with what it is doing.
+    pub fn vms(&self) -> Vec<(Arc<V>, Use)> {
         let state = self.lock();
-        let idle = state.idle.iter().map(|(vm, _)| (vm.clone(), false));
-        idle.chain(state.busy.values().map(|vm| (vm.clone(), true))).collect()
+        let idle = state.idle.iter().map(|(vm, _)| (vm.clone(), Use::Idle));
+        let busy = state.busy.values().map(|vm| (vm.clone(), Use::Busy));
+        let stopping = state.stopping.iter().map(|vm| (vm.clone(), Use::Stopping));
+        idle.chain(busy).chain(stopping).collect()
     }
 
     pub fn counts(&self) -> Counts {
@@ -265,7 +316,16 @@ impl<V: Vital> Pool<V> {
             idle: state.idle.len() as u32,
             busy: state.busy.len() as u32,
             starting: state.starting,
+            stopping: state.stopping.len() as u32,
         }
+    }
+}
+
+impl<V> Pool<V> {
+    /// Lists `vm` as stopping until the returned [`Leaving`] is dropped.
+    fn leave(&self, state: &mut State<V>, vm: Arc<V>) -> Leaving<'_, V> {
+        state.stopping.push(vm.clone());
+        Leaving { pool: self, vm }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State<V>> {
@@ -320,7 +380,7 @@ mod tests {
         let first = pool.started(FakeVm::default()).unwrap();
         assert!(matches!(acquire(&pool, 2, NO_WAIT).await, Ok(Acquired::Start)));
         let second = pool.started(FakeVm::default()).unwrap();
-        assert_eq!(pool.counts(), Counts { idle: 0, busy: 2, starting: 0 });
+        assert_eq!(pool.counts(), Counts { idle: 0, busy: 2, ..Counts::default() });
         let refused = acquire(&pool, 2, NO_WAIT).await.unwrap_err();
         assert_eq!(refused, Refused::Busy { max_vms: 2, waited: NO_WAIT });
 
@@ -331,7 +391,7 @@ mod tests {
         assert!(pool.retire(second).is_some());
         assert!(matches!(acquire(&pool, 2, NO_WAIT).await, Ok(Acquired::Start)), "room again");
         pool.start_failed();
-        assert_eq!(pool.counts(), Counts { idle: 0, busy: 1, starting: 0 });
+        assert_eq!(pool.counts(), Counts { idle: 0, busy: 1, ..Counts::default() });
     }
 
     #[tokio::test]
@@ -360,6 +420,26 @@ mod tests {
         let mut dead = Vec::new();
         assert!(matches!(pool.acquire(1, NO_WAIT, &mut dead).await, Ok(Acquired::Start)));
         assert_eq!(dead.len(), 1);
+        assert_eq!(pool.counts(), Counts { starting: 1, stopping: 1, ..Counts::default() });
+    }
+
+    #[tokio::test]
+    async fn a_leaving_vm_is_listed_as_stopping_until_dropped_and_leaves_room_at_once() {
+        let pool = Pool::default();
+        assert!(matches!(acquire(&pool, 1, NO_WAIT).await, Ok(Acquired::Start)));
+        let lease = pool.started(FakeVm::default()).unwrap();
+        let vm = lease.vm.clone();
+        pool.release(lease);
+        let leaving = pool.take_idle_since(Instant::now());
+        assert_eq!(leaving.len(), 1);
+        let listed = pool.vms();
+        assert!(listed.len() == 1 && Arc::ptr_eq(&listed[0].0, &vm), "{listed:?}");
+        assert_eq!(listed[0].1, Use::Stopping);
+        assert_eq!(pool.counts(), Counts { stopping: 1, ..Counts::default() });
+        assert!(matches!(acquire(&pool, 1, NO_WAIT).await, Ok(Acquired::Start)), "room at once");
+        drop(leaving);
+        assert!(pool.vms().is_empty(), "gone once stopped");
+        assert_eq!(pool.counts(), Counts { starting: 1, ..Counts::default() });
     }
 
     #[tokio::test]
@@ -392,7 +472,7 @@ mod tests {
         let cut = Instant::now();
         pool.release(fresh);
         assert_eq!(pool.take_idle_since(cut).len(), 1);
-        assert_eq!(pool.counts(), Counts { idle: 1, busy: 0, starting: 0 });
+        assert_eq!(pool.counts(), Counts { idle: 1, busy: 0, ..Counts::default() });
     }
 
     #[tokio::test]
@@ -417,8 +497,8 @@ mod tests {
         pool.release(leased);
         assert!(pool.take_idle_since(Instant::now()).is_empty(), "no keep-alive for it");
         assert!(pool.take_all(false).is_empty(), "fn stop leaves it");
-        assert!(pool.remove(&operator), "its domain stopped");
-        assert!(!pool.remove(&operator));
+        assert!(pool.remove(&operator).is_some(), "its domain stopped");
+        assert!(pool.remove(&operator).is_none());
         pool.adopt(operator.clone()).unwrap();
         assert_eq!(pool.take_all(true).len(), 1, "fn rm takes it");
         assert!(pool.adopt(operator).is_err(), "a closed pool adopts nothing");

@@ -25,7 +25,7 @@ use nexus_plugin::{
 };
 use serde::Serialize;
 
-use super::pool::Vital;
+use super::pool::{Use, Vital};
 use super::spec::{Flavour, FunctionSpec};
 use super::FunctionError;
 use crate::arriving::Arriving;
@@ -62,6 +62,9 @@ pub struct WarmInfo {
     pub serial_log: PathBuf,
     /// Serving an invocation (or being snapshotted) now.
     pub busy: bool,
+    /// Out of service, its VMM and region being stopped (it leaves the list once they are
+    /// gone).
+    pub stopping: bool,
     /// The libvirt domain, for an operator's VM.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub operator: Option<String>,
@@ -85,10 +88,11 @@ impl Warm {
         self.vm.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn info(&self, busy: bool) -> WarmInfo {
+    pub fn info(&self, now: Use) -> WarmInfo {
         let info = self.vm().info();
         WarmInfo {
-            busy,
+            busy: now == Use::Busy,
+            stopping: now == Use::Stopping,
             region: self.region.clone(),
             vmm: info.vmm,
             accel: info.accel.to_string(),
