@@ -5,9 +5,11 @@
  *   find 1af4:1110 on PCI bus 0 (ports 0xCF8/0xCFC) -> map its BAR2 -> check the region header
  *   loop, polling (no interrupts, no vsock driver):
  *     new host epoch   re-attach to the rings, Ping on the calls ring, acknowledge the epoch
- *     invocation       event {"bucket": B, "key": K, "pings": N}: Get B/K with a call, read
- *                      B/K in place if the host staged it, make N more Pings; answer with
- *                      {"epoch", "get": {...}, "staged": {...} | null, "pings"}
+ *     invocation       event {"bucket": B, "key": K, "pings": N, "prefer_staged": bool,
+ *                      "hash": bool}: Get B/K whole with calls (unless prefer_staged and the
+ *                      host staged it), hash B/K in place if staged, make N more Pings; answer
+ *                      {"epoch", "get": {...} | null, "staged": {...} | null, "pings"}. With
+ *                      "hash": false the bytes are not read (sizes only; see README.md)
  *
  * Everything it prints goes to COM1, lines starting "nexus-test-guest: ". The region layout
  * comes from nexus_layout.h, generated from the channel crate when the guest is built.
@@ -275,8 +277,10 @@ static u64 number_at(const volatile u8 *text, u64 len, u64 i) {
     return v;
 }
 
-static u64 fnv1a(const volatile u8 *bytes, u64 len) {
-    u64 h = 0xcbf29ce484222325ull;
+#define FNV_START 0xcbf29ce484222325ull
+
+/* FNV-1a 64 of `bytes`, continuing from `h` (FNV_START for a new hash). */
+static u64 fnv1a(u64 h, const volatile u8 *bytes, u64 len) {
     for (u64 i = 0; i < len; i++) h = (h ^ bytes[i]) * 0x100000001b3ull;
     return h;
 }
@@ -297,6 +301,64 @@ static void emit_u(u64 v, unsigned base) {
 
 /* ---- an invocation ---- */
 
+/* Gets B/K whole: a Get, then Reads of its stream until a reply without MORE, each chunk
+ * hashed in guest buffer 0 as it comes (unless !hash). Emits ,"get":{"status","bytes","fnv",
+ * "chunks"} (the last reply's status, and its "error" meta if it failed); 0 if the host left
+ * or opened a new epoch meanwhile. */
+static int get_whole(const char *bucket, long bucket_len, const char *key, long key_len, int hash) {
+    volatile u8 *buffer = region + buffer_at(0);
+    memcpy((void *)buffer, bucket, (usize)bucket_len);
+    memcpy((void *)(buffer + bucket_len), key, (usize)key_len);
+    struct reply reply;
+    if (!call(NX_OP_GET, (u16)bucket_len, (u16)key_len, 0, &reply)) return 0;
+    u64 stream = reply.stream, bytes = 0, chunks = 1;
+    u64 fnv = hash ? fnv1a(FNV_START, buffer + reply.meta_len, reply.body_len) : 0;
+    bytes += reply.body_len;
+    while (reply.status == NX_STATUS_OK && (reply.flags & NX_FLAG_MORE)) {
+        if (!call(NX_OP_READ, 0, 0, stream, &reply)) return 0;
+        if (hash) fnv = fnv1a(fnv, buffer + reply.meta_len, reply.body_len);
+        bytes += reply.body_len;
+        chunks++;
+    }
+    emit(",\"get\":{\"status\":"); emit_u(reply.status, 10);
+    emit(",\"bytes\":"); emit_u(bytes, 10);
+    if (hash) { emit(",\"fnv\":\""); emit_u(fnv, 16); emit("\""); }
+    emit(",\"chunks\":"); emit_u(chunks, 10);
+    if (reply.status != NX_STATUS_OK && reply.meta_len) {
+        /* The error's meta, JSON: {"Code","Message","HTTPStatusCode"}. */
+        emit(",\"error\":");
+        for (u64 i = 0; i < reply.meta_len && out.len < out.capacity; i++) out.at[out.len++] = buffer[i];
+    }
+    emit("}");
+    return 1;
+}
+
+/* Looks B/K up in the staging directory, whose entries read
+ * {"bucket":B,"key":K,"offset":O,"size":S,...} (fields in that order): 1 with its offset and
+ * size in the staging area if the host staged it, else 0. */
+static int find_staged(const char *bucket, long bucket_len, const char *key, long key_len,
+                       u64 *offset, u64 *size) {
+    u64 directory_len = load64(NX_DIRECTORY_LEN);
+    const volatile u8 *directory = region + geo.staging_offset;
+    static char entry[2 * MAX_NAME + 48];
+    usize n = 0;
+    memcpy(entry + n, "{\"bucket\":\"", 11); n += 11;
+    memcpy(entry + n, bucket, (usize)bucket_len); n += (usize)bucket_len;
+    memcpy(entry + n, "\",\"key\":\"", 9); n += 9;
+    memcpy(entry + n, key, (usize)key_len); n += (usize)key_len;
+    memcpy(entry + n, "\",\"offset\":", 12);
+    long at = directory_len && directory_len <= NX_STAGING_DIRECTORY_SIZE
+        ? find(directory, directory_len, entry) : -1;
+    if (at < 0) return 0;
+    u64 i = (u64)at + length(entry);
+    *offset = number_at(directory, directory_len, i);
+    long size_at = find(directory + i, directory_len - i, ",\"size\":");
+    *size = size_at < 0 ? 0 : number_at(directory, directory_len, i + (u64)size_at + 8);
+    if (size_at < 0 || *offset < NX_STAGING_DIRECTORY_SIZE || *offset + *size > geo.staging_size)
+        halt("a staged object outside the staging area");
+    return 1;
+}
+
 static void serve_invocation(u64 epoch) {
     u64 slot = ring_slot(NX_RING_INVOCATIONS, invocations_head);
     u64 id = load64(slot + NX_INVOCATION_ID);
@@ -315,6 +377,8 @@ static void serve_invocation(u64 epoch) {
     long key_len = string_field(event, len, "key", key);
     long pings_at = find(event, len, "\"pings\":");
     u64 pings = pings_at < 0 ? 0 : number_at(event, len, (u64)pings_at + 8);
+    int prefer_staged = find(event, len, "\"prefer_staged\":true") >= 0;
+    int hash = find(event, len, "\"hash\":false") < 0;
 
     /* The reply goes into the event's buffer, once the event has been read. */
     out.at = region + buffer_at(buffer);
@@ -322,47 +386,21 @@ static void serve_invocation(u64 epoch) {
     out.capacity = geo.buffer_size;
     emit("{\"epoch\":"); emit_u(epoch, 10);
     if (bucket_len > 0 && key_len > 0) {
-        /* A Get with a call: [bucket][key] in guest buffer 0, no params, no body. */
-        volatile u8 *request = region + buffer_at(0);
-        memcpy((void *)request, bucket, (usize)bucket_len);
-        memcpy((void *)(request + bucket_len), key, (usize)key_len);
-        struct reply reply;
-        if (!call(NX_OP_GET, (u16)bucket_len, (u16)key_len, 0, &reply)) return;
-        emit(",\"get\":{\"status\":"); emit_u(reply.status, 10);
-        emit(",\"bytes\":"); emit_u(reply.body_len, 10);
-        emit(",\"fnv\":\""); emit_u(fnv1a(request + reply.meta_len, reply.body_len), 16);
-        emit("\",\"more\":"); emit((reply.flags & NX_FLAG_MORE) ? "true" : "false");
-        emit("}");
-        if (reply.flags & NX_FLAG_MORE) {
-            struct reply closed;
-            if (!call(NX_OP_CLOSE, 0, 0, reply.stream, &closed)) return;
-        }
-
-        /* The same object read in place, if the host staged it: its directory entry reads
-         * {"bucket":B,"key":K,"offset":O,"size":S,...} (fields in that order). */
+        u64 offset = 0, size = 0;
+        int staged = find_staged(bucket, bucket_len, key, key_len, &offset, &size);
+        if (prefer_staged && staged) emit(",\"get\":null");
+        else if (!get_whole(bucket, bucket_len, key, key_len, hash)) return;
         emit(",\"staged\":");
-        u64 directory_len = load64(NX_DIRECTORY_LEN);
-        const volatile u8 *directory = region + geo.staging_offset;
-        static char entry[2 * MAX_NAME + 48];
-        usize n = 0;
-        memcpy(entry + n, "{\"bucket\":\"", 11); n += 11;
-        memcpy(entry + n, bucket, (usize)bucket_len); n += (usize)bucket_len;
-        memcpy(entry + n, "\",\"key\":\"", 9); n += 9;
-        memcpy(entry + n, key, (usize)key_len); n += (usize)key_len;
-        memcpy(entry + n, "\",\"offset\":", 12);
-        long at = directory_len && directory_len <= NX_STAGING_DIRECTORY_SIZE
-            ? find(directory, directory_len, entry) : -1;
-        if (at < 0) {
+        if (!staged) {
             emit("null");
         } else {
-            u64 i = (u64)at + length(entry);
-            u64 offset = number_at(directory, directory_len, i);
-            long size_at = find(directory + i, directory_len - i, ",\"size\":");
-            u64 size = size_at < 0 ? 0 : number_at(directory, directory_len, i + (u64)size_at + 8);
-            if (size_at < 0 || offset < NX_STAGING_DIRECTORY_SIZE || offset + size > geo.staging_size)
-                halt("a staged object outside the staging area");
             emit("{\"bytes\":"); emit_u(size, 10);
-            emit(",\"fnv\":\""); emit_u(fnv1a(directory + offset, size), 16); emit("\"}");
+            if (hash) {
+                emit(",\"fnv\":\"");
+                emit_u(fnv1a(FNV_START, region + geo.staging_offset + offset, size), 16);
+                emit("\"");
+            }
+            emit("}");
         }
     }
     u64 answered = 0;

@@ -105,7 +105,7 @@ pub fn layout_header() -> String {
         ("NX_RESULT_OK", result_status::OK.to_string()),
         ("NX_OP_PING", (Op::Ping as u16).to_string()),
         ("NX_OP_GET", (Op::Get as u16).to_string()),
-        ("NX_OP_CLOSE", (Op::Close as u16).to_string()),
+        ("NX_OP_READ", (Op::Read as u16).to_string()),
         ("NX_STATUS_OK", (Status::Ok as u16).to_string()),
         ("NX_FLAG_MORE", flags::MORE.to_string()),
         ("NX_STAGING_DIRECTORY_SIZE", format!("{DIRECTORY_SIZE}ull")),

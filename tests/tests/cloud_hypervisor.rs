@@ -102,7 +102,7 @@ fn boots_snapshots_and_restores_one_snapshot_into_two_vms_with_their_own_regions
     let Some(ch) = cloud_hypervisor() else { return };
     let backend = backend();
     let work = tempfile::tempdir().unwrap();
-    let object = json!({ "status": 0, "bytes": OBJECT.len(), "fnv": fnv(OBJECT), "more": false });
+    let object = json!({ "status": 0, "bytes": OBJECT.len(), "fnv": fnv(OBJECT), "chunks": 1 });
 
     // Create → boot → a call: the guest pings at the region's epoch and acknowledges it.
     let region = backend.create_region("ch-first").unwrap();
@@ -233,21 +233,26 @@ fn functions_run_on_cloud_hypervisor_and_restore_with_their_input_staged() {
         json!({ "name": "guest", "code": code, "handler": "echo.py:handler", "memory_mib": 64 });
     backend.api("POST", "/v1/functions", Some(&spec)).unwrap();
 
-    let event = json!({ "bucket": BUCKET, "key": KEY, "pings": 1 }).to_string();
+    let large_key = "in/large.bin";
+    let large: Vec<u8> =
+        (0..5u32 << 19).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    std::fs::write(backend.dir.join("objects").join(BUCKET).join(large_key), &large).unwrap();
+    let event = json!({ "bucket": BUCKET, "key": KEY, "pings": 1 });
     let hints = json!([{ "bucket": BUCKET, "key": KEY }]).to_string();
-    let invoke = |headers: &[(&str, &str)]| {
+    let invoke_with = |event: &Value, headers: &[(&str, &str)]| {
         let answer = exchange_with(
             &backend.socket,
             "POST",
             "/v1/functions/guest/invoke",
             headers,
-            event.as_bytes(),
+            event.to_string().as_bytes(),
         )
         .unwrap_or_else(|e| panic!("invoke: {e}\n{}", backend.log_tail()));
         let result: Value = serde_json::from_str(&answer.body).unwrap();
         (answer, result)
     };
-    let get = json!({ "status": 0, "bytes": OBJECT.len(), "fnv": fnv(OBJECT), "more": false });
+    let invoke = |headers: &[(&str, &str)]| invoke_with(&event, headers);
+    let get = json!({ "status": 0, "bytes": OBJECT.len(), "fnv": fnv(OBJECT), "chunks": 1 });
 
     let (answer, booted) = invoke(&[]);
     assert_eq!(answer.header(COLD_START_FROM), Some("boot"), "{}", answer.body);
@@ -265,6 +270,18 @@ fn functions_run_on_cloud_hypervisor_and_restore_with_their_input_staged() {
     assert_eq!(restored["staged"], json!({ "bytes": OBJECT.len(), "fnv": fnv(OBJECT) }));
     assert_ne!(restored["epoch"], booted["epoch"], "a restore opens a new epoch");
     assert!(backend.log().contains("Staged during the restore"), "{}", backend.log_tail());
+
+    // A guest that prefers a staged input makes no Get for it; a Get of an object larger than
+    // a buffer (2.5 MiB in 1 MiB buffers) reads its stream whole.
+    let preferring = json!({ "bucket": BUCKET, "key": KEY, "prefer_staged": true });
+    backend.api("POST", "/v1/functions/guest/stop", None).unwrap();
+    let (answer, cold) = invoke_with(&preferring, &[(PREFETCH, &hints)]);
+    assert_eq!(answer.header(PREFETCHED), Some("1"));
+    let staged = restored["staged"].clone();
+    assert_eq!((cold["get"].clone(), cold["staged"].clone()), (Value::Null, staged), "{cold}");
+    let (_, warm) = invoke_with(&json!({ "bucket": BUCKET, "key": large_key }), &[]);
+    let whole = json!({ "status": 0, "bytes": large.len(), "fnv": fnv(&large), "chunks": 3 });
+    assert_eq!(warm["get"], whole, "{warm}");
     assert!(backend.stop(), "{}", backend.log_tail());
 }
 

@@ -1,19 +1,23 @@
-//! `cargo xtask bench cold [--storage remote|local]`: cold starts of a Nexus function whose
-//! input is a 1, 16, 32 or 64 MiB object: (a) booted from scratch, (b) restored from a
-//! snapshot, then fetching its input, (c) restored with the input prefetched while the VM
-//! restores. The overlap in (c) can hide at most the shorter of the restore and the fetch, so
-//! each size also reports both alone and how much of that hideable time (c) hid:
-//! `((b) − (c)) / min(restore, fetch)`. Medians of a few rounds each, one run; (b) and (c) take
-//! turns so that they share the machine's noise, and (b) − (c) is the median of each round's
-//! pair.
+//! `cargo xtask bench cold [--storage remote|local] [--vmm qemu|cloud-hypervisor]`: cold
+//! starts of a Nexus function whose input is a 1, 16, 32 or 64 MiB object: (a) booted from
+//! scratch, (b) restored from a snapshot, then fetching its input, (c) restored with the input
+//! prefetched while the VM restores. The overlap in (c) can hide at most the shorter of the
+//! restore and the fetch, so each size also reports both alone and how much of that hideable
+//! time (c) hid: `((b) − (c)) / min(restore, fetch)`. Medians of a few rounds each, one run;
+//! (b) and (c) take turns so that they share the machine's noise, and (b) − (c) is the median
+//! of each round's pair.
+//!
+//! The VMM and the guest that runs as the function: [`ColdVmm`] (`cold_vmm.rs`).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Result};
+use anyhow::{anyhow, ensure, Context, Result};
+use nexus_plugin::cloud_hypervisor::{check_kvm, find_binary};
 use object_store::ObjectStoreExt;
 use serde_json::json;
 
+use super::cold_vmm::{test_guest_image, ColdVmm};
 use super::measure::machine;
 use super::report::{ratio, seconds, Row, Table};
 use super::stack::{Stack, Storage, BUCKET};
@@ -30,23 +34,43 @@ const ROUNDS: usize = 15;
 const BOOT_ROUNDS: usize = 3;
 /// The output of the write-back rows.
 const OUTPUT_MIB: usize = 64;
+/// Room for the 64 MiB input in the staging area.
+const REGION: &str = "size: 128MiB, buffer_size: 4MiB, staging_size: 80MiB";
+/// The test guest polls and has no doorbell driver: the backend's serving thread spins (2 s)
+/// so that a call is answered at once, as a guest ringing its doorbell would be.
+const REGION_POLLED: &str = ", spin_us: 2000000";
 
 fn input_key(mib: usize) -> String {
     format!("in/{mib}mib")
 }
 
-pub fn run(storage: Storage) -> Result<()> {
+pub fn run(storage: Storage, vmm: ColdVmm) -> Result<()> {
     let tools = setup::run()?;
     let strict = format!(
         "functions:\n  strict: {{ write_back: strict, policy: {{ grants: [{{ bucket: {BUCKET}, access: [read, write] }}], max_object_size: 1GiB }} }}\n"
     );
-    let stack = Stack::start(
-        &tools,
-        &[Flavour::Nexus],
-        storage,
-        "size: 128MiB, buffer_size: 4MiB, staging_size: 80MiB",
-        &strict,
-    )?;
+    let test_guest_images = workspace_root().join("target/nexus-bench-cold/images");
+    let (stack, code, function) = match vmm {
+        ColdVmm::Qemu => (
+            Stack::start(&tools, &[Flavour::Nexus], storage, REGION, &strict)?,
+            workspace_root().join("guest/python/examples/bench"),
+            json!({ "memory_mib": 512, "handler": "io.py:handler" }),
+        ),
+        ColdVmm::CloudHypervisor => {
+            find_binary(None).ok_or_else(|| {
+                anyhow!("no cloud-hypervisor: set NEXUS_CLOUD_HYPERVISOR or put it on PATH")
+            })?;
+            check_kvm().map_err(|e| anyhow!("KVM cannot run guests here: {e}"))?;
+            test_guest_image(&test_guest_images.join(Flavour::Nexus.name()))?;
+            let region = format!("{REGION}{REGION_POLLED}");
+            let vm = "vmm: cloud-hypervisor";
+            (
+                Stack::start_on(&tools, &test_guest_images, vm, storage, &region, "")?,
+                workspace_root().join("tests/fixtures"),
+                json!({ "memory_mib": 64, "handler": "echo.py:handler" }),
+            )
+        }
+    };
     let puts: Vec<String> = INPUT_MIB
         .iter()
         .map(|mib| {
@@ -57,19 +81,19 @@ pub fn run(storage: Storage) -> Result<()> {
         })
         .collect();
     stack.seed(&tools.python, &format!("import os\n{}", puts.join("\n")))?;
-    let code = workspace_root().join("guest/python/examples/bench");
-    let function = json!({ "memory_mib": 512 });
-    stack.deploy("cold", &code, "io.py:handler", Flavour::Nexus, function.clone())?;
+    let handler = function["handler"].as_str().context("a handler")?.to_owned();
+    let memory = json!({ "memory_mib": function["memory_mib"] });
+    stack.deploy("cold", &code, &handler, Flavour::Nexus, memory.clone())?;
 
     let largest = INPUT_MIB[INPUT_MIB.len() - 1];
     println!("bench: (a) {BOOT_ROUNDS} cold boots, {largest} MiB input");
-    let booted = Cold::median(&rounds(&stack, largest, &[false], BOOT_ROUNDS)?[0]);
+    let booted = Cold::median(&rounds(&stack, vmm, largest, &[false], BOOT_ROUNDS)?[0]);
     stack.backend.api("POST", "/v1/functions/cold/snapshot", None)?;
     let mut sizes = Vec::new();
     for mib in INPUT_MIB {
         println!("bench: {mib} MiB: fetch alone, then (b) and (c), {ROUNDS} restores each");
         let fetch = fetch_seconds(&stack, mib)?;
-        let turns = rounds(&stack, mib, &[false, true], ROUNDS)?;
+        let turns = rounds(&stack, vmm, mib, &[false, true], ROUNDS)?;
         let saved: Vec<f64> =
             turns[0].iter().zip(&turns[1]).map(|(b, c)| b.total - c.total).collect();
         sizes.push(Size {
@@ -80,10 +104,6 @@ pub fn run(storage: Storage) -> Result<()> {
             saved: median(&saved),
         });
     }
-    println!("bench: {ROUNDS} warm invocations writing {OUTPUT_MIB} MiB, write-back and strict");
-    let written_back = warm_writes(&stack, &code, "async", &function)?;
-    let strict = warm_writes(&stack, &code, "strict", &function)?;
-
     let accel = stack.warm_vm("cold")?.accel;
     let mut rows = vec![Row {
         metric: format!(
@@ -97,32 +117,37 @@ pub fn run(storage: Storage) -> Result<()> {
     for size in &sizes {
         rows.extend(size.rows(&accel, size.imbalance() == balanced));
     }
-    rows.push(Row {
-        metric: format!("warm invocation writing {OUTPUT_MIB} MiB: strict vs write-back [{accel}]"),
-        baseline: seconds(strict),
-        nexus: seconds(written_back),
-        ratio: ratio(written_back, strict),
-        target: "write-back ≥ 30 % faster".into(),
-        ..Row::default()
-    });
-    let command = format!("cargo xtask bench cold --storage {}", storage.name());
+    if vmm == ColdVmm::Qemu {
+        println!(
+            "bench: {ROUNDS} warm invocations writing {OUTPUT_MIB} MiB, write-back and strict"
+        );
+        let written_back = warm_writes(&stack, &code, "async", &memory)?;
+        let strict = warm_writes(&stack, &code, "strict", &memory)?;
+        rows.push(Row {
+            metric: format!(
+                "warm invocation writing {OUTPUT_MIB} MiB: strict vs write-back [{accel}]"
+            ),
+            baseline: seconds(strict),
+            nexus: seconds(written_back),
+            ratio: ratio(written_back, strict),
+            target: "write-back ≥ 30 % faster".into(),
+            ..Row::default()
+        });
+    }
+    let title = format!("Cold starts with a 1, 16, 32 and 64 MiB input, {}{accel}", vmm.guest());
+    let command =
+        format!("cargo xtask bench cold --storage {} --vmm {}", storage.name(), vmm.name());
     let table = Table {
-        name: "cold",
-        title: format!("Cold starts with a 1, 16, 32 and 64 MiB input, {accel}"),
+        name: vmm.table(),
+        title,
         command,
         rows,
         notes: vec![
             format!(
                 "Machine: {}. One run, medians of {ROUNDS} cold invocations per size and kind ((b) and \
-                 (c) taking turns; {BOOT_ROUNDS} for (a)), end to end at the API. The \"baseline\" \
-                 column is (b) for the cold rows and strict for the write-back row (the spool \
-                 drained between rounds). The function (`guest/python/examples/bench/io.py`) reads \
-                 its input from a Garage S3 server through the backend (its cache off) and computes \
-                 its CRC-32; \"input read\" is its own timing of `get_object(...)[\"Body\"].read()`. \
-                 In (c) an input that is in before the VM takes the invocation is copied into the \
-                 region's staging area meanwhile and read in place, without a call; one still \
-                 arriving is streamed to the handler's `Get` as it arrives, not fetched again.",
-                machine()
+                 (c) taking turns; {BOOT_ROUNDS} for (a)), end to end at the API. {}",
+                machine(),
+                vmm.function_note()
             ),
             "Restore is (b)'s time until the restored VM was ready (the backend's \
              `x-nexus-cold-start-ms`); fetch is a GET of the input by the host over the same path \
@@ -153,27 +178,33 @@ pub fn run(storage: Storage) -> Result<()> {
 }
 
 /// A cold invocation, in seconds: end to end, until the VM was ready, and the handler's read
-/// of its input (as the handler timed it).
+/// of its input (as the handler timed it, where it can).
 #[derive(Clone, Copy)]
 struct Cold {
     total: f64,
     start: f64,
-    read: f64,
+    read: Option<f64>,
 }
 
 impl Cold {
     /// The median of each figure.
     fn median(samples: &[Cold]) -> Cold {
         let of = |figure: fn(&Cold) -> f64| median(&samples.iter().map(figure).collect::<Vec<_>>());
-        Cold { total: of(|c| c.total), start: of(|c| c.start), read: of(|c| c.read) }
+        let reads: Option<Vec<f64>> = samples.iter().map(|c| c.read).collect();
+        Cold {
+            total: of(|c| c.total),
+            start: of(|c| c.start),
+            read: reads.map(|reads| median(&reads)),
+        }
     }
 
     fn describe(&self) -> String {
+        let read = self.read.map(|read| format!(", input read in {}", seconds(read)));
         format!(
-            "{} (VM ready after {}, input read in {})",
+            "{} (VM ready after {}{})",
             seconds(self.total),
             seconds(self.start),
-            seconds(self.read)
+            read.unwrap_or_default()
         )
     }
 }
@@ -251,22 +282,32 @@ fn fetch_seconds(stack: &Stack, mib: usize) -> Result<f64> {
 /// `rounds` cold invocations (the VM stopped before each) with the `mib` MiB input, of each
 /// kind in `prefetch`, the kinds taking turns so that they share the machine's noise; with
 /// `true` the input is prefetched during the VM's start. Returns the samples of each kind.
-fn rounds(stack: &Stack, mib: usize, prefetch: &[bool], rounds: usize) -> Result<Vec<Vec<Cold>>> {
+fn rounds(
+    stack: &Stack,
+    vmm: ColdVmm,
+    mib: usize,
+    prefetch: &[bool],
+    rounds: usize,
+) -> Result<Vec<Vec<Cold>>> {
     let key = input_key(mib);
-    let mut samples = vec![Vec::new(); prefetch.len()];
-    for _ in 0..rounds {
+    let mut samples: Vec<Vec<Cold>> = vec![Vec::new(); prefetch.len()];
+    for round in 1..=rounds {
         for (kind, &prefetch) in prefetch.iter().enumerate() {
             let hints: &[(&str, &str)] = if prefetch { &[(BUCKET, &key)] } else { &[] };
             stack.backend.api("POST", "/v1/functions/cold/stop", None)?;
-            let invoked = stack.invoke("cold", &json!({ "bucket": BUCKET, "key": key }), hints)?;
-            let result = &invoked.result;
-            ensure!(result["input_bytes"] == json!(mib << 20), "short read: {result}");
+            let invoked = stack.invoke("cold", &vmm.event(&key), hints)?;
+            let (bytes, read) = vmm.input_read(&invoked.result);
+            let (result, log) = (&invoked.result, stack.backend.log_tail());
+            ensure!(bytes == Some((mib << 20) as u64), "short read: {result}\nbackend: {log}");
             samples[kind].push(Cold {
                 total: invoked.seconds,
                 start: invoked.start_seconds.unwrap_or(0.0),
-                read: result["read_seconds"].as_f64().unwrap_or(0.0),
+                read,
             });
         }
+        let took: Vec<String> =
+            samples.iter().filter_map(|s| s.last()).map(Cold::describe).collect();
+        println!("bench:   {mib} MiB, round {round}: {}", took.join(" | "));
     }
     Ok(samples)
 }

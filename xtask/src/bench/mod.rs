@@ -9,6 +9,7 @@ mod cgroup;
 mod ch;
 mod chain;
 mod cold;
+mod cold_vmm;
 mod conventional_fleet;
 mod density;
 mod density_bench;
@@ -59,7 +60,7 @@ pub enum Bench {
     Vm(Distance),
     /// Cold starts with 1, 16, 32 and 64 MiB inputs: boot, restore then fetch, restore with
     /// prefetch, and how much of the hideable time the prefetch hid.
-    Cold(Distance),
+    Cold(ColdBench),
     /// Cloud Hypervisor next to QEMU with the test guest: boot, snapshot, restore (Copy vs
     /// OnDemand), one call.
     Ch,
@@ -73,6 +74,17 @@ pub enum Bench {
     /// with a fixed budget, each loaded at a fixed rate, until the next does not fit or the
     /// tail latency breaks the SLO.
     Density(DensityBench),
+}
+
+/// `cargo xtask bench cold` options.
+#[derive(Debug, Args)]
+pub struct ColdBench {
+    #[command(flatten)]
+    distance: Distance,
+    /// `qemu`: the Python function under QEMU; `cloud-hypervisor`: the test guest under Cloud
+    /// Hypervisor on KVM (found through NEXUS_CLOUD_HYPERVISOR or PATH).
+    #[arg(long, value_enum, default_value = "qemu")]
+    vmm: cold_vmm::ColdVmm,
 }
 
 /// `cargo xtask bench density` options.
@@ -98,7 +110,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         None => full::run(&args.options),
         Some(Bench::Fabric) => fabric::run(),
         Some(Bench::Vm(distance)) => vm::run(distance.storage),
-        Some(Bench::Cold(distance)) => cold::run(distance.storage),
+        Some(Bench::Cold(cold)) => cold::run(cold.distance.storage, cold.vmm),
         Some(Bench::Ch) => ch::run(),
         Some(Bench::Chain) => chain::run(),
         Some(Bench::Libvirt) => libvirt::run(),

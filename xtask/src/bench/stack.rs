@@ -144,6 +144,20 @@ impl Stack {
             images = Some(image::ensure(flavour, false)?);
         }
         let images = images.context("no image flavour")?;
+        let root = images.dir.parent().context("images dir")?;
+        Self::start_on(tools, root, "", storage, region, extra)
+    }
+
+    /// [`Stack::start`] with the images under `images` (a folder per flavour) as they are, and
+    /// `vm` more `vm:` settings (YAML flow fields, e.g. `"vmm: cloud-hypervisor"`).
+    pub fn start_on(
+        tools: &Tools,
+        images: &Path,
+        vm: &str,
+        storage: Storage,
+        region: &str,
+        extra: &str,
+    ) -> Result<Self> {
         build_release(&["nexus-backend"])?;
         std::env::set_var("NEXUS_GARAGE", &tools.garage);
         let garage = Garage::start()?;
@@ -159,9 +173,10 @@ impl Stack {
         let settings = format!(
             "{storage}cache: {{ max_bytes: 0, max_object_bytes: 0 }}\n\
              default_policy: {{ grants: [{{ bucket: {BUCKET}, access: [read, write] }}], max_object_size: 1GiB }}\n\
-             vm: {{ images: {images}, state_dir: \"{{dir}}\", boot_timeout_secs: {BOOT_TIMEOUT_SECS}, tcg_cache_mib: {TCG_CACHE_MIB} }}\n{extra}",
+             vm: {{ images: {images}, state_dir: \"{{dir}}\", boot_timeout_secs: {BOOT_TIMEOUT_SECS}, tcg_cache_mib: {TCG_CACHE_MIB}{vm} }}\n{extra}",
             storage = garage.storage_settings_at(&endpoint),
-            images = images.dir.parent().context("images dir")?.display(),
+            images = images.display(),
+            vm = if vm.is_empty() { String::new() } else { format!(", {vm}") },
         );
         let backend = Backend::start_with(
             &workspace_root().join("target/release/nexus"),
