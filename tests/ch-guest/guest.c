@@ -3,7 +3,7 @@
  * to prove a VMM's shared-memory path, without a kernel. See README.md.
  *
  *   find 1af4:1110 on PCI bus 0 (ports 0xCF8/0xCFC) -> map its BAR2 -> check the region header
- *   loop, polling (no interrupts, no vsock driver):
+ *   loop, polling (no vsock driver; naps on the x2APIC timer between polls):
  *     new host epoch   re-attach to the rings, Ping on the calls ring, acknowledge the epoch
  *     invocation       event {"bucket": B, "key": K, "pings": N, "prefer_staged": bool,
  *                      "hash": bool}: Get B/K whole with calls (unless prefer_staged and the
@@ -65,6 +65,76 @@ static void say(const char *s) { puts_("nexus-test-guest: "); puts_(s); }
 static void halt(const char *why) {
     say("halted: "); puts_(why); puts_("\n");
     for (;;) __asm__ volatile("cli; hlt");
+}
+
+/* ---- waiting: short naps on the x2APIC timer, so that a waiting guest leaves its CPU to the
+ * host (it has no doorbell to sleep on); a spin where there is no x2APIC ---- */
+
+#define MSR_APIC_BASE 0x1Bu
+#define APIC_BASE_ENABLE (1u << 11)
+#define APIC_BASE_X2APIC (1u << 10)
+#define X2APIC_EOI 0x80Bu
+#define X2APIC_SPURIOUS 0x80Fu
+#define X2APIC_LVT_TIMER 0x832u
+#define X2APIC_TIMER_INITIAL 0x838u
+#define X2APIC_TIMER_DIVIDE 0x83Eu
+#define NAP_VECTOR 0x40u
+/* A one-shot count at divide-by-1: 1 ms on KVM's 1 GHz APIC timer (shorter naps cost the host
+ * as much as a spin: each is a few exits). */
+#define NAP_TICKS 1000000u
+/* How many times a call polls for its answer before it naps: a Ping's answer comes within
+ * microseconds, a storage read's after milliseconds. */
+#define CALL_SPINS 20000u
+#define KERNEL_CODE 0x08 /* entry.S's 64-bit code segment */
+
+static int can_nap;
+
+struct idt_gate { u16 offset_low, selector; u8 ist, type; u16 offset_mid; u32 offset_high, zero; }
+    __attribute__((packed));
+static struct idt_gate idt[256] __attribute__((aligned(16)));
+
+/* Every external vector (32-255): acknowledge, return. Exceptions keep no handler. */
+void nap_interrupt(void);
+__asm__(".text\n.globl nap_interrupt\nnap_interrupt:\n"
+        "  push %rax\n  push %rcx\n  push %rdx\n"
+        "  mov $0x80B, %ecx\n  xor %eax, %eax\n  xor %edx, %edx\n  wrmsr\n"
+        "  pop %rdx\n  pop %rcx\n  pop %rax\n  iretq\n");
+
+static u64 rdmsr(u32 msr) {
+    u32 lo, hi;
+    __asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(msr));
+    return ((u64)hi << 32) | lo;
+}
+
+static void wrmsr(u32 msr, u64 value) {
+    __asm__ volatile("wrmsr" ::"c"(msr), "a"((u32)value), "d"((u32)(value >> 32)));
+}
+
+static void setup_naps(void) {
+    u32 eax = 1, ebx, ecx = 0, edx;
+    __asm__ volatile("cpuid" : "+a"(eax), "=b"(ebx), "+c"(ecx), "=d"(edx));
+    if (!(ecx & (1u << 21))) { say("no x2APIC: waiting by spinning\n"); return; }
+    u64 handler = (u64)(usize)nap_interrupt;
+    for (unsigned v = 32; v < 256; v++) {
+        idt[v] = (struct idt_gate){ (u16)handler, KERNEL_CODE, 0, 0x8E /* present interrupt gate */,
+                                    (u16)(handler >> 16), (u32)(handler >> 32), 0 };
+    }
+    struct { u16 limit; u64 base; } __attribute__((packed)) idtr = { sizeof idt - 1, (u64)(usize)idt };
+    __asm__ volatile("lidt %0" ::"m"(idtr));
+    wrmsr(MSR_APIC_BASE, rdmsr(MSR_APIC_BASE) | APIC_BASE_ENABLE | APIC_BASE_X2APIC);
+    wrmsr(X2APIC_SPURIOUS, 0x100 | 0xFF);
+    wrmsr(X2APIC_TIMER_DIVIDE, 0xB);
+    wrmsr(X2APIC_LVT_TIMER, NAP_VECTOR); /* one-shot, unmasked */
+    can_nap = 1;
+    say("waits nap on the x2APIC timer\n");
+}
+
+/* One short wait: halted until the timer's interrupt (sti; hlt wakes on one that is already
+ * pending), interrupts off again after it. */
+static void nap(void) {
+    if (!can_nap) { __asm__ volatile("pause"); return; }
+    wrmsr(X2APIC_TIMER_INITIAL, NAP_TICKS);
+    __asm__ volatile("sti; hlt; cli" ::: "memory");
 }
 
 /* gcc may emit calls to these even in freestanding code. */
@@ -218,9 +288,9 @@ static int call(u16 op, u16 bucket_len, u16 key_len, u64 stream, struct reply *r
     store64(slot + NX_CALL_STREAM, stream);
     store32(ring_base(NX_RING_CALLS) + NX_RING_PRODUCER, ++calls_tail);
     u64 completions = ring_base(NX_RING_COMPLETIONS) + NX_RING_PRODUCER;
-    while (load32(completions) == completions_head) {
+    for (u64 polls = 0; load32(completions) == completions_head; polls++) {
         if (load32(NX_HOST_STATE) != NX_HOST_READY || host_epoch() != epoch) return 0;
-        __asm__ volatile("pause");
+        if (polls < CALL_SPINS) __asm__ volatile("pause"); else nap();
     }
     u64 done = ring_slot(NX_RING_COMPLETIONS, completions_head);
     if (load64(done + NX_COMPLETION_TAG) != tag) halt("a completion for another call");
@@ -419,11 +489,12 @@ static void serve_invocation(u64 epoch) {
 
 void guest_main(void) {
     say("up\n");
+    setup_naps();
     u64 bar = find_region(&region_size);
     if (!bar) halt("no ivshmem device (PCI 1af4:1110)");
     map_identity(bar, region_size);
     region = (volatile u8 *)(usize)bar;
-    while (!read_header()) __asm__ volatile("pause");
+    while (!read_header()) nap();
     say("region v"); putu(NX_VERSION, 10); puts_(" ok, "); putu(geo.guest_buffers, 10);
     puts_(" guest buffers\n");
 
@@ -443,6 +514,6 @@ void guest_main(void) {
          * this loop must not take the new region's index for a new invocation. */
         u32 produced = load32(ring_base(NX_RING_INVOCATIONS) + NX_RING_PRODUCER);
         if (produced != invocations_head && host_epoch() == synced) serve_invocation(synced);
-        __asm__ volatile("pause");
+        else nap();
     }
 }

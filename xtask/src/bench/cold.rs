@@ -36,8 +36,8 @@ const BOOT_ROUNDS: usize = 3;
 const OUTPUT_MIB: usize = 64;
 /// Room for the 64 MiB input in the staging area.
 const REGION: &str = "size: 128MiB, buffer_size: 4MiB, staging_size: 80MiB";
-/// The test guest polls and has no doorbell driver: the backend's serving thread spins (2 s)
-/// so that a call is answered at once, as a guest ringing its doorbell would be.
+/// The test guest has no doorbell driver: the backend's serving thread spins (2 s) so that a
+/// call is answered at once, as a guest ringing its doorbell would be.
 const REGION_POLLED: &str = ", spin_us: 2000000";
 
 fn input_key(mib: usize) -> String {

@@ -83,9 +83,9 @@ impl ColdVmm {
                  arriving is streamed to the guest's `Get` as it arrives, not fetched again. The \
                  guest does not read the bytes themselves (`\"hash\": false`): on this machine's \
                  paravirtual KVM its loads from the region cost about 9 µs each, where a hardware \
-                 KVM reads 64 MiB in milliseconds, the same in (b) and (c). It polls (it has no \
-                 doorbell driver), so the backend's serving thread spins for its calls: with the \
-                 guest's vCPU, two busy cores, all this machine has."
+                 KVM reads 64 MiB in milliseconds, the same in (b) and (c). It has no doorbell \
+                 driver: it naps on its x2APIC timer between polls, and the backend's serving \
+                 thread spins for its calls, one of this machine's two cores."
             }
         }
     }
