@@ -4,15 +4,18 @@
 //!  prefetch task                     Arriving                      readers
 //!  GET answered ── begin(info) ───►  info                     ◄── attributes (Head, Get meta)
 //!  each chunk  ─── push(chunk) ───►  chunks [c0][c1][c2]…     ◄── body(): a stream from byte 0
-//!  body ended ──── finish(…) ─────►  end: Whole(object)       ◄── whole(): the object, once in
-//!                                         | Failed(reason)
+//!  body ended ──── finish(…) ─────►  end: Whole | Failed      ◄── whole(): the object, once in
+//!                                    joined (on whole()'s first call)
 //! ```
 //!
 //! A cold start begins these before its VM. What is in by the time the VM can take it is
 //! copied into the region's staging area; a `Get` of an object still arriving streams what
 //! has arrived and waits for the rest (on [`Arriving::body`]) rather than fetching it again,
-//! so the fetch overlaps the VM's start even when it outlasts it. Chunks only ever grow until
-//! the end, when they are joined into one buffer; a reader keeps its byte offset across that.
+//! so the fetch overlaps the VM's start even when it outlasts it. Chunks only ever grow; a
+//! reader hands them out one by one, before the end and after it. They are joined into one
+//! buffer only for [`Arriving::whole`] (staging, a `Get` served from memory), once, and outside
+//! the lock: a reader waiting for the last bytes does not wait for a copy of the object
+//! (about 50 ms for 64 MiB on the development machine).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -37,11 +40,14 @@ struct State {
     info: Option<ObjectInfo>,
     chunks: Vec<Bytes>,
     end: Option<End>,
+    /// The chunks as one buffer, once [`Arriving::whole`] joined them.
+    joined: Option<Bytes>,
 }
 
 #[derive(Debug)]
 enum End {
-    Whole(Cached),
+    /// Every byte is in `chunks`.
+    Whole,
     Failed(String),
 }
 
@@ -86,21 +92,20 @@ impl Arriving {
         }
     }
 
-    /// The fetch ended: with the whole body (its chunks joined), or failed with `reason`.
+    /// The fetch ended: with the whole body, or failed with `reason`.
     pub fn finish(&self, result: Result<(), String>) {
         self.change(|state| {
-            let chunks = std::mem::take(&mut state.chunks);
-            state.end = Some(match (result, state.info.clone()) {
-                (Ok(()), Some(info)) => {
-                    let bytes = join(chunks);
-                    match bytes.len() as u64 == info.size {
-                        true => End::Whole(Cached { info, bytes }),
-                        false => End::Failed(format!("{} of {} bytes", bytes.len(), info.size)),
-                    }
-                }
+            let arrived: u64 = state.chunks.iter().map(|chunk| chunk.len() as u64).sum();
+            let end = match (result, &state.info) {
+                (Ok(()), Some(info)) if arrived == info.size => End::Whole,
+                (Ok(()), Some(info)) => End::Failed(format!("{arrived} of {} bytes", info.size)),
                 (Ok(()), None) => End::Failed("no answer".into()),
                 (Err(reason), _) => End::Failed(reason),
-            });
+            };
+            if let End::Failed(_) = end {
+                state.chunks.clear();
+            }
+            state.end = Some(end);
         });
     }
 
@@ -109,12 +114,24 @@ impl Arriving {
         self.state().end.is_some()
     }
 
-    /// The whole object, once it arrived.
+    /// Whether the whole object arrived.
+    pub fn is_whole(&self) -> bool {
+        matches!(self.state().end, Some(End::Whole))
+    }
+
+    /// The whole object, once it arrived, as one buffer (joined on the first call).
     pub fn whole(&self) -> Option<Cached> {
-        match &self.state().end {
-            Some(End::Whole(object)) => Some(object.clone()),
-            _ => None,
-        }
+        let (info, chunks) = {
+            let state = self.state();
+            let info = state.info.clone().filter(|_| matches!(state.end, Some(End::Whole)))?;
+            if let Some(bytes) = &state.joined {
+                return Some(Cached { info, bytes: bytes.clone() });
+            }
+            (info, state.chunks.clone())
+        };
+        let bytes = join(chunks);
+        self.state().joined.get_or_insert(bytes.clone());
+        Some(Cached { info, bytes })
     }
 
     /// Waits until `ready` gives a value for the state, looking again after every change.
@@ -138,7 +155,7 @@ impl Arriving {
     /// before its body began.
     pub async fn attributes(&self) -> Option<ObjectInfo> {
         self.wait_for(|state| match (&state.info, &state.end) {
-            (Some(info), None | Some(End::Whole(_))) => Some(Some(info.clone())),
+            (Some(info), None | Some(End::Whole)) => Some(Some(info.clone())),
             (_, Some(End::Failed(_))) => Some(None),
             (None, _) => None,
         })
@@ -148,7 +165,7 @@ impl Arriving {
     /// The body from its first byte, as it arrives: each item waits for bytes not yet in; a
     /// failed fetch ends it with an error.
     pub fn body(self: &Arc<Self>) -> BoxStream<'static, Result<Bytes, ArrivingError>> {
-        let reader = Reader { object: self.clone(), offset: 0, chunk: 0 };
+        let reader = Reader { object: self.clone(), chunk: 0 };
         Box::pin(futures::stream::unfold(Some(reader), |reader| async move {
             let mut reader = reader?;
             match reader.next().await? {
@@ -162,9 +179,7 @@ impl Arriving {
 /// A position in an [`Arriving`] body.
 struct Reader {
     object: Arc<Arriving>,
-    /// Bytes handed out so far.
-    offset: usize,
-    /// The next chunk to hand out while the body is still arriving.
+    /// The next chunk to hand out.
     chunk: usize,
 }
 
@@ -173,22 +188,18 @@ impl Reader {
     async fn next(&mut self) -> Option<Result<Bytes, ArrivingError>> {
         let object = self.object.clone();
         object
-            .wait_for(|state| match &state.end {
-                Some(End::Whole(whole)) => {
-                    let rest = whole.bytes.slice(self.offset.min(whole.bytes.len())..);
-                    self.offset += rest.len();
-                    Some((!rest.is_empty()).then_some(Ok(rest)))
-                }
-                Some(End::Failed(reason)) => Some(Some(Err(ArrivingError {
+            .wait_for(|state| match (&state.end, state.chunks.get(self.chunk)) {
+                (Some(End::Failed(reason)), _) => Some(Some(Err(ArrivingError {
                     bucket: object.bucket.clone(),
                     key: object.key.clone(),
                     reason: reason.clone(),
                 }))),
-                None => state.chunks.get(self.chunk).map(|chunk| {
+                (_, Some(chunk)) => {
                     self.chunk += 1;
-                    self.offset += chunk.len();
-                    Some(Ok(chunk.clone()))
-                }),
+                    Some(Some(Ok(chunk.clone())))
+                }
+                (Some(End::Whole), None) => Some(None),
+                (None, None) => None,
             })
             .await
     }
@@ -256,10 +267,23 @@ mod tests {
         assert_eq!(body.next().await.unwrap().unwrap(), &b"ab"[..]);
         object.push(Bytes::from_static(b"cd"));
         object.finish(Ok(()));
+        assert_eq!(object.whole().unwrap().bytes, &b"abcd"[..]);
         assert_eq!(body.next().await.unwrap().unwrap(), &b"cd"[..]);
         assert!(body.next().await.is_none());
         let fresh: Vec<_> = object.body().map(|c| c.unwrap()).collect().await;
         assert_eq!(fresh.concat(), b"abcd", "a new reader starts at byte 0");
+    }
+
+    #[tokio::test]
+    async fn readers_take_the_chunks_as_they_came_and_whole_joins_them_once() {
+        let object = begun(4, b"ab");
+        object.push(Bytes::from_static(b"cd"));
+        object.finish(Ok(()));
+        let chunks: Vec<Bytes> = object.body().map(|c| c.unwrap()).collect().await;
+        assert_eq!(chunks, [&b"ab"[..], &b"cd"[..]], "no copy of the object on a reader's path");
+        let (first, again) = (object.whole().unwrap().bytes, object.whole().unwrap().bytes);
+        assert_eq!(first, &b"abcd"[..]);
+        assert_eq!(first.as_ptr(), again.as_ptr(), "joined once");
     }
 
     #[tokio::test]
@@ -270,11 +294,11 @@ mod tests {
         assert_eq!(waiting.await.unwrap(), None, "no attributes come");
         let error = object.body().next().await.unwrap().unwrap_err();
         assert!(error.to_string().contains("NoSuchKey"), "{error}");
-        assert!(object.is_in() && object.whole().is_none());
+        assert!(object.is_in() && !object.is_whole() && object.whole().is_none());
 
         let short = begun(10, b"abc");
         short.finish(Ok(()));
-        assert!(short.whole().is_none(), "3 of 10 bytes is not the object");
+        assert!(!short.is_whole() && short.whole().is_none(), "3 of 10 bytes is not the object");
         let items: Vec<_> = short.body().collect().await;
         assert!(items.last().unwrap().is_err());
     }

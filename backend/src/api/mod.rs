@@ -233,7 +233,7 @@ async fn invoke_region(
     let hints = prefetch_hints(&headers)?;
     let mut staged = api.backend.prefetch(&api.backend.region_policy(&id)?, &hints);
     futures::future::join_all(staged.iter().map(|object| object.ended())).await;
-    staged.retain(|object| object.whole().is_some());
+    staged.retain(|object| object.is_whole());
     let prefetched = staged.len();
     let outcome = api.backend.invoke_region(&id, &event, deadline, staged).await?;
     let mut response = outcome_response(outcome);

@@ -256,7 +256,7 @@ impl Functions {
         let deadline = timeout + Duration::from_secs(config.vm.timeout_grace_secs);
         let outcome =
             self.backend.invoke_region(&lease.vm.region, event, deadline, staged.clone()).await;
-        let prefetched = staged.iter().filter(|object| object.whole().is_some()).count();
+        let prefetched = staged.iter().filter(|object| object.is_whole()).count();
         if let Err(BackendError::Invoke { source: InvokeError::Timeout(_), .. }) = &outcome {
             tracing::warn!(
                 function = name,
