@@ -12,7 +12,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, ensure, Context, Result};
+use anyhow::{anyhow, ensure, Result};
 use nexus_plugin::cloud_hypervisor::{check_kvm, find_binary};
 use object_store::ObjectStoreExt;
 use serde_json::json;
@@ -49,26 +49,17 @@ pub fn run(storage: Storage, vmm: ColdVmm) -> Result<()> {
     let strict = format!(
         "functions:\n  strict: {{ write_back: strict, policy: {{ grants: [{{ bucket: {BUCKET}, access: [read, write] }}], max_object_size: 1GiB }} }}\n"
     );
-    let test_guest_images = workspace_root().join("target/nexus-bench-cold/images");
-    let (stack, code, function) = match vmm {
-        ColdVmm::Qemu => (
-            Stack::start(&tools, &[Flavour::Nexus], storage, REGION, &strict)?,
-            workspace_root().join("guest/python/examples/bench"),
-            json!({ "memory_mib": 512, "handler": "io.py:handler" }),
-        ),
+    let stack = match vmm {
+        ColdVmm::Qemu => Stack::start(&tools, &[Flavour::Nexus], storage, REGION, &strict)?,
         ColdVmm::CloudHypervisor => {
             find_binary(None).ok_or_else(|| {
                 anyhow!("no cloud-hypervisor: set NEXUS_CLOUD_HYPERVISOR or put it on PATH")
             })?;
             check_kvm().map_err(|e| anyhow!("KVM cannot run guests here: {e}"))?;
-            test_guest_image(&test_guest_images.join(Flavour::Nexus.name()))?;
+            let images = workspace_root().join("target/nexus-bench-cold/images");
+            test_guest_image(&images.join(Flavour::Nexus.name()))?;
             let region = format!("{REGION}{REGION_POLLED}");
-            let vm = "vmm: cloud-hypervisor";
-            (
-                Stack::start_on(&tools, &test_guest_images, vm, storage, &region, "")?,
-                workspace_root().join("tests/fixtures"),
-                json!({ "memory_mib": 64, "handler": "echo.py:handler" }),
-            )
+            Stack::start_on(&tools, &images, "vmm: cloud-hypervisor", storage, &region, "")?
         }
     };
     let puts: Vec<String> = INPUT_MIB
@@ -81,9 +72,9 @@ pub fn run(storage: Storage, vmm: ColdVmm) -> Result<()> {
         })
         .collect();
     stack.seed(&tools.python, &format!("import os\n{}", puts.join("\n")))?;
-    let handler = function["handler"].as_str().context("a handler")?.to_owned();
-    let memory = json!({ "memory_mib": function["memory_mib"] });
-    stack.deploy("cold", &code, &handler, Flavour::Nexus, memory.clone())?;
+    let (code, handler) = (workspace_root().join(vmm.code()), vmm.handler());
+    let memory = json!({ "memory_mib": vmm.memory_mib() });
+    stack.deploy("cold", &code, handler, Flavour::Nexus, memory.clone())?;
 
     let largest = INPUT_MIB[INPUT_MIB.len() - 1];
     println!("bench: (a) {BOOT_ROUNDS} cold boots, {largest} MiB input");

@@ -32,6 +32,29 @@ impl ColdVmm {
         }
     }
 
+    /// The function's code folder, from the workspace root.
+    pub fn code(self) -> &'static str {
+        match self {
+            ColdVmm::Qemu => "guest/python/examples/bench",
+            // Any code: the test guest ignores it and serves the invocation itself.
+            ColdVmm::CloudHypervisor => "tests/fixtures",
+        }
+    }
+
+    pub fn handler(self) -> &'static str {
+        match self {
+            ColdVmm::Qemu => "io.py:handler",
+            ColdVmm::CloudHypervisor => "echo.py:handler",
+        }
+    }
+
+    pub fn memory_mib(self) -> u32 {
+        match self {
+            ColdVmm::Qemu => 512,
+            ColdVmm::CloudHypervisor => 64,
+        }
+    }
+
     /// The invocation's event for input `key`.
     pub fn event(self, key: &str) -> Value {
         match self {
